@@ -1,0 +1,91 @@
+#include "engine/mamba2_cache.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "engine/errors.h"
+
+namespace mambadiff {
+
+const char* branch_name(Branch b) {
+  switch (b) {
+    case Branch::kPrefill: return "prefill";
+    case Branch::kStep: return "step";
+    case Branch::kContinue: return "continue";
+  }
+  return "?";
+}
+
+const char* logical_kernels(Branch b) {
+  return b == Branch::kStep ? "conv1d_update+state_update+gated_norm" : "conv1d_fwd+chunk_scan+gated_norm";
+}
+
+Mamba2Cache::Mamba2Cache(const Mamba2Config& c, int64_t batch_size, torch::ScalarType conv_dtype,
+                         torch::ScalarType state_dtype, torch::Device device)
+    : batch_size_(batch_size), conv_dtype_(conv_dtype), state_dtype_(state_dtype), device_(device) {
+  const auto conv_opts = torch::TensorOptions().dtype(conv_dtype).device(device);
+  const auto state_opts = torch::TensorOptions().dtype(state_dtype).device(device);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    conv_states.push_back(torch::zeros({batch_size, c.conv_dim(), c.conv_kernel}, conv_opts));
+    ssm_states.push_back(torch::zeros({batch_size, c.num_heads, c.head_dim, c.state_size}, state_opts));
+  }
+}
+
+Branch Mamba2Cache::dispatch(int64_t num_tokens) const {
+  if (seqlen_offset == 0) return Branch::kPrefill;
+  return num_tokens == 1 ? Branch::kStep : Branch::kContinue;
+}
+
+void Mamba2Cache::inject(int64_t layer, const torch::Tensor& delta) {
+  if (layer < 0 || layer >= num_layers()) {
+    throw InputError(fmt::format("inject: layer {} out of range [0, {})", layer, num_layers()));
+  }
+  torch::Tensor& state = ssm_states[static_cast<size_t>(layer)];
+  const auto want = state.sizes().vec();  // [B, H, P, N]
+  const auto got = delta.sizes().vec();
+  const bool full = got == want;
+  const bool broadcast = got.size() == 3 && std::equal(got.begin(), got.end(), want.begin() + 1);
+  if (!full && !broadcast) {
+    throw InputError(fmt::format("inject: layer {}: delta shape [{}] is neither [{}] nor [{}]", layer,
+                                 fmt::join(got, ", "), fmt::join(want, ", "),
+                                 fmt::join(want.begin() + 1, want.end(), ", ")));
+  }
+  state.add_(delta.to(state.device(), state.scalar_type()));
+}
+
+void copy_bytes(torch::Tensor& dst, const torch::Tensor& src) {
+  TORCH_CHECK(dst.scalar_type() == src.scalar_type() && dst.sizes() == src.sizes(),
+              "copy_bytes: dtype or shape mismatch");
+  TORCH_CHECK(dst.is_contiguous() && src.is_contiguous(), "copy_bytes: tensors must be contiguous");
+  if (dst.numel() == 0) return;
+  torch::NoGradGuard no_grad;
+  dst.view({-1}).view(torch::kUInt8).copy_(src.view({-1}).view(torch::kUInt8));
+}
+
+Mamba2Cache::Snapshot Mamba2Cache::snapshot() const {
+  Snapshot s;
+  s.seqlen_offset = seqlen_offset;
+  for (const auto& t : conv_states) s.conv_states.push_back(t.detach().clone());
+  for (const auto& t : ssm_states) s.ssm_states.push_back(t.detach().clone());
+  return s;
+}
+
+void Mamba2Cache::restore(const Snapshot& s) {
+  if (s.conv_states.size() != conv_states.size() || s.ssm_states.size() != ssm_states.size()) {
+    throw InputError("restore: snapshot was taken of a cache with a different number of layers");
+  }
+  for (size_t l = 0; l < conv_states.size(); ++l) {
+    copy_bytes(conv_states[l], s.conv_states[l]);
+    copy_bytes(ssm_states[l], s.ssm_states[l]);
+  }
+  seqlen_offset = s.seqlen_offset;
+}
+
+void Mamba2Cache::reset() {
+  torch::NoGradGuard no_grad;
+  for (auto& t : conv_states) t.zero_();
+  for (auto& t : ssm_states) t.zero_();
+  seqlen_offset = 0;
+}
+
+}  // namespace mambadiff

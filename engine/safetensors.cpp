@@ -1,0 +1,410 @@
+// safetensors reader/writer; see safetensors.h for the format and the guarantees.
+#include "engine/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <stdexcept>
+
+#include "engine/errors.h"
+
+namespace mambadiff::safetensors {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr uint64_t kInt64Max = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+
+// A name in single quotes, with control and non-ASCII bytes escaped so every message stays on one
+// line whatever the file holds.
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (unsigned char c : s) {
+    if (c == '\\' || c == '\'') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c >= 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "'";
+}
+
+// Removes newlines from text that comes from a library (nlohmann, strerror).
+std::string one_line(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
+[[noreturn]] void fail(const std::filesystem::path& path, const std::string& what) {
+  throw InputError(fmt::format("{}: {}", path.string(), one_line(what)));
+}
+
+[[noreturn]] void fail_tensor(const std::filesystem::path& path, const std::string& name,
+                              const std::string& what) {
+  throw InputError(fmt::format("{}: tensor {}: {}", path.string(), quote(name), one_line(what)));
+}
+
+uint64_t read_le_u64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// Closes a FILE* on scope exit.
+struct FileCloser {
+  std::FILE* f;
+  ~FileCloser() {
+    if (f != nullptr) std::fclose(f);
+  }
+};
+
+void read_exact(std::FILE* f, uint8_t* dst, uint64_t n, const std::filesystem::path& path,
+                const char* what) {
+  uint64_t done = 0;
+  while (done < n) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(n - done, uint64_t{1} << 30));
+    const size_t got = std::fread(dst + done, 1, chunk, f);
+    if (got == 0) {
+      if (std::ferror(f)) {
+        fail(path, fmt::format("read error in {}: {}", what, std::strerror(errno)));
+      }
+      fail(path, fmt::format("truncated file: {} ended after {} of {} bytes", what, done, n));
+    }
+    done += got;
+  }
+}
+
+// Parses one tensor entry of the header; `begin/end` are checked against `data_size`.
+TensorEntry parse_entry(const std::filesystem::path& path, const std::string& name,
+                        const json& info, uint64_t data_size) {
+  if (!info.is_object()) {
+    fail_tensor(path, name, fmt::format("entry must be a JSON object, got {}", info.type_name()));
+  }
+  for (const char* key : {"dtype", "shape", "data_offsets"}) {
+    if (!info.contains(key)) fail_tensor(path, name, fmt::format("missing \"{}\"", key));
+  }
+
+  TensorEntry e;
+  e.name = name;
+
+  const json& dtype = info.at("dtype");
+  if (!dtype.is_string()) {
+    fail_tensor(path, name, fmt::format("\"dtype\" must be a string, got {}", dtype.type_name()));
+  }
+  try {
+    e.dtype = dtype_from_name(dtype.get<std::string>());
+  } catch (const std::invalid_argument&) {
+    fail_tensor(path, name,
+                fmt::format("unknown dtype {} (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)",
+                            quote(dtype.get<std::string>())));
+  }
+
+  const json& shape = info.at("shape");
+  if (!shape.is_array()) {
+    fail_tensor(path, name, fmt::format("\"shape\" must be an array, got {}", shape.type_name()));
+  }
+  bool has_zero = false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const json& d = shape[i];
+    if (d.is_number_unsigned()) {
+      const uint64_t v = d.get<uint64_t>();
+      if (v > kInt64Max) fail_tensor(path, name, fmt::format("shape[{}] = {} is too large", i, v));
+      e.shape.push_back(static_cast<int64_t>(v));
+    } else if (d.is_number_integer()) {
+      const int64_t v = d.get<int64_t>();
+      if (v < 0) fail_tensor(path, name, fmt::format("shape[{}] = {} is negative", i, v));
+      e.shape.push_back(v);
+    } else {
+      fail_tensor(path, name,
+                  fmt::format("shape[{}] must be an integer, got {} {}", i, d.type_name(), d.dump()));
+    }
+    if (e.shape.back() == 0) has_zero = true;
+  }
+
+  const json& offs = info.at("data_offsets");
+  if (!offs.is_array() || offs.size() != 2) {
+    fail_tensor(path, name,
+                fmt::format("\"data_offsets\" must be an array of two integers, got {}", offs.dump()));
+  }
+  uint64_t bounds[2] = {0, 0};
+  for (size_t i = 0; i < 2; ++i) {
+    const json& o = offs[i];
+    if (o.is_number_unsigned()) {
+      bounds[i] = o.get<uint64_t>();
+    } else if (o.is_number_integer() && o.get<int64_t>() >= 0) {
+      bounds[i] = static_cast<uint64_t>(o.get<int64_t>());
+    } else {
+      fail_tensor(path, name,
+                  fmt::format("\"data_offsets\" must be two non-negative integers, got {}",
+                              offs.dump()));
+    }
+  }
+  e.begin = bounds[0];
+  e.end = bounds[1];
+  if (e.begin > e.end) {
+    fail_tensor(path, name,
+                fmt::format("data_offsets [{}, {}]: begin is after end", e.begin, e.end));
+  }
+  if (e.end > data_size) {
+    fail_tensor(path, name,
+                fmt::format("data_offsets [{}, {}] run past the data section ({} bytes): "
+                            "truncated file",
+                            e.begin, e.end, data_size));
+  }
+
+  // numel * itemsize in uint64 with overflow checks (a zero dimension makes the product 0 however
+  // large the others are).
+  const uint64_t itemsize = c10::elementSize(e.dtype);
+  uint64_t bytes = 0;
+  if (!has_zero) {
+    bytes = itemsize;
+    for (int64_t d : e.shape) {
+      const uint64_t ud = static_cast<uint64_t>(d);
+      if (bytes > std::numeric_limits<uint64_t>::max() / ud || bytes * ud > kInt64Max) {
+        fail_tensor(path, name,
+                    fmt::format("shape {} is too large: its byte size overflows", shape.dump()));
+      }
+      bytes *= ud;
+    }
+  }
+  if (e.end - e.begin != bytes) {
+    fail_tensor(path, name,
+                fmt::format("data_offsets [{}, {}] hold {} bytes but dtype {} shape {} needs {}",
+                            e.begin, e.end, e.end - e.begin, dtype.get<std::string>(),
+                            shape.dump(), bytes));
+  }
+  return e;
+}
+
+}  // namespace
+
+std::string dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat64: return "F64";
+    case torch::kFloat32: return "F32";
+    case torch::kFloat16: return "F16";
+    case torch::kBFloat16: return "BF16";
+    case torch::kInt64: return "I64";
+    case torch::kInt32: return "I32";
+    case torch::kInt16: return "I16";
+    case torch::kInt8: return "I8";
+    case torch::kUInt8: return "U8";
+    case torch::kBool: return "BOOL";
+    default: break;
+  }
+  throw std::invalid_argument(fmt::format("dtype {} is not supported by safetensors I/O",
+                                          c10::toString(t)));
+}
+
+torch::ScalarType dtype_from_name(const std::string& name) {
+  static const std::map<std::string, torch::ScalarType> kTable = {
+      {"F64", torch::kFloat64}, {"F32", torch::kFloat32}, {"F16", torch::kFloat16},
+      {"BF16", torch::kBFloat16}, {"I64", torch::kInt64}, {"I32", torch::kInt32},
+      {"I16", torch::kInt16}, {"I8", torch::kInt8}, {"U8", torch::kUInt8},
+      {"BOOL", torch::kBool}};
+  auto it = kTable.find(name);
+  if (it == kTable.end()) throw std::invalid_argument("unknown safetensors dtype '" + name + "'");
+  return it->second;
+}
+
+File File::open(const std::filesystem::path& path) {
+  File file;
+  file.path_ = path;
+
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
+  FileCloser closer{f};
+
+  struct stat st {};
+  if (::fstat(::fileno(f), &st) != 0) fail(path, fmt::format("cannot stat: {}", std::strerror(errno)));
+  if (S_ISDIR(st.st_mode)) fail(path, "cannot read: is a directory");
+  if (!S_ISREG(st.st_mode)) fail(path, "cannot read: not a regular file");
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+
+  if (size < 8) {
+    fail(path, fmt::format("truncated file: {} bytes, need at least 8 for the header length", size));
+  }
+  uint8_t len_bytes[8];
+  read_exact(f, len_bytes, 8, path, "the header length");
+  const uint64_t header_len = read_le_u64(len_bytes);
+  if (header_len > size - 8) {
+    fail(path, fmt::format("header length {} exceeds the {} bytes after the length field "
+                           "(truncated file or not a safetensors file)",
+                           header_len, size - 8));
+  }
+
+  std::vector<uint8_t> header(static_cast<size_t>(header_len));
+  read_exact(f, header.data(), header_len, path, "the header");
+  const uint64_t data_size = size - 8 - header_len;
+  file.data_.resize(static_cast<size_t>(data_size));
+  read_exact(f, file.data_.data(), data_size, path, "the data section");
+
+  json root;
+  try {
+    root = json::parse(header.begin(), header.end());
+  } catch (const json::exception& e) {
+    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
+  }
+  if (!root.is_object()) {
+    fail(path, fmt::format("header must be a JSON object, got {}", root.type_name()));
+  }
+
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    const std::string& key = it.key();
+    const json& value = it.value();
+    if (key == "__metadata__") {
+      if (!value.is_object()) {
+        fail(path, fmt::format("\"__metadata__\" must be a JSON object, got {}", value.type_name()));
+      }
+      for (auto m = value.begin(); m != value.end(); ++m) {
+        if (!m.value().is_string()) {
+          fail(path, fmt::format("\"__metadata__\" value for key {} must be a string, got {}",
+                                 quote(m.key()), m.value().type_name()));
+        }
+        file.metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    TensorEntry e = parse_entry(path, key, value, data_size);
+    if (e.dtype == torch::kBool) {
+      for (uint64_t i = e.begin; i < e.end; ++i) {
+        if (file.data_[i] > 1) {
+          fail_tensor(path, key,
+                      fmt::format("BOOL element {} is byte 0x{:02x}, not 0 or 1", i - e.begin,
+                                  file.data_[i]));
+        }
+      }
+    }
+    file.entries_.emplace(key, std::move(e));
+  }
+  return file;
+}
+
+std::vector<std::string> File::names() const {
+  std::vector<std::string> out;
+  out.reserve(entries_.size());
+  for (const auto& [name, e] : entries_) out.push_back(name);
+  return out;
+}
+
+bool File::contains(const std::string& name) const { return entries_.count(name) != 0; }
+
+const TensorEntry& File::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) fail_tensor(path_, name, "not found in file");
+  return it->second;
+}
+
+torch::Tensor File::tensor(const std::string& name) const {
+  const TensorEntry& e = entry(name);
+  torch::Tensor t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype).device(torch::kCPU));
+  const uint64_t n = e.end - e.begin;
+  if (n != 0) std::memcpy(t.data_ptr(), data_.data() + e.begin, static_cast<size_t>(n));
+  return t;
+}
+
+void write(const std::filesystem::path& path,
+           const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+           const std::map<std::string, std::string>& metadata) {
+  // Validate and collect everything before touching the filesystem.
+  std::set<std::string> seen;
+  std::vector<torch::Tensor> cpu;
+  cpu.reserve(tensors.size());
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = std::move(meta);
+  }
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__") fail_tensor(path, name, "name is reserved for metadata");
+    if (!seen.insert(name).second) fail_tensor(path, name, "duplicate tensor name");
+    if (!t.defined()) fail_tensor(path, name, "tensor is undefined");
+    std::string dtype;
+    try {
+      dtype = dtype_name(t.scalar_type());
+    } catch (const std::invalid_argument& e) {
+      fail_tensor(path, name, e.what());
+    }
+    torch::Tensor c = t.to(torch::kCPU).contiguous();
+    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * c.element_size();
+    nlohmann::ordered_json info = nlohmann::ordered_json::object();
+    info["dtype"] = dtype;
+    info["shape"] = c.sizes().vec();
+    info["data_offsets"] = {offset, offset + bytes};
+    header[name] = std::move(info);
+    offset += bytes;
+    cpu.push_back(std::move(c));
+  }
+
+  std::string header_text;
+  try {
+    header_text = header.dump();
+  } catch (const nlohmann::json::exception& e) {  // e.g. a name or value that is not UTF-8
+    fail(path, fmt::format("cannot encode the header: {}", e.what()));
+  }
+  header_text.append((8 - header_text.size() % 8) % 8, ' ');
+  uint8_t len_bytes[8];
+  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
+
+  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    fail(path, fmt::format("cannot create temporary file {}: {}", tmp.string(),
+                           std::strerror(errno)));
+  }
+  auto abandon = [&](const std::string& what) {
+    const std::string msg = fmt::format("cannot write: {}", what);
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    fail(path, msg);
+  };
+  auto put = [&](const void* p, uint64_t n) {
+    const char* src = static_cast<const char*>(p);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, src, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        const std::string err = std::strerror(errno);
+        ::close(fd);
+        abandon(err);
+      }
+      src += w;
+      n -= static_cast<uint64_t>(w);
+    }
+  };
+  put(len_bytes, 8);
+  put(header_text.data(), header_text.size());
+  for (const torch::Tensor& c : cpu) {
+    if (c.numel() != 0) put(c.data_ptr(), static_cast<uint64_t>(c.numel()) * c.element_size());
+  }
+  if (::fsync(fd) != 0) {
+    const std::string err = std::strerror(errno);
+    ::close(fd);
+    abandon(fmt::format("fsync: {}", err));
+  }
+  if (::close(fd) != 0) abandon(fmt::format("close: {}", std::strerror(errno)));
+
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) abandon(fmt::format("cannot rename {} over it: {}", tmp.string(), ec.message()));
+}
+
+}  // namespace mambadiff::safetensors

@@ -1,0 +1,80 @@
+// The chunked SSD scan on ATen ops. Notation: Q chunk size, nc number of chunks, Acs the
+// within-chunk cumulative sum of dt*A (non-increasing, since A < 0 and dt >= 0).
+#include "engine/aten_ops.h"
+
+#include <limits>
+#include <vector>
+
+namespace mambadiff::aten_ops {
+
+std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in, const torch::Tensor& dt_in,
+                                                       const torch::Tensor& A_in, const torch::Tensor& B_in,
+                                                       const torch::Tensor& C_in, const torch::Tensor& D_in,
+                                                       const torch::Tensor& initial_state, int64_t Q) {
+  TORCH_CHECK(Q > 0, "ssd_chunk_scan: chunk_size must be positive");
+  const int64_t Bsz = x_in.size(0), T = x_in.size(1), H = x_in.size(2), P = x_in.size(3);
+  const int64_t G = B_in.size(2), N = B_in.size(3);
+  TORCH_CHECK(H % G == 0, "ssd_chunk_scan: heads ", H, " not a multiple of groups ", G);
+  const auto f = x_in.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  namespace F = torch::nn::functional;
+
+  // Head h reads group h / (H/G): repeat_interleave, not repeat (HF PR #37533).
+  torch::Tensor x = x_in.to(f);                                           // [B, T, H, P]
+  torch::Tensor dt = dt_in.to(f);                                         // [B, T, H]
+  torch::Tensor Bm = B_in.to(f).repeat_interleave(H / G, 2);              // [B, T, H, N]
+  torch::Tensor Cm = C_in.to(f).repeat_interleave(H / G, 2);              // [B, T, H, N]
+  const torch::Tensor A = A_in.to(f);                                     // [H]
+  const torch::Tensor D = D_in.to(f);                                     // [H]
+
+  // Pad T to a multiple of Q with dt = 0: a padded token decays nothing (exp(0) = 1) and adds
+  // nothing (dt * x * B = 0), so the final state is the state after token T exactly.
+  const int64_t pad = (Q - T % Q) % Q, nc = (T + pad) / Q;
+  if (pad > 0) {
+    x = F::pad(x, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
+    dt = F::pad(dt, F::PadFuncOptions({0, 0, 0, pad}));
+    Bm = F::pad(Bm, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
+    Cm = F::pad(Cm, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
+  }
+  x = x.view({Bsz, nc, Q, H, P});
+  dt = dt.view({Bsz, nc, Q, H});
+  Bm = Bm.view({Bsz, nc, Q, H, N});
+  Cm = Cm.view({Bsz, nc, Q, H, N});
+
+  const torch::Tensor xdt = x * dt.unsqueeze(-1);                          // [B, nc, Q, H, P]
+  const torch::Tensor Acs = (dt * A).permute({0, 3, 1, 2}).cumsum(-1);    // [B, H, nc, Q]
+
+  // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(Acs_i - Acs_j) dt_j x_j.
+  // Segment sums are clamped to <= 0 before exp: rounding can push them above 0 (mamba_ssm PR #713).
+  const auto causal = torch::ones({Q, Q}, torch::TensorOptions().dtype(torch::kBool)).tril();
+  const torch::Tensor seg = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2))      // [B, H, nc, Q(i), Q(j)]
+                                .masked_fill(causal.logical_not().to(Acs.device()),
+                                             -std::numeric_limits<double>::infinity())
+                                .clamp_max(0.0);
+  const torch::Tensor CB = torch::einsum("bcihn,bcjhn->bhcij", {Cm, Bm});  // [B, H, nc, Q, Q]
+  const torch::Tensor y_diag = torch::einsum("bhcij,bcjhp->bcihp", {CB * seg.exp(), xdt});
+
+  // 2. Each chunk's contribution to the state at its end, starting from zero.
+  const torch::Tensor decay_to_end = (Acs.narrow(3, Q - 1, 1) - Acs).clamp_max(0.0).exp();  // [B, H, nc, Q]
+  const torch::Tensor chunk_states =
+      torch::einsum("bcjhn,bhcj,bcjhp->bchpn", {Bm, decay_to_end, xdt});   // [B, nc, H, P, N]
+
+  // 3. Inter-chunk recurrence over chunks (sequential; nc is small): the state entering chunk c.
+  const torch::Tensor chunk_decay = Acs.select(3, Q - 1).exp();            // [B, H, nc]
+  torch::Tensor s = initial_state.defined() ? initial_state.to(f)
+                                            : torch::zeros({Bsz, H, P, N}, x.options());
+  std::vector<torch::Tensor> entering;
+  entering.reserve(static_cast<size_t>(nc));
+  for (int64_t c = 0; c < nc; ++c) {
+    entering.push_back(s);
+    s = s * chunk_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) + chunk_states.select(1, c);
+  }
+  const torch::Tensor S = torch::stack(entering, 1);                       // [B, nc, H, P, N]
+
+  // 4. Off-diagonal blocks: y_i += exp(Acs_i) C_i . S_c.
+  const torch::Tensor y_off = torch::einsum("bcihn,bchpn,bhci->bcihp", {Cm, S, Acs.exp()});
+
+  torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, H, 1})).reshape({Bsz, nc * Q, H, P});
+  return {y.narrow(1, 0, T), s};
+}
+
+}  // namespace mambadiff::aten_ops

@@ -1,0 +1,271 @@
+#include "harness/check_suite.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "engine/errors.h"
+#include "harness/path_registry.h"
+
+namespace mambadiff {
+
+bool CheckReport::all_agree() const {
+  return std::none_of(cases.begin(), cases.end(), [](const CheckCase& c) { return c.verdict == "diverge"; });
+}
+
+std::vector<std::filesystem::path> default_models() {
+  const char* env = std::getenv("MAMBADIFF_MODELS");
+  const std::filesystem::path root = env ? env : std::filesystem::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
+  std::vector<std::filesystem::path> out;
+  if (std::filesystem::is_directory(root)) {
+    for (const auto& e : std::filesystem::directory_iterator(root))
+      if (std::filesystem::exists(e.path() / "config.json")) out.push_back(e.path());
+  }
+  if (out.empty()) throw InputError(fmt::format("{}: no embedded models found", root.string()));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+namespace {
+
+// Deterministic token rows: row b differs from row b' (each row its own stream).
+torch::Tensor random_tokens(std::mt19937_64& rng, int64_t batch, int64_t length, int64_t vocab) {
+  torch::Tensor t = torch::empty({batch, length}, torch::kInt64);
+  auto* p = t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < batch * length; ++i) p[i] = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
+  return t;
+}
+
+ScenarioOp forward_op(const torch::Tensor& tokens) {
+  ScenarioOp op;
+  op.kind = OpKind::kForward;
+  op.tokens = tokens;
+  return op;
+}
+
+ScenarioOp named_op(OpKind kind, const std::string& name = "") {
+  ScenarioOp op;
+  op.kind = kind;
+  op.name = name;
+  return op;
+}
+
+ScenarioOp inject_op(int64_t layer, const torch::Tensor& delta) {
+  ScenarioOp op;
+  op.kind = OpKind::kInject;
+  op.layer = layer;
+  op.delta = delta;
+  return op;
+}
+
+uint64_t case_seed(uint64_t base, const std::string& model, const std::string& scenario) {
+  const std::string key = model + "/" + scenario;
+  return fnv1a64(key.data(), key.size(), base) & 0x7fffffffffffULL;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, Scenario>> check_scenarios(const Mamba2Checkpoint& ck,
+                                                              const std::filesystem::path& model_dir, uint64_t seed) {
+  const auto& c = ck.config;
+  const int64_t Q = c.chunk_size, V = c.vocab_size, B = 2;  // batch 2: rows with different sequences
+  const std::string model = model_dir.filename().string();
+  std::vector<std::pair<std::string, Scenario>> out;
+  auto add = [&](const std::string& name, torch::ScalarType dtype, auto&& build) {
+    Scenario s;
+    s.model_dir = model_dir;
+    s.model = model_dir.string();
+    s.dtype = dtype;
+    s.file = fmt::format("check/{}/{}.json", model, name);
+    std::mt19937_64 rng(case_seed(seed, model, name));
+    torch::manual_seed(case_seed(seed, model, name));
+    build(s, rng);
+    out.emplace_back(name, std::move(s));
+  };
+  // Prefill lengths around chunk boundaries (HF #34817 appeared once L > chunk_size).
+  for (int64_t L : {int64_t{1}, Q - 1, Q, Q + 1, 3 * Q + 5}) {
+    if (L < 1) continue;
+    add(fmt::format("prefill_{}", L), torch::kFloat32,
+        [&](Scenario& s, std::mt19937_64& rng) { s.ops.push_back(forward_op(random_tokens(rng, B, L, V))); });
+  }
+  auto decode = [&](Scenario& s, std::mt19937_64& rng) {
+    s.ops.push_back(forward_op(random_tokens(rng, B, 5, V)));
+    for (int i = 0; i < 6; ++i) s.ops.push_back(forward_op(random_tokens(rng, B, 1, V)));
+  };
+  add("decode", torch::kFloat32, decode);
+  add("continue", torch::kFloat32, [&](Scenario& s, std::mt19937_64& rng) {
+    s.ops.push_back(forward_op(random_tokens(rng, B, 9, V)));
+    s.ops.push_back(forward_op(random_tokens(rng, B, Q + 3, V)));
+    s.ops.push_back(forward_op(random_tokens(rng, B, 2, V)));
+  });
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    add(fmt::format("inject_layer{}", l), torch::kFloat32, [&](Scenario& s, std::mt19937_64& rng) {
+      s.ops.push_back(forward_op(random_tokens(rng, B, 6, V)));
+      s.ops.push_back(inject_op(l, 0.5 * torch::randn({B, c.num_heads, c.head_dim, c.state_size})));
+      s.ops.push_back(forward_op(random_tokens(rng, B, 1, V)));
+      s.ops.push_back(inject_op(l, 0.5 * torch::randn({c.num_heads, c.head_dim, c.state_size})));
+      s.ops.push_back(forward_op(random_tokens(rng, B, 3, V)));
+    });
+  }
+  add("snapshot_restore", torch::kFloat32, [&](Scenario& s, std::mt19937_64& rng) {
+    s.ops.push_back(forward_op(random_tokens(rng, B, 7, V)));
+    s.ops.push_back(named_op(OpKind::kSnapshot, "s0"));
+    s.ops.push_back(forward_op(random_tokens(rng, B, 3, V)));
+    s.ops.push_back(inject_op(0, torch::randn({B, c.num_heads, c.head_dim, c.state_size})));
+    s.ops.push_back(named_op(OpKind::kRestore, "s0"));
+    s.ops.push_back(forward_op(random_tokens(rng, B, 1, V)));
+    s.ops.push_back(forward_op(random_tokens(rng, B, 2, V)));
+    s.ops.push_back(named_op(OpKind::kReset));
+    s.ops.push_back(forward_op(random_tokens(rng, B, 4, V)));
+  });
+  add(fmt::format("bf16_prefill_{}", 3 * Q + 5), torch::kBFloat16,
+      [&](Scenario& s, std::mt19937_64& rng) { s.ops.push_back(forward_op(random_tokens(rng, B, 3 * Q + 5, V))); });
+  add("bf16_decode", torch::kBFloat16, decode);
+  return out;
+}
+
+CheckReport run_check(const CheckOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  CheckReport report;
+  const auto models = opt.models.empty() ? default_models() : opt.models;
+  std::vector<std::string> paths = opt.paths;
+  if (paths.empty()) {
+    for (const auto& p : registered_paths())
+      if (p.rfind("plain-", 0) != 0) paths.push_back(p);
+  }
+  for (const auto& model_dir : models) {
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir);
+    const std::string model = model_dir.filename().string();
+    for (const auto& [name, scenario] : check_scenarios(ck, model_dir, opt.seed)) {
+      if (!opt.only_scenario.empty() && name.find(opt.only_scenario) == std::string::npos) continue;
+      const uint64_t seed = case_seed(opt.seed, model, name);
+      const std::string dtype = dtype_string(scenario.dtype);
+      const ScenarioResult ref = evaluate_path("reference", scenario, ck);
+      const std::string plain = scenario.dtype == torch::kBFloat16 ? "plain-bfloat16" : "plain-float32";
+      const std::vector<ErrorBaseline> baselines = {measure_baseline(evaluate_path(plain, scenario, ck), ref)};
+      std::map<std::string, ScenarioResult> results;
+      std::map<std::string, std::string> skipped;
+      for (const auto& p : paths) {
+        std::string why;
+        if (p == "reference") {
+          results.emplace(p, ref);
+        } else if (!path_available(p, scenario.dtype, &why)) {
+          skipped[p] = why;
+        } else {
+          results.emplace(p, evaluate_path(p, scenario, ck));
+        }
+      }
+      for (size_t i = 0; i < paths.size(); ++i) {
+        for (size_t j = i + 1; j < paths.size(); ++j) {
+          CheckCase cc{model, name, paths[i] + "," + paths[j], dtype, 0, 0, 0, "", seed, ""};
+          const std::string& skip = skipped.count(paths[i]) ? skipped[paths[i]] : skipped[paths[j]];
+          if (!skip.empty() || skipped.count(paths[i]) || skipped.count(paths[j])) {
+            cc.verdict = "skipped";
+            cc.detail = skipped.count(paths[i]) ? paths[i] + ": " + skipped[paths[i]] : paths[j] + ": " + skipped[paths[j]];
+          } else {
+            const Comparison cmp = compare_results(results.at(paths[i]), results.at(paths[j]), ref, baselines);
+            cc.error = cmp.logits_error;
+            cc.tolerance = cmp.logits_tolerance;
+            cc.nmse = cmp.logits_nmse;
+            cc.verdict = cmp.agree ? "agree" : "diverge";
+            if (cmp.first_divergence) cc.detail = describe(*cmp.first_divergence);
+          }
+          report.cases.push_back(cc);
+          if (!opt.quiet) {
+            fmt::print("{:<10} {:<18} {:<24} {:<9} {:>10.3g} {:>10.3g} {:<8} {}{}\n", cc.model, cc.scenario, cc.paths,
+                       cc.dtype, cc.error, cc.tolerance, cc.verdict, cc.seed, cc.detail.empty() ? "" : "  " + cc.detail);
+            std::fflush(stdout);
+          }
+        }
+      }
+    }
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
+}
+
+void print_check_table(const CheckReport& r) {
+  size_t agree = 0, diverge = 0, skipped = 0;
+  for (const auto& c : r.cases) {
+    agree += c.verdict == "agree";
+    diverge += c.verdict == "diverge";
+    skipped += c.verdict == "skipped";
+  }
+  fmt::print("check: {} cases: {} agree, {} diverge, {} skipped in {:.1f} s\n", r.cases.size(), agree, diverge, skipped,
+             r.seconds);
+}
+
+void write_text_atomically(const std::filesystem::path& file, const std::string& text) {
+  const std::string tmp = file.string() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw InputError(fmt::format("{}: cannot write", file.string()));
+    f << text;
+    f.flush();
+    if (!f) {
+      std::filesystem::remove(tmp);
+      throw InputError(fmt::format("{}: write failed", file.string()));
+    }
+  }
+  std::filesystem::rename(tmp, file);
+}
+
+void write_check_json(const CheckReport& r, const std::filesystem::path& file) {
+  nlohmann::json cases = nlohmann::json::array();
+  for (const auto& c : r.cases) {
+    cases.push_back({{"model", c.model}, {"scenario", c.scenario}, {"paths", c.paths}, {"dtype", c.dtype},
+                     {"error", c.error}, {"tolerance", c.tolerance}, {"nmse", c.nmse}, {"verdict", c.verdict},
+                     {"seed", c.seed}, {"detail", c.detail}});
+  }
+  const nlohmann::json j = {{"verdict", r.all_agree() ? "agree" : "diverge"}, {"seconds", r.seconds}, {"cases", cases}};
+  write_text_atomically(file, j.dump(1) + "\n");
+}
+
+namespace {
+std::string xml_escape(const std::string& s) {
+  std::string o;
+  for (char ch : s) {
+    switch (ch) {
+      case '&': o += "&amp;"; break;
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '"': o += "&quot;"; break;
+      default: o += ch;
+    }
+  }
+  return o;
+}
+}  // namespace
+
+void write_check_junit(const CheckReport& r, const std::filesystem::path& file) {
+  size_t failures = 0, skipped = 0;
+  for (const auto& c : r.cases) {
+    failures += c.verdict == "diverge";
+    skipped += c.verdict == "skipped";
+  }
+  std::string x = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+  x += fmt::format("<testsuite name=\"mambadiff.check\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3f}\">\n",
+                   r.cases.size(), failures, skipped, r.seconds);
+  for (const auto& c : r.cases) {
+    x += fmt::format("  <testcase classname=\"{}\" name=\"{}[{}]\">\n", xml_escape(c.model),
+                     xml_escape(c.scenario), xml_escape(c.paths + "," + c.dtype));
+    x += fmt::format(
+        "    <properties><property name=\"error\" value=\"{:.6g}\"/><property name=\"tolerance\" value=\"{:.6g}\"/>"
+        "<property name=\"seed\" value=\"{}\"/></properties>\n",
+        c.error, c.tolerance, c.seed);
+    if (c.verdict == "diverge") x += fmt::format("    <failure message=\"{}\"/>\n", xml_escape(c.detail));
+    if (c.verdict == "skipped") x += fmt::format("    <skipped message=\"{}\"/>\n", xml_escape(c.detail));
+    x += "  </testcase>\n";
+  }
+  x += "</testsuite>\n";
+  write_text_atomically(file, x);
+}
+
+}  // namespace mambadiff

@@ -1,0 +1,62 @@
+// `mambadiff check`: the pre-merge equivalence suite. For each model, a matrix of seeded
+// scenarios (prefill lengths around chunk boundaries, decode, continuation, injection at every
+// layer, snapshot/restore mid-sequence, batch rows with different sequences, bf16) is run on every
+// available path and every pair of paths is compared against tolerances derived from the plain
+// same-dtype loops (harness/compare.h).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint.h"
+#include "harness/compare.h"
+#include "harness/scenario.h"
+
+namespace mambadiff {
+
+struct CheckCase {
+  std::string model;
+  std::string scenario;
+  std::string paths;  // "a,b"
+  std::string dtype;
+  double error = 0.0;
+  double tolerance = 0.0;
+  double nmse = 0.0;
+  std::string verdict;  // "agree" | "diverge" | "skipped"
+  uint64_t seed = 0;
+  std::string detail;   // first divergence or skip reason
+};
+
+struct CheckReport {
+  std::vector<CheckCase> cases;
+  double seconds = 0.0;
+  bool all_agree() const;
+};
+
+struct CheckOptions {
+  std::vector<std::filesystem::path> models;  // empty: the embedded defaults
+  std::vector<std::string> paths;             // empty: every registered executable path
+  uint64_t seed = 20261127;                   // base seed; each case's seed derives from it
+  std::string only_scenario;                  // run only scenarios whose name contains this
+  bool quiet = false;
+};
+
+// The named scenarios of the matrix for one model, built from `seed`.
+std::vector<std::pair<std::string, Scenario>> check_scenarios(const Mamba2Checkpoint& checkpoint,
+                                                              const std::filesystem::path& model_dir, uint64_t seed);
+
+// The embedded default models (corpus/models/*), sorted.
+std::vector<std::filesystem::path> default_models();
+
+CheckReport run_check(const CheckOptions& options);
+
+void print_check_table(const CheckReport& report);
+void write_check_json(const CheckReport& report, const std::filesystem::path& file);
+void write_check_junit(const CheckReport& report, const std::filesystem::path& file);
+
+// Writes `text` to `file` atomically (temp file + rename). InputError naming the file on failure.
+void write_text_atomically(const std::filesystem::path& file, const std::string& text);
+
+}  // namespace mambadiff

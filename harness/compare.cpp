@@ -1,0 +1,230 @@
+#include "harness/compare.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <limits>
+
+namespace mambadiff {
+
+double TolerancePolicy::floor(const std::string& dtype) const {
+  if (dtype == "bfloat16") return floor_bfloat16;
+  if (dtype == "float16") return floor_float16;
+  if (dtype == "float64") return 0.0;
+  return floor_float32;
+}
+
+double ErrorBaseline::at(const std::string& key) const {
+  auto it = error.find(key);
+  return it == error.end() ? 0.0 : it->second;
+}
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+bool is_oracle(const std::string& path) { return path == "reference"; }
+
+double scale_of(const torch::Tensor& ref) {
+  const torch::Tensor r = ref.to(torch::kFloat64).abs();
+  const torch::Tensor finite = r.masked_select(torch::isfinite(r));
+  const double s = finite.numel() ? finite.max().item<double>() : 0.0;
+  return s > 0 ? s : 1.0;
+}
+
+// Element errors |a - b| / scale as float64 of a's shape; NaN -> +inf; mismatched infinities
+// -> +inf; matching infinities -> 0.
+torch::Tensor element_errors(const torch::Tensor& a_in, const torch::Tensor& b_in, double scale) {
+  const torch::Tensor a = a_in.to(torch::kCPU, torch::kFloat64), b = b_in.to(torch::kCPU, torch::kFloat64);
+  torch::Tensor err = (a - b).abs() / scale;
+  const torch::Tensor both_inf_same = torch::isinf(a) & torch::isinf(b) & (a.sign() == b.sign());
+  err = err.masked_fill(both_inf_same, 0.0);
+  const torch::Tensor bad = torch::isnan(a) | torch::isnan(b) | ((torch::isinf(a) | torch::isinf(b)) & ~both_inf_same);
+  return err.masked_fill(bad, kInf);
+}
+
+double nmse(const torch::Tensor& a_in, const torch::Tensor& b_in) {
+  const torch::Tensor a = a_in.to(torch::kCPU, torch::kFloat64), b = b_in.to(torch::kCPU, torch::kFloat64);
+  const double den = b.pow(2).sum().item<double>();
+  const double num = (a - b).pow(2).sum().item<double>();
+  return den > 0 ? num / den : num;
+}
+
+struct Checker {
+  const ScenarioResult& a;
+  const ScenarioResult& b;
+  const std::vector<ErrorBaseline>& baselines;
+  const TolerancePolicy& policy;
+  Comparison& out;
+
+  double path_tolerance(const std::string& path, const std::string& dtype, const std::string& key) const {
+    if (is_oracle(path)) return 0.0;
+    for (const auto& bl : baselines)
+      if (bl.dtype == dtype) return policy.multiplier * bl.at(key) + policy.floor(dtype);
+    return policy.floor(dtype);
+  }
+  double tolerance(const std::string& key) const {
+    return path_tolerance(a.path, a.dtype, key) + path_tolerance(b.path, b.dtype, key);
+  }
+
+  bool fail(Divergence d) {
+    out.agree = false;
+    if (!out.first_divergence) out.first_divergence = std::move(d);
+    return false;
+  }
+
+  // Per-token tensors [B, T, F]: the first (token, row) in time order whose error exceeds tol.
+  bool check_tokens(size_t op, int64_t layer, const std::string& tensor, const std::string& key,
+                    const torch::Tensor& ta, const torch::Tensor& tb, const torch::Tensor& tref) {
+    if (ta.sizes() != tb.sizes()) {
+      return fail({op, -1, -1, layer, tensor, kInf, 0.0,
+                   fmt::format("shape [{}] vs [{}]", fmt::join(ta.sizes().vec(), ","), fmt::join(tb.sizes().vec(), ","))});
+    }
+    const double tol = tolerance(key);
+    const torch::Tensor per_token = std::get<0>(element_errors(ta, tb, scale_of(tref)).flatten(2).max(2));  // [B, T]
+    if (tensor == "logits") {
+      const double worst = per_token.max().item<double>();
+      const double n = nmse(ta, tb);
+      if (worst / std::max(tol, 1e-300) >= out.logits_error / std::max(out.logits_tolerance, 1e-300)) {
+        out.logits_error = worst;
+        out.logits_tolerance = tol;
+      }
+      out.logits_nmse = std::max(out.logits_nmse, n);
+    }
+    const torch::Tensor over = (per_token > tol).t().contiguous();  // [T, B]: time order first
+    if (!over.any().item<bool>()) return true;
+    const auto idx = over.view({-1}).nonzero()[0].item<int64_t>();
+    const int64_t B = per_token.size(0);
+    const int64_t t = idx / B, row = idx % B;
+    return fail({op, row, t, layer, tensor, per_token[row][t].item<double>(), tol, ""});
+  }
+
+  // Per-row tensors [B, ...] (cache states).
+  bool check_rows(size_t op, int64_t layer, const std::string& tensor, const std::string& key,
+                  const torch::Tensor& ta, const torch::Tensor& tb, const torch::Tensor& tref) {
+    if (ta.sizes() != tb.sizes()) {
+      return fail({op, -1, -1, layer, "cache.shape", kInf, 0.0,
+                   fmt::format("{} [{}] vs [{}]", tensor, fmt::join(ta.sizes().vec(), ","), fmt::join(tb.sizes().vec(), ","))});
+    }
+    const double tol = tolerance(key);
+    const torch::Tensor per_row = std::get<0>(element_errors(ta, tb, scale_of(tref)).flatten(1).max(1));  // [B]
+    const torch::Tensor over = per_row > tol;
+    if (!over.any().item<bool>()) return true;
+    const int64_t row = over.nonzero()[0].item<int64_t>();
+    return fail({op, row, -1, layer, tensor, per_row[row].item<double>(), tol, ""});
+  }
+
+  bool check_cache(size_t op, const CacheState& ca, const CacheState& cb, const CacheState& cref) {
+    if (ca.seqlen_offset != cb.seqlen_offset) {
+      return fail({op, -1, -1, -1, "cache.seqlen_offset", std::fabs(double(ca.seqlen_offset - cb.seqlen_offset)), 0.0,
+                   fmt::format("{} vs {}", ca.seqlen_offset, cb.seqlen_offset)});
+    }
+    if (ca.ssm_states.size() != cb.ssm_states.size()) {
+      return fail({op, -1, -1, -1, "cache.shape", kInf, 0.0,
+                   fmt::format("{} vs {} layers", ca.ssm_states.size(), cb.ssm_states.size())});
+    }
+    const bool same_kind = !is_oracle(a.path) && !is_oracle(b.path) && a.dtype == b.dtype &&
+                           !is_file_path_name(a.path) && !is_file_path_name(b.path);
+    for (size_t l = 0; l < ca.ssm_states.size(); ++l) {
+      const auto L = static_cast<int64_t>(l);
+      if (same_kind && (ca.ssm_states[l].scalar_type() != cb.ssm_states[l].scalar_type() ||
+                        ca.conv_states[l].scalar_type() != cb.conv_states[l].scalar_type())) {
+        return fail({op, -1, -1, L, "cache.dtype", kInf, 0.0,
+                     fmt::format("ssm {} vs {}, conv {} vs {}", c10::toString(ca.ssm_states[l].scalar_type()),
+                                 c10::toString(cb.ssm_states[l].scalar_type()),
+                                 c10::toString(ca.conv_states[l].scalar_type()),
+                                 c10::toString(cb.conv_states[l].scalar_type()))});
+      }
+      if (!check_rows(op, L, "cache.ssm_states", fmt::format("op{}.cache.ssm_states.{}", op, l), ca.ssm_states[l],
+                      cb.ssm_states[l], cref.ssm_states[l]))
+        return false;
+      if (!check_rows(op, L, "cache.conv_states", fmt::format("op{}.cache.conv_states.{}", op, l), ca.conv_states[l],
+                      cb.conv_states[l], cref.conv_states[l]))
+        return false;
+    }
+    return true;
+  }
+
+  static bool is_file_path_name(const std::string& p) { return p.rfind("file:", 0) == 0; }
+};
+
+}  // namespace
+
+ErrorBaseline measure_baseline(const ScenarioResult& plain, const ScenarioResult& ref) {
+  ErrorBaseline bl;
+  bl.dtype = plain.dtype;
+  auto put = [&](const std::string& key, const torch::Tensor& x, const torch::Tensor& r) {
+    bl.error[key] = element_errors(x, r, scale_of(r)).max().item<double>();
+  };
+  for (size_t i = 0; i < plain.ops.size() && i < ref.ops.size(); ++i) {
+    const auto& p = plain.ops[i];
+    const auto& r = ref.ops[i];
+    if (p.kind == OpKind::kForward) {
+      put(fmt::format("op{}.logits", i), p.logits, r.logits);
+      for (size_t l = 0; l < p.layer_outputs.size(); ++l) {
+        put(fmt::format("op{}.layer{}", i, l), p.layer_outputs[l], r.layer_outputs[l]);
+      }
+    }
+    for (size_t l = 0; l < p.cache.ssm_states.size(); ++l) {
+      put(fmt::format("op{}.cache.ssm_states.{}", i, l), p.cache.ssm_states[l], r.cache.ssm_states[l]);
+      put(fmt::format("op{}.cache.conv_states.{}", i, l), p.cache.conv_states[l], r.cache.conv_states[l]);
+    }
+  }
+  return bl;
+}
+
+Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, const ScenarioResult& ref,
+                           const std::vector<ErrorBaseline>& baselines, const TolerancePolicy& policy) {
+  Comparison out;
+  out.path_a = a.path;
+  out.path_b = b.path;
+  Checker ck{a, b, baselines, policy, out};
+  const size_t n = std::min(a.ops.size(), b.ops.size());
+  bool ok = true;
+  for (size_t i = 0; i < n && ok; ++i) {
+    const OpResult& oa = a.ops[i];
+    const OpResult& ob = b.ops[i];
+    const OpResult& orf = ref.ops[i];
+    if (oa.kind == OpKind::kForward) {
+      if (!oa.trace.empty() && !ob.trace.empty() && !(oa.trace == ob.trace)) {
+        for (size_t l = 0; l < std::min(oa.trace.size(), ob.trace.size()); ++l) {
+          if (!(oa.trace[l] == ob.trace[l])) {
+            ok = ck.fail({i, -1, -1, static_cast<int64_t>(l), "dispatch_trace", kInf, 0.0,
+                          fmt::format("{} {} vs {} {}", branch_name(oa.trace[l].branch), oa.trace[l].kernels,
+                                      branch_name(ob.trace[l].branch), ob.trace[l].kernels)});
+            break;
+          }
+        }
+        if (ok) ok = ck.fail({i, -1, -1, -1, "dispatch_trace", kInf, 0.0, "different number of layers traced"});
+        if (!ok) break;
+      }
+      const size_t layers = std::min(oa.layer_outputs.size(), ob.layer_outputs.size());
+      for (size_t l = 0; l < layers && ok; ++l) {
+        ok = ck.check_tokens(i, static_cast<int64_t>(l), "layer_output", fmt::format("op{}.layer{}", i, l),
+                             oa.layer_outputs[l], ob.layer_outputs[l], orf.layer_outputs[l]);
+      }
+      if (ok) ok = ck.check_tokens(i, -1, "logits", fmt::format("op{}.logits", i), oa.logits, ob.logits, orf.logits);
+    }
+    if (ok && oa.cache.defined() && ob.cache.defined()) ok = ck.check_cache(i, oa.cache, ob.cache, orf.cache);
+  }
+  if (ok && a.final_cache.defined() && b.final_cache.defined() && n > 0) {
+    ck.check_cache(n - 1, a.final_cache, b.final_cache, ref.final_cache);
+  }
+  if (a.ops.front().layer_outputs.empty() || b.ops.front().layer_outputs.empty()) {
+    out.notes.push_back("per-layer outputs not available on one side: logits and final cache compared");
+  }
+  return out;
+}
+
+std::string describe(const Divergence& d) {
+  std::string where = fmt::format("op {}", d.op);
+  if (d.batch >= 0) where += fmt::format(", row {}", d.batch);
+  if (d.token >= 0) where += fmt::format(", token {}", d.token);
+  if (d.layer >= 0) where += fmt::format(", layer {}", d.layer);
+  std::string s = fmt::format("{}: {} error {:.3g} > tolerance {:.3g}", where, d.tensor, d.error, d.tolerance);
+  if (!d.detail.empty()) s += " (" + d.detail + ")";
+  return s;
+}
+
+}  // namespace mambadiff

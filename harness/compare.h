@@ -1,0 +1,76 @@
+// Comparing two results op by op, layer by layer, token by token, and locating the first place
+// they part (SPEC §7).
+//
+// Error unit: for a tensor compared at one (op, batch row, token), error = max |a - b| / scale,
+// where scale = max |reference| over the whole tensor of that op (so errors are relative to the
+// tensor's magnitude and a near-zero logit does not blow them up). Cache tensors are compared per
+// batch row the same way. NMSE = sum (a-b)^2 / sum b^2 is reported beside it.
+//
+// Tolerance, derived rather than guessed (FlashAttention's rule): a path computing in dtype d may
+// be off the float64 reference by at most
+//     kMultiplier * (error of the plain dtype-d loops vs the reference, same tensor) + floor(d).
+// Comparing two paths A and B bounds |A - B| by tol(A) + tol(B) (the triangle inequality through
+// the reference); the reference itself has tolerance 0. NaN anywhere fails; infinities must
+// match in position and sign (and are then excluded from the error).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/scenario_runner.h"
+
+namespace mambadiff {
+
+struct TolerancePolicy {
+  // FlashAttention's tests allow 2x the naive same-dtype error; we allow 4x because the chunked
+  // algorithm sums in a different order (exp of cumulative-sum differences) than the sequential
+  // loops; measured ratios on the embedded models are in the README.
+  double multiplier = 4.0;
+  // Floors relative to the tensor's scale: float32 ~ 8.4 ulp at the scale (2^-23 * 8.4 = 1e-6);
+  // bfloat16 ~ half an ulp (2^-8 / 2 ~ 2e-3) for the inputs' own rounding.
+  double floor_float32 = 1e-6;
+  double floor_bfloat16 = 2e-3;
+  double floor_float16 = 5e-4;
+  double floor(const std::string& dtype) const;
+};
+
+struct Divergence {
+  size_t op = 0;
+  int64_t batch = -1;  // -1: not a per-row quantity
+  int64_t token = -1;  // -1: not a per-token quantity
+  int64_t layer = -1;  // -1: logits, or no layer information (file: paths)
+  std::string tensor;  // "logits", "layer_output", "cache.ssm_states", "cache.conv_states",
+                       // "cache.seqlen_offset", "cache.shape", "dispatch_trace"
+  double error = 0.0;
+  double tolerance = 0.0;
+  std::string detail;  // human-readable extra (trace entries, shapes)
+};
+
+struct Comparison {
+  std::string path_a, path_b;
+  bool agree = true;
+  std::optional<Divergence> first_divergence;
+  double logits_error = 0.0;      // worst over forward ops
+  double logits_tolerance = 0.0;  // at the worst ratio
+  double logits_nmse = 0.0;       // worst over forward ops
+  std::vector<std::string> notes;  // comparisons skipped, and why
+};
+
+// Per-tensor error of a plain path of some dtype vs the reference: the baseline of the tolerance.
+// Keys: "op<i>.logits", "op<i>.layer<l>", "op<i>.cache.ssm_states.<l>", ... .
+struct ErrorBaseline {
+  std::string dtype;
+  std::map<std::string, double> error;
+  double at(const std::string& key) const;
+};
+ErrorBaseline measure_baseline(const ScenarioResult& plain, const ScenarioResult& reference);
+
+// Compares a and b. `reference` provides the scale; baselines (by dtype) the tolerances: a path
+// named "reference" gets tolerance 0, any other path the baseline of its dtype.
+Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, const ScenarioResult& reference,
+                           const std::vector<ErrorBaseline>& baselines, const TolerancePolicy& policy = {});
+
+std::string describe(const Divergence& d);
+
+}  // namespace mambadiff

@@ -1,0 +1,44 @@
+// The registry of execution paths (SPEC §4). The harness knows paths only by name:
+//   reference        float64 sequential oracle (oracles/)
+//   plain-float32    the oracle's loops in float32 (tolerance baseline)
+//   plain-bfloat16   the oracle's loops in bfloat16 (tolerance baseline)
+//   chunked          ATen chunked SSD on the CPU, in the scenario's dtype
+//   chunked-gpu      the same on the GPU (skipped without one)
+//   file:PATH        tensors exported by another system, in `run`'s naming
+// Adding a path is one Entry line in path_registry.cpp.
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/execution_path.h"
+#include "harness/scenario_runner.h"
+
+namespace mambadiff {
+
+// A path that cannot run a case here (no GPU, unsupported dtype): reported as "skipped" with the
+// reason, never as a pass.
+class PathUnavailable : public std::runtime_error {
+ public:
+  explicit PathUnavailable(const std::string& why) : std::runtime_error(why) {}
+};
+
+// Names of the executable paths registered (available or not).
+std::vector<std::string> registered_paths();
+
+// Builds the named executable path for a checkpoint and run dtype. Throws PathUnavailable when it
+// cannot run here, InputError for an unknown name.
+std::unique_ptr<ExecutionPath> make_path(const std::string& name, const Mamba2Checkpoint& checkpoint,
+                                         torch::ScalarType dtype);
+
+// Whether `make_path` would succeed for this name and dtype; `why` gets the reason if not.
+bool path_available(const std::string& name, torch::ScalarType dtype, std::string* why = nullptr);
+
+// The result of a path on a scenario: runs it, or reads a `file:` path.
+ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, const Mamba2Checkpoint& checkpoint);
+
+bool is_file_path(const std::string& name);
+
+}  // namespace mambadiff

@@ -1,0 +1,35 @@
+// The `reference` path: the oracle (SPEC §4). A sequential recurrence, one token at a time,
+// computed in float64 with plain loops over raw buffers, written independently of the ATen code
+// in engine/ (it shares only the config, the checkpoint and the cache). Slow is fine; wrong is not.
+// Its cache holds float64 states, so the oracle never rounds its own state.
+#pragma once
+
+#include "engine/execution_path.h"
+
+namespace mambadiff {
+
+//
+// The same loops instantiated in float32 or bfloat16 (every operation rounded to that type, the
+// accumulators too) are the "plain low-precision implementation of the same math" whose error
+// against the float64 oracle sets the tolerance of a path computing in that dtype (SPEC §7,
+// FlashAttention's rule). Those instances are named "plain-float32" and "plain-bfloat16".
+template <typename Scalar>
+class SequentialScanPath : public ExecutionPath {
+ public:
+  explicit SequentialScanPath(const Mamba2Checkpoint& checkpoint);
+
+  std::string name() const override;
+  Mamba2Cache new_cache(int64_t batch_size) const override;
+
+ protected:
+  ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch branch) override;
+
+ private:
+  Mamba2Weights w_;  // Scalar, CPU, contiguous
+};
+
+using ReferencePath = SequentialScanPath<double>;
+using PlainFloat32Path = SequentialScanPath<float>;
+using PlainBFloat16Path = SequentialScanPath<c10::BFloat16>;
+
+}  // namespace mambadiff

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what mambadiff needs and is missing; does nothing when everything is there.
+#   * Debian packages: build tools, GoogleTest, RapidCheck, fmt, nlohmann-json, CLI11.
+#   * A virtual environment (outside the clone, so fresh clones and CI reuse it) holding the
+#     registry's torch wheel (whose LibTorch we link against) and the pinned HF transformers that
+#     the parity tests compare with.
+set -euo pipefail
+
+VENV="${MAMBADIFF_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mambadiff/venv}"
+# torch 2.11.0: the version on the GPU machine (REFERENCE.md), so CPU and GPU builds link the same
+# LibTorch. transformers 5.17.0: the version whose behaviour REFERENCE.md measured (decode does not
+# clamp dt); the parity test detects and reports that rather than assuming it.
+PY_REQUIREMENTS=(torch==2.11.0 transformers==5.17.0 safetensors==0.8.0 numpy)
+APT_PACKAGES=(build-essential cmake ninja-build python3-venv googletest libgtest-dev librapidcheck-dev
+              libfmt-dev nlohmann-json3-dev libcli11-dev)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+stamp="$VENV/.mambadiff-requirements"
+want="${PY_REQUIREMENTS[*]}"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: preparing $VENV (${want})"
+  mkdir -p "$(dirname "$VENV")"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "${PY_REQUIREMENTS[@]}"
+  echo "$want" > "$stamp"
+fi
