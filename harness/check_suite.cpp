@@ -165,10 +165,11 @@ CheckReport run_check(const CheckOptions& opt) {
       for (size_t i = 0; i < paths.size(); ++i) {
         for (size_t j = i + 1; j < paths.size(); ++j) {
           CheckCase cc{model, name, paths[i] + "," + paths[j], dtype, 0, 0, 0, "", seed, ""};
-          const std::string& skip = skipped.count(paths[i]) ? skipped[paths[i]] : skipped[paths[j]];
-          if (!skip.empty() || skipped.count(paths[i]) || skipped.count(paths[j])) {
+          const auto skip_a = skipped.find(paths[i]), skip_b = skipped.find(paths[j]);
+          if (skip_a != skipped.end() || skip_b != skipped.end()) {
+            const auto& why = skip_a != skipped.end() ? *skip_a : *skip_b;
             cc.verdict = "skipped";
-            cc.detail = skipped.count(paths[i]) ? paths[i] + ": " + skipped[paths[i]] : paths[j] + ": " + skipped[paths[j]];
+            cc.detail = why.first + ": " + why.second;
           } else {
             const Comparison cmp = compare_results(results.at(paths[i]), results.at(paths[j]), ref, baselines);
             cc.error = cmp.logits_error;

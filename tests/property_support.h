@@ -1,0 +1,487 @@
+// Shared support for the RapidCheck property tests (tests/*_property_test.cpp):
+//   * the case count (at least kMinCases per property; RC_PARAMS still wins, see below);
+//   * ModelSpec, a random Mamba2 model built in memory (no files) from a generated description
+//     that mixes scaled-down real shapes with edge cases, and its rc::Arbitrary generator;
+//   * byte-level cache images, relative errors, planted NaN payloads, random tokens and deltas.
+// Every random tensor is drawn from a torch::Generator seeded by a value RapidCheck generated, so
+// the RC_PARAMS="reproduce=..." line a failure prints replays the case exactly.
+#pragma once
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
+#include <rapidcheck.h>
+#include <rapidcheck/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/checkpoint.h"
+#include "engine/chunked_path.h"
+#include "engine/config.h"
+#include "engine/execution_path.h"
+#include "engine/mamba2_cache.h"
+#include "oracles/reference_path.h"
+
+// Fails the case with `msg` (streamed) logged above RapidCheck's decomposition of `cond`.
+#define PROP_ASSERT(cond, msg)                 \
+  do {                                         \
+    if (!(cond)) {                             \
+      std::ostringstream prop_msg_;            \
+      prop_msg_ << msg;                        \
+      RC_LOG() << prop_msg_.str() << std::endl; \
+      RC_ASSERT(cond);                         \
+    }                                          \
+  } while (false)
+
+namespace mambadiff::props {
+
+// ---------------------------------------------------------------------------------------------
+// Case count. RapidCheck's default is 100 successful cases; the project asks for at least 200.
+// RapidCheck reads RC_PARAMS once, lazily, on the first property checked (static Configuration in
+// rc::detail::configuration()), so setting it while the test binary's globals are initialised,
+// before gtest_main runs any test, is early enough. A user's RC_PARAMS is kept as given: only when
+// it names no max_success is "max_success=200" appended (so "reproduce=..." and "seed=..." work
+// unchanged, and an explicit max_success wins).
+inline constexpr int kMinCases = 200;
+
+inline bool default_case_count() {
+  const char* env = std::getenv("RC_PARAMS");
+  std::string params = env ? env : "";
+  if (params.find("max_success") == std::string::npos) {
+    params += (params.empty() ? "" : " ") + std::string("max_success=") + std::to_string(kMinCases);
+    ::setenv("RC_PARAMS", params.c_str(), /*overwrite=*/1);
+  }
+  return true;
+}
+inline const bool kDefaultCaseCount = default_case_count();
+
+// ---------------------------------------------------------------------------------------------
+// Tolerances of the properties (relative error max|a - b| / max|b|, see rel_err):
+// float64 paths agree to 1e-9 (the math is exact up to ~1e-15 per op; 1e-9 leaves room for
+// exp(dt*A) with |dt*A| up to 270 and a few layers); float32 paths to 1e-4 (~800 ulp at the
+// scale: the chunked scan sums exp(cumsum differences) in another order than the recurrence).
+inline constexpr double kTolFloat64 = 1e-9;
+inline constexpr double kTolFloat32 = 1e-4;
+
+// ---------------------------------------------------------------------------------------------
+// The random model.
+struct ModelSpec {
+  std::string family;  // "scaled-real" (the real table shrunk) or "edge"
+  int64_t vocab_size = 16;
+  int64_t hidden_size = 8;
+  int64_t num_layers = 1;
+  int64_t num_heads = 1;  // H
+  int64_t head_dim = 8;   // P
+  int64_t n_groups = 1;   // G
+  int64_t state_size = 1; // N
+  int64_t expand = 1;
+  int64_t conv_kernel = 4;  // K
+  int64_t chunk_size = 4;   // Q
+  double a_log_min = 0, a_log_max = 0;  // A_log uniform per head in [min, max] (A = -exp(A_log))
+  double dt_min = 1e-3, dt_max = 0.1;   // softplus(dt_bias) log-uniform per head in [min, max]
+  double time_step_min = 0.0, time_step_max = std::numeric_limits<double>::infinity();
+  bool use_bias = false;
+  bool use_conv_bias = true;
+  bool tie_embeddings = false;
+  bool grouped_norm = false;
+  bool residual_in_fp32 = true;
+  uint32_t seed = 0;  // of every weight
+
+  Mamba2Config config() const {
+    Mamba2Config c;
+    c.vocab_size = vocab_size;
+    c.hidden_size = hidden_size;
+    c.num_hidden_layers = num_layers;
+    c.state_size = state_size;
+    c.expand = expand;
+    c.head_dim = head_dim;
+    c.num_heads = num_heads;
+    c.n_groups = n_groups;
+    c.chunk_size = chunk_size;
+    c.conv_kernel = conv_kernel;
+    c.time_step_min = time_step_min;
+    c.time_step_max = time_step_max;
+    c.residual_in_fp32 = residual_in_fp32;
+    c.use_bias = use_bias;
+    c.use_conv_bias = use_conv_bias;
+    c.tie_word_embeddings = tie_embeddings;
+    c.gated_norm = grouped_norm ? GatedNormGrouping::kGrouped : GatedNormGrouping::kUngrouped;
+    return c;
+  }
+};
+
+inline void showValue(const ModelSpec& s, std::ostream& os) {
+  os << s.family << ": V=" << s.vocab_size << " D=" << s.hidden_size << " layers=" << s.num_layers
+     << " H=" << s.num_heads << " P=" << s.head_dim << " G=" << s.n_groups << " N=" << s.state_size
+     << " expand=" << s.expand << " K=" << s.conv_kernel << " chunk=" << s.chunk_size << " A_log=[" << s.a_log_min
+     << ", " << s.a_log_max << "] dt=[" << s.dt_min << ", " << s.dt_max << "] time_step_limit=(" << s.time_step_min
+     << ", " << s.time_step_max << ") bias=" << s.use_bias << " conv_bias=" << s.use_conv_bias
+     << " tied=" << s.tie_embeddings << " gated_norm=" << (s.grouped_norm ? "grouped" : "ungrouped")
+     << " residual_fp32=" << s.residual_in_fp32 << " seed=" << s.seed;
+}
+
+inline std::vector<int64_t> divisors(int64_t n) {
+  std::vector<int64_t> d;
+  for (int64_t k = 1; k <= n; ++k)
+    if (n % k == 0) d.push_back(k);
+  return d;
+}
+
+// The real model of the table (d_model 768, 24 layers, 24 heads, head_dim 64, d_state 128,
+// expand 2, n_groups 1 or 8, conv 4, chunk 256) shrunk: heads a divisor of 24, head_dim 64/16 or
+// 64/8, d_state 128/32..128/8, chunk 256/64..256/16, 1-3 layers; HF's initialisation ranges for
+// A (A_log in [0, ln 16]) and dt ([1e-3, 0.1]) and its default time_step_limit (0, inf).
+inline rc::Gen<ModelSpec> gen_scaled_real_spec() {
+  return rc::gen::exec([] {
+    ModelSpec s;
+    s.family = "scaled-real";
+    s.num_heads = *rc::gen::element<int64_t>(2, 3, 4, 6, 8);
+    s.head_dim = *rc::gen::element<int64_t>(4, 8);
+    s.state_size = *rc::gen::element<int64_t>(4, 8, 16);
+    s.expand = 2;
+    s.hidden_size = s.num_heads * s.head_dim / s.expand;
+    // n_groups 1 or 8 in the real table (8 of 24 heads = 3 heads per group): 1, or a divisor.
+    s.n_groups = *rc::gen::weightedOneOf<int64_t>({{2, rc::gen::just<int64_t>(1)},
+                                                   {1, rc::gen::elementOf(divisors(s.num_heads))}});
+    s.conv_kernel = 4;
+    s.chunk_size = *rc::gen::element<int64_t>(4, 8, 16);
+    s.num_layers = *rc::gen::inRange<int64_t>(1, 4);
+    s.vocab_size = *rc::gen::inRange<int64_t>(16, 65);
+    s.a_log_min = 0.0;
+    s.a_log_max = std::log(16.0);
+    s.dt_min = 1e-3;
+    s.dt_max = 0.1;
+    s.use_bias = false;
+    s.use_conv_bias = true;
+    s.tie_embeddings = *rc::gen::arbitrary<bool>();
+    s.grouped_norm = *rc::gen::weightedElement<bool>({{3, false}, {1, true}});
+    s.residual_in_fp32 = true;
+    s.seed = *rc::gen::arbitrary<uint32_t>();
+    return s;
+  });
+}
+
+// Edge cases: one head, one group, groups = heads, head_dim 1, d_state 1, chunk 1, conv 1,
+// expand 1, extreme but valid A (A_log in [-3, 4]: A from -0.05 to -54.6), dt from 1e-4 to 5,
+// time_step_limit finite and small or infinite, biases on and off.
+inline rc::Gen<ModelSpec> gen_edge_spec() {
+  return rc::gen::exec([] {
+    ModelSpec s;
+    s.family = "edge";
+    s.num_heads = *rc::gen::weightedOneOf<int64_t>({{1, rc::gen::just<int64_t>(1)},
+                                                    {2, rc::gen::inRange<int64_t>(1, 9)}});
+    s.head_dim = *rc::gen::weightedOneOf<int64_t>({{1, rc::gen::just<int64_t>(1)},
+                                                   {2, rc::gen::inRange<int64_t>(1, 9)}});
+    s.state_size = *rc::gen::weightedOneOf<int64_t>({{1, rc::gen::just<int64_t>(1)},
+                                                     {2, rc::gen::inRange<int64_t>(1, 17)}});
+    const auto divs = divisors(s.num_heads);
+    s.n_groups = *rc::gen::weightedOneOf<int64_t>({{1, rc::gen::just<int64_t>(1)},
+                                                   {1, rc::gen::just<int64_t>(s.num_heads)},
+                                                   {1, rc::gen::elementOf(divs)}});
+    s.expand = (s.num_heads * s.head_dim) % 2 == 0 ? *rc::gen::element<int64_t>(1, 2) : 1;
+    s.hidden_size = s.num_heads * s.head_dim / s.expand;
+    s.conv_kernel = *rc::gen::weightedElement<int64_t>({{1, 1}, {1, 2}, {1, 3}, {3, 4}});
+    s.chunk_size = *rc::gen::weightedOneOf<int64_t>({{1, rc::gen::just<int64_t>(1)},
+                                                     {2, rc::gen::inRange<int64_t>(1, 9)}});
+    s.num_layers = *rc::gen::inRange<int64_t>(1, 4);
+    s.vocab_size = *rc::gen::inRange<int64_t>(16, 65);
+    const auto a = *rc::gen::element(std::make_pair(-3.0, 4.0), std::make_pair(-3.0, -3.0),
+                                     std::make_pair(4.0, 4.0), std::make_pair(-3.0, 0.0), std::make_pair(2.0, 4.0));
+    s.a_log_min = a.first;
+    s.a_log_max = a.second;
+    const auto dt = *rc::gen::element(std::make_pair(1e-4, 5.0), std::make_pair(1e-4, 1e-4),
+                                      std::make_pair(5.0, 5.0), std::make_pair(1e-4, 1e-2), std::make_pair(1.0, 5.0));
+    s.dt_min = dt.first;
+    s.dt_max = dt.second;
+    const double inf = std::numeric_limits<double>::infinity();
+    const auto lim = *rc::gen::element(std::make_pair(0.0, inf), std::make_pair(0.0, 0.01),
+                                       std::make_pair(0.001, 0.1), std::make_pair(0.5, 2.0));
+    s.time_step_min = lim.first;
+    s.time_step_max = lim.second;
+    s.use_bias = *rc::gen::arbitrary<bool>();
+    s.use_conv_bias = *rc::gen::arbitrary<bool>();
+    s.tie_embeddings = *rc::gen::arbitrary<bool>();
+    s.grouped_norm = *rc::gen::arbitrary<bool>();
+    s.residual_in_fp32 = *rc::gen::arbitrary<bool>();
+    s.seed = *rc::gen::arbitrary<uint32_t>();
+    return s;
+  });
+}
+
+inline at::Generator torch_generator(uint64_t seed) { return at::detail::createCPUGenerator(seed); }
+
+// The weights of `spec`, fp32 on the CPU like a checkpoint read from disk. Scales keep every
+// activation O(1): projections N(0, 1/fan_in), norm weights 1 + N(0, 0.1^2); the dt rows of
+// in_proj are scaled by 0.1 so dt stays near softplus(dt_bias), the range the spec asks for.
+inline Mamba2Checkpoint make_checkpoint(const ModelSpec& s) {
+  Mamba2Checkpoint ck;
+  ck.config = s.config();
+  ck.config.validate("generated model");
+  ck.directory = "<in-memory>";
+  ck.hash = "rapidcheck-" + std::to_string(s.seed);
+  at::Generator gen = torch_generator(s.seed);
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  auto randn = [&](std::vector<int64_t> shape, double scale) { return torch::randn(shape, gen, f32) * scale; };
+  auto uniform = [&](std::vector<int64_t> shape, double lo, double hi) {
+    return torch::rand(shape, gen, f32) * (hi - lo) + lo;
+  };
+  const Mamba2Config& c = ck.config;
+  const int64_t D = c.hidden_size, I = c.d_inner(), H = c.num_heads, C = c.conv_dim(), K = c.conv_kernel;
+  auto& w = ck.weights;
+  w.embeddings = randn({c.vocab_size, D}, 1.0);  // [V, D]
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights lw;
+    lw.norm_weight = 1.0 + randn({D}, 0.1);                                    // [D]
+    lw.in_proj_weight = randn({c.in_proj_dim(), D}, 1.0 / std::sqrt(double(D)));  // [I + C + H, D]
+    lw.in_proj_weight.narrow(0, I + C, H).mul_(0.1);
+    if (c.use_bias) lw.in_proj_bias = randn({c.in_proj_dim()}, 0.1);
+    lw.conv1d_weight = randn({C, K}, 1.0 / std::sqrt(double(K)));  // [C, K]
+    if (c.use_conv_bias) lw.conv1d_bias = randn({C}, 0.1);
+    // dt_bias = softplus^-1(dt0), dt0 log-uniform in [dt_min, dt_max]; softplus^-1(y) = y + log(-expm1(-y)).
+    const torch::Tensor log_dt = uniform({H}, std::log(s.dt_min), std::log(s.dt_max)).to(torch::kFloat64);
+    const torch::Tensor dt0 = log_dt.exp();
+    lw.dt_bias = (dt0 + (-(-dt0).expm1()).log()).to(torch::kFloat32);  // [H]
+    lw.A_log = uniform({H}, s.a_log_min, s.a_log_max);                // [H]
+    lw.D = randn({H}, 1.0);                                            // [H]
+    lw.gated_norm_weight = 1.0 + randn({I}, 0.1);                      // [I]
+    lw.out_proj_weight = randn({D, I}, 1.0 / std::sqrt(double(I)));     // [D, I]
+    if (c.use_bias) lw.out_proj_bias = randn({D}, 0.1);
+    w.layers.push_back(std::move(lw));
+  }
+  w.norm_f_weight = 1.0 + randn({D}, 0.1);
+  w.lm_head = c.tie_word_embeddings ? w.embeddings : randn({c.vocab_size, D}, 1.0 / std::sqrt(double(D)));
+  return ck;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths.
+enum class PathKind { kReference, kChunked32, kChunked64, kPlain32 };
+
+inline const char* path_kind_name(PathKind k) {
+  switch (k) {
+    case PathKind::kReference: return "reference";
+    case PathKind::kChunked32: return "chunked-float32";
+    case PathKind::kChunked64: return "chunked-float64";
+    case PathKind::kPlain32: return "plain-float32";
+  }
+  return "?";
+}
+inline void showValue(PathKind k, std::ostream& os) { os << path_kind_name(k); }
+
+inline double tolerance(PathKind k) {
+  return k == PathKind::kReference || k == PathKind::kChunked64 ? kTolFloat64 : kTolFloat32;
+}
+
+// chunk_size 0 = the config's.
+inline std::unique_ptr<ExecutionPath> build_path(PathKind k, const Mamba2Checkpoint& ck, int64_t chunk_size = 0) {
+  switch (k) {
+    case PathKind::kReference: return std::make_unique<ReferencePath>(ck);
+    case PathKind::kChunked32: return std::make_unique<ChunkedPath>(ck, torch::kFloat32, torch::kCPU, chunk_size);
+    case PathKind::kChunked64: return std::make_unique<ChunkedPath>(ck, torch::kFloat64, torch::kCPU, chunk_size);
+    case PathKind::kPlain32: return std::make_unique<PlainFloat32Path>(ck);
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs.
+
+// tokens: [B, T] int64 ids < vocab.
+inline torch::Tensor random_tokens(int64_t batch, int64_t len, int64_t vocab, uint64_t seed) {
+  at::Generator gen = torch_generator(seed);
+  return torch::randint(vocab, {batch, len}, gen, torch::TensorOptions().dtype(torch::kInt64));
+}
+
+// A state perturbation for `config`: [B, H, P, N], or [H, P, N] when `broadcast`; N(0, scale^2).
+inline torch::Tensor random_delta(const Mamba2Config& c, int64_t batch, bool broadcast, double scale, uint64_t seed,
+                                  torch::ScalarType dtype = torch::kFloat32) {
+  at::Generator gen = torch_generator(seed);
+  std::vector<int64_t> shape = {c.num_heads, c.head_dim, c.state_size};
+  if (!broadcast) shape.insert(shape.begin(), batch);
+  return (torch::randn(shape, gen, torch::TensorOptions().dtype(torch::kFloat64)) * scale).to(dtype);
+}
+
+// Lengths around a chunk boundary (k*Q - 1, k*Q, k*Q + 1 for k = 1, 2) or anything in [1, max_len].
+inline rc::Gen<int64_t> gen_length(int64_t chunk, int64_t max_len) {
+  return rc::gen::weightedOneOf<int64_t>(
+      {{2, rc::gen::inRange<int64_t>(1, max_len + 1)},
+       {2, rc::gen::map(rc::gen::tuple(rc::gen::inRange<int64_t>(1, 3), rc::gen::inRange<int64_t>(-1, 2)),
+                        [chunk](const std::tuple<int64_t, int64_t>& kd) {
+                          return std::max<int64_t>(1, std::get<0>(kd) * chunk + std::get<1>(kd));
+                        })},
+       {1, rc::gen::just<int64_t>(1)}});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons.
+
+// max|a - b| / max|b| over the whole tensor, in float64 (max|a - b| when b is all zero). Infinity
+// when the shapes differ or either holds a NaN or an infinity (the model never makes one here).
+inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.sizes() != b.sizes()) return std::numeric_limits<double>::infinity();
+  const torch::Tensor x = a.detach().to(torch::kCPU, torch::kFloat64), y = b.detach().to(torch::kCPU, torch::kFloat64);
+  if (!x.isfinite().all().item<bool>() || !y.isfinite().all().item<bool>()) {
+    return std::numeric_limits<double>::infinity();
+  }
+  if (x.numel() == 0) return 0.0;
+  const double diff = (x - y).abs().max().item<double>();
+  const double scale = y.abs().max().item<double>();
+  return scale > 0 ? diff / scale : diff;
+}
+
+inline std::vector<uint8_t> raw_bytes(const torch::Tensor& t) {
+  const torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
+  std::vector<uint8_t> out(c.nbytes());
+  if (!out.empty()) std::memcpy(out.data(), c.data_ptr(), out.size());
+  return out;
+}
+
+// Same dtype, shape and bytes (NaN payloads and signed zeros included).
+inline bool bytes_equal(const torch::Tensor& a, const torch::Tensor& b) {
+  return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() && raw_bytes(a) == raw_bytes(b);
+}
+
+inline std::string shape_str(const torch::Tensor& t) {
+  std::ostringstream os;
+  os << t.sizes();
+  return os.str();
+}
+
+// Writes special bit patterns at random positions of a CPU float tensor, through an integer view
+// (never through float arithmetic): quiet NaNs with payloads, a signalling NaN, a negative NaN,
+// -0.0, +inf and the smallest subnormal.
+inline void plant_special_values(torch::Tensor& t, uint64_t seed, int64_t count) {
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "plant_special_values: contiguous CPU tensors only");
+  if (t.numel() == 0) return;
+  at::Generator gen = torch_generator(seed);
+  const torch::Tensor where = torch::randint(t.numel(), {count}, gen, torch::TensorOptions().dtype(torch::kInt64));
+  const int64_t* idx = where.data_ptr<int64_t>();
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t k = idx[i];
+    switch (t.element_size()) {
+      case 8: {
+        static const uint64_t kBits[] = {0x7FF800000000BEEFULL, 0x7FF0000000000123ULL, 0xFFF8000012345678ULL,
+                                         0x8000000000000000ULL, 0x7FF0000000000000ULL, 0x0000000000000001ULL};
+        std::memcpy(static_cast<uint8_t*>(t.data_ptr()) + 8 * k, &kBits[i % 6], 8);
+        break;
+      }
+      case 4: {
+        static const uint32_t kBits[] = {0x7FC0BEEFU, 0x7F800123U, 0xFFC12345U, 0x80000000U, 0x7F800000U, 0x00000001U};
+        std::memcpy(static_cast<uint8_t*>(t.data_ptr()) + 4 * k, &kBits[i % 6], 4);
+        break;
+      }
+      case 2: {
+        static const uint16_t kBits[] = {0x7FC5, 0x7F81, 0xFFC3, 0x8000, 0x7F80, 0x0001};
+        std::memcpy(static_cast<uint8_t*>(t.data_ptr()) + 2 * k, &kBits[i % 6], 2);
+        break;
+      }
+      default: TORCH_CHECK(false, "plant_special_values: unsupported element size");
+    }
+  }
+}
+
+// Every attribute of a cache and every byte of its state tensors, with their storage addresses.
+struct CacheImage {
+  int64_t seqlen_offset = 0, batch_size = 0;
+  torch::ScalarType conv_dtype = torch::kFloat32, state_dtype = torch::kFloat32;
+  torch::Device device = torch::kCPU;
+  std::vector<std::vector<int64_t>> conv_shapes, ssm_shapes;
+  std::vector<std::vector<uint8_t>> conv_bytes, ssm_bytes;
+  std::vector<const void*> conv_ptrs, ssm_ptrs;
+};
+
+inline CacheImage image_of(const Mamba2Cache& cache) {
+  CacheImage im;
+  im.seqlen_offset = cache.seqlen_offset;
+  im.batch_size = cache.batch_size();
+  im.conv_dtype = cache.conv_dtype();
+  im.state_dtype = cache.state_dtype();
+  im.device = cache.device();
+  for (const auto& t : cache.conv_states) {
+    im.conv_shapes.push_back(t.sizes().vec());
+    im.conv_bytes.push_back(raw_bytes(t));
+    im.conv_ptrs.push_back(t.data_ptr());
+  }
+  for (const auto& t : cache.ssm_states) {
+    im.ssm_shapes.push_back(t.sizes().vec());
+    im.ssm_bytes.push_back(raw_bytes(t));
+    im.ssm_ptrs.push_back(t.data_ptr());
+  }
+  return im;
+}
+
+inline size_t first_differing_byte(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i)
+    if (a[i] != b[i]) return i;
+  return n;
+}
+
+// "" when `got` equals `want` in every attribute and byte (and, if `same_storage`, address);
+// otherwise the first difference, named.
+inline std::string image_difference(const CacheImage& want, const CacheImage& got, bool same_storage) {
+  std::ostringstream os;
+  if (got.seqlen_offset != want.seqlen_offset) {
+    os << "seqlen_offset " << got.seqlen_offset << " != " << want.seqlen_offset;
+  } else if (got.batch_size != want.batch_size) {
+    os << "batch_size " << got.batch_size << " != " << want.batch_size;
+  } else if (got.conv_dtype != want.conv_dtype || got.state_dtype != want.state_dtype) {
+    os << "dtypes changed";
+  } else if (got.device != want.device) {
+    os << "device changed";
+  } else if (got.conv_shapes != want.conv_shapes || got.ssm_shapes != want.ssm_shapes) {
+    os << "state shapes changed";
+  } else {
+    for (size_t l = 0; l < want.ssm_bytes.size() && os.tellp() == 0; ++l) {
+      if (same_storage && got.conv_ptrs[l] != want.conv_ptrs[l]) {
+        os << "conv_states[" << l << "] moved to new storage";
+      } else if (same_storage && got.ssm_ptrs[l] != want.ssm_ptrs[l]) {
+        os << "ssm_states[" << l << "] moved to new storage";
+      } else if (got.conv_bytes[l] != want.conv_bytes[l]) {
+        os << "conv_states[" << l << "] differs from byte " << first_differing_byte(got.conv_bytes[l], want.conv_bytes[l]);
+      } else if (got.ssm_bytes[l] != want.ssm_bytes[l]) {
+        os << "ssm_states[" << l << "] differs from byte " << first_differing_byte(got.ssm_bytes[l], want.ssm_bytes[l]);
+      }
+    }
+  }
+  return os.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running token sequences.
+
+// Runs `tokens` ([B, T]) through `path` as consecutive forwards of the given lengths (summing to
+// T); returns the logits of all T tokens, concatenated: [B, T, V].
+inline torch::Tensor run_pieces(ExecutionPath& path, Mamba2Cache& cache, const torch::Tensor& tokens,
+                                const std::vector<int64_t>& lengths) {
+  std::vector<torch::Tensor> logits;
+  int64_t at = 0;
+  for (int64_t n : lengths) {
+    logits.push_back(path.forward(tokens.narrow(1, at, n), cache).logits);
+    at += n;
+  }
+  return torch::cat(logits, 1);
+}
+
+}  // namespace mambadiff::props
+
+namespace rc {
+template <>
+struct Arbitrary<mambadiff::props::ModelSpec> {
+  static Gen<mambadiff::props::ModelSpec> arbitrary() {
+    return gen::weightedOneOf<mambadiff::props::ModelSpec>(
+        {{1, mambadiff::props::gen_scaled_real_spec()}, {1, mambadiff::props::gen_edge_spec()}});
+  }
+};
+}  // namespace rc
