@@ -59,7 +59,8 @@ void copy_bytes(torch::Tensor& dst, const torch::Tensor& src) {
   TORCH_CHECK(dst.is_contiguous() && src.is_contiguous(), "copy_bytes: tensors must be contiguous");
   if (dst.numel() == 0) return;
   torch::NoGradGuard no_grad;
-  dst.view({-1}).view(torch::kUInt8).copy_(src.view({-1}).view(torch::kUInt8));
+  // detach(): a byte view of the same storage, also while dst carries autograd history.
+  dst.detach().view({-1}).view(torch::kUInt8).copy_(src.detach().view({-1}).view(torch::kUInt8));
 }
 
 Mamba2Cache::Snapshot Mamba2Cache::snapshot() const {
@@ -75,6 +76,10 @@ void Mamba2Cache::restore(const Snapshot& s) {
     throw InputError("restore: snapshot was taken of a cache with a different number of layers");
   }
   for (size_t l = 0; l < conv_states.size(); ++l) {
+    // An optimizer may have written autograd-tracked values into the states: drop that history
+    // in place (same storage), so the restored cache is a plain cache again.
+    conv_states[l].detach_();
+    ssm_states[l].detach_();
     copy_bytes(conv_states[l], s.conv_states[l]);
     copy_bytes(ssm_states[l], s.ssm_states[l]);
   }

@@ -1,0 +1,100 @@
+// `run`, `diff` and `check`: the scenario commands.
+#include <fmt/format.h>
+
+#include <sstream>
+
+#include "cli/commands.h"
+#include "engine/checkpoint.h"
+#include "engine/errors.h"
+#include "harness/check_suite.h"
+#include "harness/diff_command.h"
+#include "harness/path_registry.h"
+#include "harness/scenario.h"
+#include "harness/scenario_runner.h"
+
+namespace mambadiff::cli {
+
+void add_run_command(CLI::App& app, int& exit_code) {
+  struct Args {
+    std::string scenario, path = "reference", out;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("run", "Run a scenario on one path and write its tensors (SPEC §5)");
+  cmd->add_option("scenario", args->scenario, "Scenario JSON")->required();
+  cmd->add_option("--path", args->path, "Execution path: reference, chunked, chunked-gpu, plain-float32, ...");
+  cmd->add_option("--out", args->out, "Output .safetensors (written atomically)")->required();
+  cmd->callback([args, &exit_code] {
+    const Scenario scenario = Scenario::load(args->scenario);
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(scenario.model_dir);
+    const ScenarioResult result = evaluate_path(args->path, scenario, ck);
+    write_result_file(args->out, result, {{"scenario", args->scenario}, {"model_hash", ck.hash}});
+    fmt::print("run: {} on {} ({}): {} ops, seqlen_offset {} -> {}\n", args->scenario, args->path, result.dtype,
+               scenario.ops.size(), result.final_cache.seqlen_offset, args->out);
+    exit_code = 0;
+  });
+}
+
+void add_diff_command(CLI::App& app, int& exit_code) {
+  struct Args {
+    std::string scenario, paths, json;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("diff", "Compare two paths on a scenario and locate the first divergence");
+  cmd->add_option("scenario", args->scenario, "Scenario JSON")->required();
+  cmd->add_option("--paths", args->paths, "Two paths A,B (file:PATH.safetensors allowed)")->required();
+  cmd->add_option("--json", args->json, "Write the verdict as JSON");
+  cmd->callback([args, &exit_code] {
+    const auto comma = args->paths.find(',');
+    if (comma == std::string::npos || args->paths.find(',', comma + 1) != std::string::npos) {
+      throw InputError(fmt::format("--paths '{}': expected two paths A,B", args->paths));
+    }
+    const Scenario scenario = Scenario::load(args->scenario);
+    const DiffOutcome d = diff_scenario(scenario, args->paths.substr(0, comma), args->paths.substr(comma + 1));
+    const Comparison& c = d.comparison;
+    fmt::print("diff {} vs {} on {} ({}): logits error {:.3g} (tolerance {:.3g}, NMSE {:.3g})\n", c.path_a,
+               c.path_b, args->scenario, d.dtype, c.logits_error, c.logits_tolerance, c.logits_nmse);
+    for (const auto& n : c.notes) fmt::print("note: {}\n", n);
+    if (c.first_divergence) {
+      fmt::print("DIVERGE: first divergence at {}\n", describe(*c.first_divergence));
+    } else {
+      fmt::print("AGREE\n");
+    }
+    if (!args->json.empty()) write_text_atomically(args->json, diff_json(d));
+    exit_code = c.agree ? 0 : 1;
+  });
+}
+
+void add_check_command(CLI::App& app, int& exit_code) {
+  struct Args {
+    CheckOptions opt;
+    std::vector<std::string> models;
+    std::string paths, json, junit;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("check", "The pre-merge equivalence suite over the embedded (or given) models");
+  cmd->add_option("--model", args->models, "Model directory (repeatable); default: the embedded models");
+  cmd->add_option("--paths", args->paths, "Comma-separated paths; default: every available path");
+  cmd->add_option("--seed", args->opt.seed, "Base seed of the scenario matrix (printed; replays the run)");
+  cmd->add_option("--scenario", args->opt.only_scenario, "Only scenarios whose name contains this");
+  cmd->add_option("--json", args->json, "Write the report as JSON");
+  cmd->add_option("--junit", args->junit, "Write the report as JUnit XML");
+  cmd->callback([args, &exit_code] {
+    CheckOptions opt = args->opt;
+    for (const auto& m : args->models) opt.models.emplace_back(m);
+    std::stringstream ss(args->paths);
+    for (std::string p; std::getline(ss, p, ',');) {
+      path_available(p, torch::kFloat32);  // InputError for an unknown name
+      opt.paths.push_back(p);
+    }
+    fmt::print("check: base seed {} (replay with --seed {})\n", opt.seed, opt.seed);
+    fmt::print("{:<10} {:<18} {:<24} {:<9} {:>10} {:>10} {:<8} {}\n", "model", "scenario", "paths", "dtype", "error",
+               "tolerance", "verdict", "seed");
+    const CheckReport report = run_check(opt);
+    print_check_table(report);
+    if (!args->json.empty()) write_check_json(report, args->json);
+    if (!args->junit.empty()) write_check_junit(report, args->junit);
+    exit_code = report.all_agree() ? 0 : 1;
+  });
+}
+
+}  // namespace mambadiff::cli

@@ -1,0 +1,309 @@
+#include "optimizer/real_cache_optimizer.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "engine/errors.h"
+#include "engine/safetensors.h"
+#include "harness/path_registry.h"
+
+namespace mambadiff {
+
+namespace {
+
+torch::Tensor one_token(int64_t id) { return torch::tensor({id}, torch::kInt64).view({1, 1}); }
+
+torch::Tensor tokens_tensor(const std::vector<int64_t>& ids) {
+  return torch::tensor(ids, torch::kInt64).view({1, static_cast<int64_t>(ids.size())});
+}
+
+// rank 1 = argmax; ties count against the target.
+int64_t rank_of(const torch::Tensor& logits, int64_t target) {
+  const torch::Tensor l = logits.detach().to(torch::kCPU, torch::kFloat64);
+  return 1 + (l > l[target]).sum().item<int64_t>() ;
+}
+
+double margin_of(const torch::Tensor& logits, int64_t target) {
+  torch::Tensor l = logits.detach().to(torch::kCPU, torch::kFloat64).clone();
+  const double t = l[target].item<double>();
+  l[target] = -std::numeric_limits<double>::infinity();
+  return t - l.max().item<double>();
+}
+
+RankReport rank_report(const std::vector<torch::Tensor>& logits, const std::vector<int64_t>& target) {
+  RankReport r;
+  r.margin = std::numeric_limits<double>::infinity();
+  for (size_t k = 0; k < target.size(); ++k) {
+    r.rank = std::max(r.rank, rank_of(logits[k], target[k]));
+    r.margin = std::min(r.margin, margin_of(logits[k], target[k]));
+  }
+  r.probability = torch::softmax(logits[0].detach().to(torch::kFloat64), 0)[target[0]].item<double>();
+  return r;
+}
+
+// The loop's sequence on the real cache: back to the post-prefill snapshot, write base + Δ into
+// ssm_states (autograd flows from Δ through the cache tensor), step the last prompt token, then
+// teacher-force the targets. Returns one [V] logits row per target token.
+std::vector<torch::Tensor> simulate(ExecutionPath& path, Mamba2Cache& cache, const Mamba2Cache::Snapshot& base,
+                                    const std::map<int64_t, torch::Tensor>& delta, int64_t last_prompt,
+                                    const std::vector<int64_t>& target) {
+  cache.restore(base);
+  for (const auto& [layer, d] : delta) {
+    auto& state = cache.ssm_states[static_cast<size_t>(layer)];
+    state.copy_(base.ssm_states[static_cast<size_t>(layer)] + d.to(state.scalar_type()));
+  }
+  std::vector<torch::Tensor> logits;
+  int64_t token = last_prompt;
+  for (size_t k = 0; k < target.size(); ++k) {
+    logits.push_back(path.forward(one_token(token), cache).logits[0][0]);  // [V]
+    token = target[k];
+  }
+  return logits;
+}
+
+torch::Tensor loss_of(const std::vector<torch::Tensor>& logits, const std::vector<int64_t>& target,
+                      const std::string& loss, double margin) {
+  torch::Tensor total = torch::zeros({}, logits[0].options().dtype(torch::kFloat32));
+  for (size_t k = 0; k < target.size(); ++k) {
+    const torch::Tensor l = logits[k].to(torch::kFloat32);  // [V]
+    if (loss == "ce") {
+      total = total - torch::log_softmax(l, 0)[target[k]];
+    } else {
+      const torch::Tensor mask = torch::zeros_like(l, torch::kBool).index_fill(0, torch::tensor({target[k]}).to(l.device()), true);
+      const torch::Tensor runner_up = l.masked_fill(mask, -std::numeric_limits<float>::infinity()).max();
+      total = total + torch::relu(runner_up - l[target[k]] + margin);
+    }
+  }
+  return total;
+}
+
+bool bytes_equal(const torch::Tensor& a, const torch::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  return torch::equal(a.detach().contiguous().view({-1}).view(torch::kUInt8),
+                      b.detach().contiguous().view({-1}).view(torch::kUInt8));
+}
+
+void check_options(const Mamba2Config& c, const OptimizeOptions& o) {
+  if (o.prompt.size() < 2) throw InputError("optimize: --prompt-tokens needs at least 2 tokens (prefill all but the last, then step it)");
+  if (o.target.empty()) throw InputError("optimize: --target needs at least one token");
+  if (o.layers.empty()) throw InputError("optimize: --layers needs at least one layer");
+  for (int64_t t : o.prompt)
+    if (t < 0 || t >= c.vocab_size) throw InputError(fmt::format("optimize: prompt token {} outside [0, vocab_size={})", t, c.vocab_size));
+  for (int64_t t : o.target)
+    if (t < 0 || t >= c.vocab_size) throw InputError(fmt::format("optimize: target token {} outside [0, vocab_size={})", t, c.vocab_size));
+  for (int64_t l : o.layers)
+    if (l < 0 || l >= c.num_hidden_layers) throw InputError(fmt::format("optimize: layer {} out of range [0, {})", l, c.num_hidden_layers));
+  if (o.loss != "ce" && o.loss != "margin") throw InputError(fmt::format("optimize: --loss '{}' is not ce or margin", o.loss));
+  if (o.optimizer != "adam" && o.optimizer != "pgd") throw InputError(fmt::format("optimize: --optimizer '{}' is not adam or pgd", o.optimizer));
+  if (o.steps < 0 || !(o.lr > 0)) throw InputError("optimize: --steps must be >= 0 and --lr > 0");
+  if (o.path == "reference" || o.path.rfind("plain-", 0) == 0 || is_file_path(o.path)) {
+    throw InputError(fmt::format("optimize: --path {} is not differentiable (its loops run on raw buffers); use chunked or chunked-gpu", o.path));
+  }
+}
+
+// Restores the cache to `snap` whenever the scope is left: normal return, exception, interrupt.
+struct RestoreGuard {
+  Mamba2Cache& cache;
+  const Mamba2Cache::Snapshot& snap;
+  ~RestoreGuard() { cache.restore(snap); }
+};
+
+}  // namespace
+
+RankReport deploy_delta(const Mamba2Checkpoint& ck, const std::string& path_name, const std::vector<int64_t>& prompt,
+                        const std::vector<int64_t>& target, const std::map<int64_t, torch::Tensor>& delta,
+                        int64_t generate_tokens, std::vector<int64_t>* generated) {
+  torch::NoGradGuard no_grad;
+  auto path = make_path(path_name, ck, torch::kFloat32);
+  Mamba2Cache cache = path->new_cache(1);
+  path->forward(tokens_tensor({prompt.begin(), prompt.end() - 1}), cache);
+  for (const auto& [layer, d] : delta) cache.inject(layer, d);
+  const auto after_delta = cache.snapshot();
+  std::vector<torch::Tensor> logits;
+  int64_t token = prompt.back();
+  for (size_t k = 0; k < target.size(); ++k) {
+    logits.push_back(path->forward(one_token(token), cache).logits[0][0]);
+    token = target[k];
+  }
+  if (generated && generate_tokens > 0) {
+    cache.restore(after_delta);
+    generated->clear();
+    token = prompt.back();
+    for (int64_t i = 0; i < generate_tokens; ++i) {
+      token = path->forward(one_token(token), cache).logits[0][0].argmax().item<int64_t>();
+      generated->push_back(token);
+    }
+  }
+  return rank_report(logits, target);
+}
+
+OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions& o,
+                              const std::function<void(const StepReport&)>& progress,
+                              const std::atomic<bool>* interrupt) {
+  check_options(ck.config, o);
+  const auto& c = ck.config;
+  OptimizeResult result;
+  auto path = make_path(o.path, ck, torch::kFloat32);
+  const std::vector<int64_t> prefix(o.prompt.begin(), o.prompt.end() - 1);
+
+  // The real cache, prefilled with the prompt but its last token; its states are the base.
+  Mamba2Cache cache = path->new_cache(1);
+  {
+    torch::NoGradGuard no_grad;
+    path->forward(tokens_tensor(prefix), cache);
+  }
+  const Mamba2Cache::Snapshot base = cache.snapshot();
+  std::vector<void*> storage;
+  for (const auto& t : cache.ssm_states) storage.push_back(t.data_ptr());
+
+  const auto state_opts = torch::TensorOptions().dtype(torch::kFloat32).device(path->device());
+  std::map<int64_t, torch::Tensor> delta;
+  std::vector<torch::Tensor> params;
+  for (int64_t l : o.layers) {
+    delta[l] = torch::zeros({1, c.num_heads, c.head_dim, c.state_size}, state_opts).requires_grad_(true);
+    params.push_back(delta[l]);
+  }
+
+  {
+    RestoreGuard guard{cache, base};
+
+    // The zero-Δ gate: at Δ = 0 the loop must compute, bitwise on the same path, what deployment
+    // computes. The incident had a 173.76 logit gap here and nothing looked.
+    {
+      torch::NoGradGuard no_grad;
+      const auto loop_logits = simulate(*path, cache, base, delta, o.prompt.back(), o.target);
+      auto fresh = path->new_cache(1);
+      path->forward(tokens_tensor(prefix), fresh);
+      for (const auto& [layer, d] : delta) fresh.inject(layer, d);
+      int64_t token = o.prompt.back();
+      double max_diff = 0.0;
+      bool equal = true;
+      for (size_t k = 0; k < o.target.size(); ++k) {
+        const torch::Tensor dep = path->forward(one_token(token), fresh).logits[0][0];
+        equal = equal && bytes_equal(dep, loop_logits[k]);
+        max_diff = std::max(max_diff, (dep.to(torch::kFloat64) - loop_logits[k].to(torch::kFloat64)).abs().max().item<double>());
+        token = o.target[k];
+      }
+      result.zero_delta_gate_passed = equal;
+      result.zero_delta_gate_max_diff = max_diff;
+      if (!equal) {
+        throw ZeroDeltaGateFailed(fmt::format(
+            "zero-delta gate failed on path {}: the loop's logits at delta = 0 differ from deployment's by up to {:.6g}",
+            o.path, max_diff));
+      }
+    }
+
+    std::unique_ptr<torch::optim::Adam> adam;
+    if (o.optimizer == "adam") adam = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr));
+    const auto t0 = std::chrono::steady_clock::now();
+    int64_t step = 0;
+    for (; step < o.steps; ++step) {
+      if (interrupt && interrupt->load()) {
+        result.interrupted = true;
+        break;
+      }
+      const auto logits = simulate(*path, cache, base, delta, o.prompt.back(), o.target);
+      const torch::Tensor loss = loss_of(logits, o.target, o.loss, o.margin);
+      const RankReport r = rank_report(logits, o.target);
+      StepReport rep{step, loss.item<double>(), r.rank, r.margin, 0.0};
+      for (const auto& p : params) rep.delta_l2 += p.detach().pow(2).sum().item<double>();
+      rep.delta_l2 = std::sqrt(rep.delta_l2);
+      result.final_loss = rep.loss;
+      if (progress) progress(rep);
+      if (r.rank == 1 && r.margin >= o.margin) break;  // goal reached: keep this Δ
+      if (adam) adam->zero_grad();
+      for (auto& p : params) p.mutable_grad() = torch::Tensor();
+      loss.backward();
+      torch::NoGradGuard no_grad;
+      for (auto& p : params) {
+        if (!adam && p.grad().defined()) p.sub_(o.lr * p.grad().sign());  // signed PGD step
+      }
+      if (adam) adam->step();
+      for (auto& p : params) {  // projection onto the budget after every step
+        if (o.budget_linf > 0) p.clamp_(-o.budget_linf, o.budget_linf);
+        if (o.budget_l2 > 0) {
+          const double n = p.norm().item<double>();
+          if (n > o.budget_l2) p.mul_(o.budget_l2 / n);
+        }
+      }
+    }
+    result.steps = step;
+    result.seconds_per_step =
+        step > 0 ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / step : 0.0;
+
+    // The simulated rank of the final Δ, in the loop's own sequence.
+    torch::NoGradGuard no_grad;
+    result.simulated = rank_report(simulate(*path, cache, base, delta, o.prompt.back(), o.target), o.target);
+  }  // guard: the cache is restored here
+
+  bool identical = cache.seqlen_offset == base.seqlen_offset;
+  for (size_t l = 0; l < cache.ssm_states.size(); ++l) {
+    identical = identical && bytes_equal(cache.ssm_states[l], base.ssm_states[l]) &&
+                bytes_equal(cache.conv_states[l], base.conv_states[l]) && cache.ssm_states[l].data_ptr() == storage[l] &&
+                !cache.ssm_states[l].requires_grad();
+  }
+  result.restore_bit_identical = identical;
+
+  for (auto& [layer, d] : delta) {
+    result.delta[layer] = d.detach().to(torch::kCPU).clone();
+    result.delta_l2_by_layer[layer] = result.delta[layer].norm().item<double>();
+  }
+  result.deployed = deploy_delta(ck, o.path, o.prompt, o.target, result.delta, o.generate_tokens, &result.generated_with_delta);
+  deploy_delta(ck, o.path, o.prompt, o.target, {}, o.generate_tokens, &result.generated_without_delta);
+  for (const auto& name : registered_paths()) {
+    if (name == o.path || name.rfind("plain-", 0) == 0) continue;
+    std::string why;
+    if (!path_available(name, torch::kFloat32, &why)) {
+      result.skipped_paths[name] = why;
+      continue;
+    }
+    result.deployed_rank_by_path[name] = deploy_delta(ck, name, o.prompt, o.target, result.delta).rank;
+  }
+  result.deployed_rank_by_path[o.path] = result.deployed.rank;
+  return result;
+}
+
+void save_delta(const std::string& file, const OptimizeResult& r, const OptimizeOptions& o, const Mamba2Checkpoint& ck) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [layer, d] : r.delta) tensors.emplace_back(fmt::format("delta.{}", layer), d.to(torch::kFloat32));
+  const nlohmann::json settings = {{"layers", o.layers}, {"loss", o.loss}, {"margin", o.margin},
+                                   {"budget_l2", o.budget_l2}, {"budget_linf", o.budget_linf},
+                                   {"optimizer", o.optimizer}, {"lr", o.lr}, {"steps", o.steps},
+                                   {"seed", o.seed}, {"path", o.path}};
+  const std::map<std::string, std::string> meta = {
+      {"format", "mambadiff.delta.v1"},
+      {"prompt", nlohmann::json(o.prompt).dump()},
+      {"target", nlohmann::json(o.target).dump()},
+      {"model", ck.directory.string()},
+      {"model_hash", ck.hash},
+      {"settings", settings.dump()},
+      {"injection_point", "prefill prompt[:-1], ssm_states[layer] += delta.<layer>, step prompt[-1]"},
+      {"simulated_rank", std::to_string(r.simulated.rank)},
+      {"deployed_rank", std::to_string(r.deployed.rank)}};
+  safetensors::write(file, tensors, meta);
+}
+
+std::map<int64_t, torch::Tensor> load_delta(const std::string& file, const Mamba2Config& c) {
+  const auto f = safetensors::File::open(file);
+  std::map<int64_t, torch::Tensor> out;
+  for (const auto& name : f.names()) {
+    if (name.rfind("delta.", 0) != 0) continue;
+    int64_t layer = -1;
+    try {
+      layer = std::stoll(name.substr(6));
+    } catch (const std::exception&) {
+      throw InputError(fmt::format("{}: tensor '{}': expected delta.<layer>", file, name));
+    }
+    if (layer < 0 || layer >= c.num_hidden_layers) {
+      throw InputError(fmt::format("{}: tensor '{}': layer {} out of range [0, {})", file, name, layer, c.num_hidden_layers));
+    }
+    out[layer] = f.tensor(name);
+  }
+  if (out.empty()) throw InputError(fmt::format("{}: no delta.<layer> tensors", file));
+  return out;
+}
+
+}  // namespace mambadiff
