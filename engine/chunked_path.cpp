@@ -63,6 +63,10 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
 
   torch::Tensor& window = cache.conv_states[static_cast<size_t>(l)];  // [B, C, K]
   torch::Tensor& state = cache.ssm_states[static_cast<size_t>(l)];    // [B, H, P, N]
+  // Under autograd (the real-cache optimizer) the state read by this forward may be saved for
+  // backward (state * decay saves the state once decay depends on Δ through earlier layers);
+  // read a clone, so writing the new state into the cache below does not invalidate the graph.
+  const torch::Tensor state_in = torch::GradMode::is_enabled() ? state.clone() : state;
   const torch::Tensor history = branch == Branch::kPrefill ? torch::zeros_like(window) : window;
   auto [xBC, new_window] = conv1d(l, xBC_raw, history, branch);  // [B, T, C], [B, C, K]
   {
@@ -75,11 +79,11 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
   torch::Tensor y;  // [B, T, H, P]
   if (branch == Branch::kStep) {
     auto [y1, new_state] = state_update(l, xbc[0].reshape({Bsz, H, P}), dt.select(1, 0),
-                                        xbc[1].reshape({Bsz, G, N}), xbc[2].reshape({Bsz, G, N}), state);
+                                        xbc[1].reshape({Bsz, G, N}), xbc[2].reshape({Bsz, G, N}), state_in);
     y = y1.unsqueeze(1);
     state.copy_(new_state);
   } else {
-    const torch::Tensor initial = branch == Branch::kContinue ? state : torch::Tensor();
+    const torch::Tensor initial = branch == Branch::kContinue ? state_in : torch::Tensor();
     auto [yc, final_state] = chunk_scan(l, xbc[0].reshape({Bsz, T, H, P}), dt, xbc[1].reshape({Bsz, T, G, N}),
                                         xbc[2].reshape({Bsz, T, G, N}), initial);
     y = yc;

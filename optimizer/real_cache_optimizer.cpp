@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
+#include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/errors.h"
@@ -116,8 +118,15 @@ struct RestoreGuard {
 RankReport deploy_delta(const Mamba2Checkpoint& ck, const std::string& path_name, const std::vector<int64_t>& prompt,
                         const std::vector<int64_t>& target, const std::map<int64_t, torch::Tensor>& delta,
                         int64_t generate_tokens, std::vector<int64_t>* generated) {
-  torch::NoGradGuard no_grad;
   auto path = make_path(path_name, ck, torch::kFloat32);
+  return deploy_on(*path, prompt, target, delta, generate_tokens, generated);
+}
+
+RankReport deploy_on(ExecutionPath& deploy, const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
+                     const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens,
+                     std::vector<int64_t>* generated) {
+  torch::NoGradGuard no_grad;
+  ExecutionPath* path = &deploy;
   Mamba2Cache cache = path->new_cache(1);
   path->forward(tokens_tensor({prompt.begin(), prompt.end() - 1}), cache);
   for (const auto& [layer, d] : delta) cache.inject(layer, d);
@@ -144,17 +153,38 @@ OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions&
                               const std::function<void(const StepReport&)>& progress,
                               const std::atomic<bool>* interrupt) {
   check_options(ck.config, o);
-  const auto& c = ck.config;
-  OptimizeResult result;
-  auto path = make_path(o.path, ck, torch::kFloat32);
-  const std::vector<int64_t> prefix(o.prompt.begin(), o.prompt.end() - 1);
+  auto loop = make_path(o.path, ck, torch::kFloat32);
+  auto deploy = make_path(o.path, ck, torch::kFloat32);
+  return optimize_with_paths(ck, *loop, *deploy, o, progress, interrupt);
+}
 
-  // The real cache, prefilled with the prompt but its last token; its states are the base.
-  Mamba2Cache cache = path->new_cache(1);
+OptimizeResult optimize_with_paths(const Mamba2Checkpoint& ck, ExecutionPath& loop_path, ExecutionPath& deploy_path,
+                                   const OptimizeOptions& o, const std::function<void(const StepReport&)>& progress,
+                                   const std::atomic<bool>* interrupt) {
+  check_options(ck.config, o);
+  // The real cache, prefilled with the prompt but its last token.
+  Mamba2Cache cache = loop_path.new_cache(1);
   {
     torch::NoGradGuard no_grad;
-    path->forward(tokens_tensor(prefix), cache);
+    loop_path.forward(tokens_tensor({o.prompt.begin(), o.prompt.end() - 1}), cache);
   }
+  return optimize_on_cache(ck, loop_path, cache, deploy_path, o, progress, interrupt);
+}
+
+OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop_path, Mamba2Cache& cache,
+                                 ExecutionPath& deploy_path, const OptimizeOptions& o,
+                                 const std::function<void(const StepReport&)>& progress,
+                                 const std::atomic<bool>* interrupt) {
+  check_options(ck.config, o);
+  const auto& c = ck.config;
+  OptimizeResult result;
+  ExecutionPath* path = &loop_path;
+  const std::vector<int64_t> prefix(o.prompt.begin(), o.prompt.end() - 1);
+  if (cache.seqlen_offset != static_cast<int64_t>(prefix.size()) || cache.batch_size() != 1) {
+    throw InputError(fmt::format("optimize: the cache must hold the prompt but its last token ({} tokens, batch 1); it holds {} (batch {})",
+                                 prefix.size(), cache.seqlen_offset, cache.batch_size()));
+  }
+  // The cache's states at entry are the base, and what it is restored to on every way out.
   const Mamba2Cache::Snapshot base = cache.snapshot();
   std::vector<void*> storage;
   for (const auto& t : cache.ssm_states) storage.push_back(t.data_ptr());
@@ -175,14 +205,14 @@ OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions&
     {
       torch::NoGradGuard no_grad;
       const auto loop_logits = simulate(*path, cache, base, delta, o.prompt.back(), o.target);
-      auto fresh = path->new_cache(1);
-      path->forward(tokens_tensor(prefix), fresh);
+      auto fresh = deploy_path.new_cache(1);
+      deploy_path.forward(tokens_tensor(prefix), fresh);
       for (const auto& [layer, d] : delta) fresh.inject(layer, d);
       int64_t token = o.prompt.back();
       double max_diff = 0.0;
       bool equal = true;
       for (size_t k = 0; k < o.target.size(); ++k) {
-        const torch::Tensor dep = path->forward(one_token(token), fresh).logits[0][0];
+        const torch::Tensor dep = deploy_path.forward(one_token(token), fresh).logits[0][0];
         equal = equal && bytes_equal(dep, loop_logits[k]);
         max_diff = std::max(max_diff, (dep.to(torch::kFloat64) - loop_logits[k].to(torch::kFloat64)).abs().max().item<double>());
         token = o.target[k];
@@ -191,16 +221,17 @@ OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions&
       result.zero_delta_gate_max_diff = max_diff;
       if (!equal) {
         throw ZeroDeltaGateFailed(fmt::format(
-            "zero-delta gate failed on path {}: the loop's logits at delta = 0 differ from deployment's by up to {:.6g}",
-            o.path, max_diff));
+            "zero-delta gate failed: the loop's logits ({}) at delta = 0 differ from deployment's ({}) by up to {:.6g}",
+            loop_path.name(), deploy_path.name(), max_diff));
       }
     }
 
     std::unique_ptr<torch::optim::Adam> adam;
     if (o.optimizer == "adam") adam = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr));
-    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> step_seconds;  // per completed step; the median is reported
     int64_t step = 0;
     for (; step < o.steps; ++step) {
+      const auto t0 = std::chrono::steady_clock::now();
       if (interrupt && interrupt->load()) {
         result.interrupted = true;
         break;
@@ -229,10 +260,15 @@ OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions&
           if (n > o.budget_l2) p.mul_(o.budget_l2 / n);
         }
       }
+      if (path->device().is_cuda()) torch::cuda::synchronize();
+      step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     result.steps = step;
-    result.seconds_per_step =
-        step > 0 ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / step : 0.0;
+    if (!step_seconds.empty()) {
+      // The median over steps: the first step pays allocator and kernel warm-up.
+      std::nth_element(step_seconds.begin(), step_seconds.begin() + step_seconds.size() / 2, step_seconds.end());
+      result.seconds_per_step = step_seconds[step_seconds.size() / 2];
+    }
 
     // The simulated rank of the final Δ, in the loop's own sequence.
     torch::NoGradGuard no_grad;
@@ -251,10 +287,10 @@ OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions&
     result.delta[layer] = d.detach().to(torch::kCPU).clone();
     result.delta_l2_by_layer[layer] = result.delta[layer].norm().item<double>();
   }
-  result.deployed = deploy_delta(ck, o.path, o.prompt, o.target, result.delta, o.generate_tokens, &result.generated_with_delta);
-  deploy_delta(ck, o.path, o.prompt, o.target, {}, o.generate_tokens, &result.generated_without_delta);
+  result.deployed = deploy_on(deploy_path, o.prompt, o.target, result.delta, o.generate_tokens, &result.generated_with_delta);
+  deploy_on(deploy_path, o.prompt, o.target, {}, o.generate_tokens, &result.generated_without_delta);
   for (const auto& name : registered_paths()) {
-    if (name == o.path || name.rfind("plain-", 0) == 0) continue;
+    if (name == deploy_path.name() || name.rfind("plain-", 0) == 0) continue;
     std::string why;
     if (!path_available(name, torch::kFloat32, &why)) {
       result.skipped_paths[name] = why;
@@ -262,7 +298,7 @@ OptimizeResult optimize_delta(const Mamba2Checkpoint& ck, const OptimizeOptions&
     }
     result.deployed_rank_by_path[name] = deploy_delta(ck, name, o.prompt, o.target, result.delta).rank;
   }
-  result.deployed_rank_by_path[o.path] = result.deployed.rank;
+  result.deployed_rank_by_path[deploy_path.name()] = result.deployed.rank;
   return result;
 }
 

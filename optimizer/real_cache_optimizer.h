@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "engine/checkpoint.h"
+#include "engine/execution_path.h"
 
 namespace mambadiff {
 
@@ -77,6 +78,27 @@ class ZeroDeltaGateFailed : public std::runtime_error {
 OptimizeResult optimize_delta(const Mamba2Checkpoint& checkpoint, const OptimizeOptions& options,
                               const std::function<void(const StepReport&)>& progress = {},
                               const std::atomic<bool>* interrupt = nullptr);
+
+// The same on explicit path objects: the loop runs on `loop_path`, the zero-Δ gate and the
+// deployment on `deploy_path`. In production both are the same path (optimize_delta); tests hand
+// a planted loop path to show the gate catches a world that differs from deployment.
+OptimizeResult optimize_with_paths(const Mamba2Checkpoint& checkpoint, ExecutionPath& loop_path,
+                                   ExecutionPath& deploy_path, const OptimizeOptions& options,
+                                   const std::function<void(const StepReport&)>& progress = {},
+                                   const std::atomic<bool>* interrupt = nullptr);
+
+// The loop on a cache the caller prefilled with prompt[:-1] on `loop_path` (batch 1). Whatever
+// happens (goal reached, interrupt, exception), the cache is restored bit-identically to its
+// state at entry, in the same storage, before this returns or throws.
+OptimizeResult optimize_on_cache(const Mamba2Checkpoint& checkpoint, ExecutionPath& loop_path, Mamba2Cache& cache,
+                                 ExecutionPath& deploy_path, const OptimizeOptions& options,
+                                 const std::function<void(const StepReport&)>& progress = {},
+                                 const std::atomic<bool>* interrupt = nullptr);
+
+// Deployment on a path object (see deploy_delta).
+RankReport deploy_on(ExecutionPath& path, const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
+                     const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens = 0,
+                     std::vector<int64_t>* generated = nullptr);
 
 // Deployment: a fresh cache on `path`, prefill prompt[:-1], add Δ, step; ranks of the targets
 // (teacher-forced). Also the greedy continuation of `generate_tokens` tokens after the prompt.

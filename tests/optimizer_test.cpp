@@ -1,0 +1,191 @@
+// The real-cache optimizer (SPEC §8): reaches deployed rank 1 with simulated == deployed on the
+// embedded models, restores the cache bit-identically on every way out (goal, interrupt,
+// exception), and its zero-Δ gate catches an optimizer world that differs from deployment.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+
+#include "engine/chunked_path.h"
+#include "engine/errors.h"
+#include "harness/path_registry.h"
+#include "optimizer/real_cache_optimizer.h"
+
+namespace mambadiff {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kModels = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
+
+OptimizeOptions options_for(const Mamba2Checkpoint& ck) {
+  OptimizeOptions o;
+  o.prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+  o.target = {7};
+  o.layers = {ck.config.num_hidden_layers - 1};
+  o.steps = 200;
+  return o;
+}
+
+struct CacheBytes {
+  std::vector<torch::Tensor> ssm, conv;
+  std::vector<void*> ptrs;
+  int64_t offset;
+  explicit CacheBytes(const Mamba2Cache& c) : offset(c.seqlen_offset) {
+    for (const auto& t : c.ssm_states) {
+      ssm.push_back(t.detach().clone());
+      ptrs.push_back(t.data_ptr());
+    }
+    for (const auto& t : c.conv_states) conv.push_back(t.detach().clone());
+  }
+  static bool same_bytes(const torch::Tensor& a, const torch::Tensor& b) {
+    return torch::equal(a.detach().contiguous().view({-1}).view(torch::kUInt8), b.contiguous().view({-1}).view(torch::kUInt8));
+  }
+  void expect_equal_to(const Mamba2Cache& c) const {
+    EXPECT_EQ(c.seqlen_offset, offset);
+    for (size_t l = 0; l < ssm.size(); ++l) {
+      EXPECT_TRUE(same_bytes(c.ssm_states[l], ssm[l])) << "ssm_states." << l;
+      EXPECT_TRUE(same_bytes(c.conv_states[l], conv[l])) << "conv_states." << l;
+      EXPECT_EQ(c.ssm_states[l].data_ptr(), ptrs[l]) << "storage of ssm_states." << l << " changed";
+      EXPECT_FALSE(c.ssm_states[l].requires_grad()) << "autograd history left on ssm_states." << l;
+    }
+  }
+};
+
+TEST(RealCacheOptimizer, ReachesDeployedRankOneWithSimulatedEqualDeployed) {
+  for (const char* name : {"tiny", "grouped", "limited"}) {
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / name);
+    const OptimizeResult r = optimize_delta(ck, options_for(ck));
+    EXPECT_TRUE(r.zero_delta_gate_passed) << name;
+    EXPECT_EQ(r.deployed.rank, 1) << name;
+    EXPECT_EQ(r.simulated.rank, r.deployed.rank) << name;
+    EXPECT_DOUBLE_EQ(r.simulated.probability, r.deployed.probability) << name << ": same path, same numbers";
+    EXPECT_TRUE(r.restore_bit_identical) << name;
+    EXPECT_EQ(r.deployed_rank_by_path.at("reference"), 1) << name << ": the Δ transfers to the oracle";
+  }
+}
+
+TEST(RealCacheOptimizer, MultiTokenTargetIsTeacherForcedWithBudgetsAndPgd) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "grouped");
+  OptimizeOptions o = options_for(ck);
+  o.target = {7, 8};
+  o.layers = {0, 2};
+  o.loss = "margin";
+  o.margin = 0.5;
+  o.optimizer = "pgd";
+  o.lr = 0.02;
+  o.budget_linf = 0.8;
+  o.budget_l2 = 6.0;
+  const OptimizeResult r = optimize_delta(ck, o);
+  EXPECT_EQ(r.deployed.rank, 1);
+  EXPECT_GE(r.deployed.margin, 0.5);
+  EXPECT_EQ(r.simulated.rank, r.deployed.rank);
+  for (const auto& [layer, d] : r.delta) {
+    EXPECT_LE(d.abs().max().item<double>(), 0.8 + 1e-6) << "L-inf budget, layer " << layer;
+    EXPECT_LE(d.norm().item<double>(), 6.0 + 1e-4) << "L2 budget, layer " << layer;
+  }
+}
+
+class PrefilledCache : public testing::Test {
+ protected:
+  void SetUp() override {
+    ck = Mamba2Checkpoint::load(kModels / "tiny");
+    path = std::make_unique<ChunkedPath>(ck, torch::kFloat32, torch::kCPU);
+    deploy = std::make_unique<ChunkedPath>(ck, torch::kFloat32, torch::kCPU);
+    opt = options_for(ck);
+    cache = path->new_cache(1);
+    torch::NoGradGuard no_grad;
+    path->forward(torch::tensor(std::vector<int64_t>(opt.prompt.begin(), opt.prompt.end() - 1)).view({1, -1}), cache);
+    // NaN payloads must survive too: plant one in a state the loop reads.
+    cache.ssm_states[0].view({-1}).view(torch::kInt32)[5] = 0x7fc01234;
+  }
+  Mamba2Checkpoint ck;
+  std::unique_ptr<ChunkedPath> path, deploy;
+  OptimizeOptions opt;
+  Mamba2Cache cache;
+};
+
+TEST_F(PrefilledCache, RestoredBitIdenticallyWhenInterrupted) {
+  const CacheBytes before(cache);
+  std::atomic<bool> stop{false};
+  opt.layers = {1};
+  opt.margin = 1e9;  // unreachable: only the interrupt ends the loop
+  opt.loss = "margin";
+  const OptimizeResult r = optimize_on_cache(ck, *path, cache, *deploy, opt, [&](const StepReport& s) {
+    if (s.step == 3) stop.store(true);
+  }, &stop);
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_TRUE(r.restore_bit_identical);
+  before.expect_equal_to(cache);
+}
+
+TEST_F(PrefilledCache, RestoredBitIdenticallyWhenTheLoopThrows) {
+  const CacheBytes before(cache);
+  opt.layers = {0, 1};
+  opt.margin = 1e9;
+  EXPECT_THROW(optimize_on_cache(ck, *path, cache, *deploy, opt, [](const StepReport& s) {
+    if (s.step == 2) throw std::runtime_error("simulated failure mid-optimization");
+  }), std::runtime_error);
+  before.expect_equal_to(cache);
+}
+
+// The incident's optimizer world: a stand-in cache the model dispatches as prefill (no
+// seqlen_offset). Deployment uses the real cache. The zero-Δ gate must refuse to optimize.
+class StandInCacheWorld : public ChunkedPath {
+ public:
+  using ChunkedPath::ChunkedPath;
+  std::string name() const override { return "stand-in-cache"; }
+  ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch) override {
+    return ChunkedPath::run(tokens, cache, Branch::kPrefill);
+  }
+};
+
+TEST_F(PrefilledCache, ZeroDeltaGateRefusesAStandInWorld) {
+  StandInCacheWorld stand_in(ck, torch::kFloat32, torch::kCPU);
+  const CacheBytes before(cache);
+  try {
+    optimize_on_cache(ck, stand_in, cache, *deploy, opt);
+    FAIL() << "the gate let a stand-in world through";
+  } catch (const ZeroDeltaGateFailed& e) {
+    EXPECT_NE(std::string(e.what()).find("stand-in-cache"), std::string::npos) << e.what();
+  }
+  before.expect_equal_to(cache);
+  // The real world passes the same gate.
+  EXPECT_TRUE(optimize_on_cache(ck, *path, cache, *deploy, opt).zero_delta_gate_passed);
+}
+
+TEST(RealCacheOptimizer, DeltaFileRoundTripsWithMetadata) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "tiny");
+  const OptimizeOptions o = options_for(ck);
+  const OptimizeResult r = optimize_delta(ck, o);
+  const fs::path dir = fs::path(MAMBADIFF_TEST_TMP) / "optimizer";
+  fs::create_directories(dir);
+  save_delta((dir / "d.safetensors").string(), r, o, ck);
+  const auto loaded = load_delta((dir / "d.safetensors").string(), ck.config);
+  ASSERT_EQ(loaded.size(), r.delta.size());
+  for (const auto& [l, d] : r.delta) {
+    EXPECT_TRUE(torch::equal(loaded.at(l), d));
+    EXPECT_EQ(loaded.at(l).sizes().vec(),
+              (std::vector<int64_t>{1, ck.config.num_heads, ck.config.head_dim, ck.config.state_size}));
+  }
+  EXPECT_EQ(deploy_delta(ck, "chunked", o.prompt, o.target, loaded).rank, r.deployed.rank);
+}
+
+TEST(RealCacheOptimizer, BadOptionsAreInputErrors) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "tiny");
+  OptimizeOptions o = options_for(ck);
+  o.layers = {9};
+  EXPECT_THROW(optimize_delta(ck, o), InputError);
+  o = options_for(ck);
+  o.path = "reference";
+  EXPECT_THROW(optimize_delta(ck, o), InputError);
+  o = options_for(ck);
+  o.prompt = {3};
+  EXPECT_THROW(optimize_delta(ck, o), InputError);
+  o = options_for(ck);
+  o.target = {ck.config.vocab_size};
+  EXPECT_THROW(optimize_delta(ck, o), InputError);
+}
+
+}  // namespace
+}  // namespace mambadiff
