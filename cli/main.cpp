@@ -13,6 +13,9 @@ int main(int argc, char** argv) {
   mambadiff::cli::add_run_command(app, exit_code);
   mambadiff::cli::add_diff_command(app, exit_code);
   mambadiff::cli::add_check_command(app, exit_code);
+  mambadiff::cli::add_repro_command(app, exit_code);
+  mambadiff::cli::add_reduce_command(app, exit_code);
+  mambadiff::cli::add_mutants_command(app, exit_code);
   mambadiff::cli::add_optimize_command(app, exit_code);
   mambadiff::cli::add_generate_command(app, exit_code);
   try {

@@ -8,6 +8,7 @@
 #include "engine/errors.h"
 #include "harness/check_suite.h"
 #include "harness/diff_command.h"
+#include "harness/divergence_case.h"
 #include "harness/path_registry.h"
 #include "harness/scenario.h"
 #include "harness/scenario_runner.h"
@@ -36,20 +37,26 @@ void add_run_command(CLI::App& app, int& exit_code) {
 
 void add_diff_command(CLI::App& app, int& exit_code) {
   struct Args {
-    std::string scenario, paths, json;
+    std::string scenario, paths, json, case_out;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("diff", "Compare two paths on a scenario and locate the first divergence");
   cmd->add_option("scenario", args->scenario, "Scenario JSON")->required();
   cmd->add_option("--paths", args->paths, "Two paths A,B (file:PATH.safetensors allowed)")->required();
   cmd->add_option("--json", args->json, "Write the verdict as JSON");
+  cmd->add_option("--case-out", args->case_out,
+                  "On a divergence, write it as a divergence case into this directory (for repro/reduce)");
   cmd->callback([args, &exit_code] {
     const auto comma = args->paths.find(',');
     if (comma == std::string::npos || args->paths.find(',', comma + 1) != std::string::npos) {
       throw InputError(fmt::format("--paths '{}': expected two paths A,B", args->paths));
     }
     const Scenario scenario = Scenario::load(args->scenario);
-    const DiffOutcome d = diff_scenario(scenario, args->paths.substr(0, comma), args->paths.substr(comma + 1));
+    const std::string path_a = args->paths.substr(0, comma), path_b = args->paths.substr(comma + 1);
+    // diff_scenario's comparison, keeping the results (a divergence case is written from them).
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(scenario.model_dir);
+    const CaseRun run = run_paths(scenario, ck, path_a, path_b, TolerancePolicy{});
+    const DiffOutcome d{run.comparison, dtype_string(scenario.dtype)};
     const Comparison& c = d.comparison;
     fmt::print("diff {} vs {} on {} ({}): logits error {:.3g} (tolerance {:.3g}, NMSE {:.3g})\n", c.path_a,
                c.path_b, args->scenario, d.dtype, c.logits_error, c.logits_tolerance, c.logits_nmse);
@@ -60,6 +67,11 @@ void add_diff_command(CLI::App& app, int& exit_code) {
       fmt::print("AGREE\n");
     }
     if (!args->json.empty()) write_text_atomically(args->json, diff_json(d));
+    if (!args->case_out.empty() && !c.agree) {
+      make_case(scenario, ck, run, TolerancePolicy{}, "agree", fmt::format("diff {} --paths {}", args->scenario, args->paths))
+          .save(args->case_out, &run);
+      fmt::print("divergence case written to {}\n", args->case_out);
+    }
     exit_code = c.agree ? 0 : 1;
   });
 }
@@ -68,7 +80,7 @@ void add_check_command(CLI::App& app, int& exit_code) {
   struct Args {
     CheckOptions opt;
     std::vector<std::string> models;
-    std::string paths, json, junit;
+    std::string paths, json, junit, cases_dir;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("check", "The pre-merge equivalence suite over the embedded (or given) models");
@@ -78,8 +90,11 @@ void add_check_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--scenario", args->opt.only_scenario, "Only scenarios whose name contains this");
   cmd->add_option("--json", args->json, "Write the report as JSON");
   cmd->add_option("--junit", args->junit, "Write the report as JUnit XML");
+  cmd->add_option("--cases-dir", args->cases_dir,
+                  "Write each divergence there as a divergence case (for repro/reduce)");
   cmd->callback([args, &exit_code] {
     CheckOptions opt = args->opt;
+    opt.cases_dir = args->cases_dir;
     for (const auto& m : args->models) opt.models.emplace_back(m);
     std::stringstream ss(args->paths);
     for (std::string p; std::getline(ss, p, ',');) {

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "engine/errors.h"
+#include "harness/divergence_case.h"
 #include "harness/path_registry.h"
 
 namespace mambadiff {
@@ -164,7 +165,7 @@ CheckReport run_check(const CheckOptions& opt) {
       }
       for (size_t i = 0; i < paths.size(); ++i) {
         for (size_t j = i + 1; j < paths.size(); ++j) {
-          CheckCase cc{model, name, paths[i] + "," + paths[j], dtype, 0, 0, 0, "", seed, ""};
+          CheckCase cc{model, name, paths[i] + "," + paths[j], dtype, 0, 0, 0, "", seed, "", ""};
           const auto skip_a = skipped.find(paths[i]), skip_b = skipped.find(paths[j]);
           if (skip_a != skipped.end() || skip_b != skipped.end()) {
             const auto& why = skip_a != skipped.end() ? *skip_a : *skip_b;
@@ -177,11 +178,20 @@ CheckReport run_check(const CheckOptions& opt) {
             cc.nmse = cmp.logits_nmse;
             cc.verdict = cmp.agree ? "agree" : "diverge";
             if (cmp.first_divergence) cc.detail = describe(*cmp.first_divergence);
+            if (!cmp.agree && !opt.cases_dir.empty()) {
+              const CaseRun run{paths[i], paths[j], results.at(paths[i]), results.at(paths[j]), ref, cmp};
+              const auto origin = fmt::format("check --seed {}: model {}, scenario {} (case seed {})", opt.seed,
+                                              model, name, seed);
+              const auto dir = opt.cases_dir / case_dir_name(fmt::format("{}.{}.{}.{}", model, name, paths[i], paths[j]));
+              make_case(scenario, ck, run, TolerancePolicy{}, "agree", origin).save(dir, &run);
+              cc.case_dir = dir.string();
+            }
           }
           report.cases.push_back(cc);
           if (!opt.quiet) {
             fmt::print("{:<10} {:<18} {:<24} {:<9} {:>10.3g} {:>10.3g} {:<8} {}{}\n", cc.model, cc.scenario, cc.paths,
                        cc.dtype, cc.error, cc.tolerance, cc.verdict, cc.seed, cc.detail.empty() ? "" : "  " + cc.detail);
+            if (!cc.case_dir.empty()) fmt::print("  divergence case written to {}\n", cc.case_dir);
             std::fflush(stdout);
           }
         }

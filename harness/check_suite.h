@@ -27,6 +27,7 @@ struct CheckCase {
   std::string verdict;  // "agree" | "diverge" | "skipped"
   uint64_t seed = 0;
   std::string detail;   // first divergence or skip reason
+  std::string case_dir;  // where the divergence was written as a case (CheckOptions::cases_dir)
 };
 
 struct CheckReport {
@@ -41,6 +42,9 @@ struct CheckOptions {
   uint64_t seed = 20261127;                   // base seed; each case's seed derives from it
   std::string only_scenario;                  // run only scenarios whose name contains this
   bool quiet = false;
+  // When set, each divergence is also written there as a divergence case (harness/divergence_case.h),
+  // in a directory named <model>.<scenario>.<path a>.<path b>, expected verdict "agree".
+  std::filesystem::path cases_dir;
 };
 
 // The named scenarios of the matrix for one model, built from `seed`.

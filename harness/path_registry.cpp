@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <functional>
 
 #include "engine/chunked_path.h"
@@ -52,7 +53,33 @@ const Entry* find(const std::string& name) {
   return nullptr;
 }
 
+std::vector<PathProvider>& providers() {
+  static std::vector<PathProvider> kProviders;
+  return kProviders;
+}
+
+const PathProvider* provider_for(const std::string& name) {
+  for (const auto& p : providers())
+    if (name.rfind(p.prefix, 0) == 0) return &p;
+  return nullptr;
+}
+
+// InputError unless the provider answers `name`.
+void require_provided(const PathProvider& p, const std::string& name) {
+  const auto names = p.names();
+  if (std::find(names.begin(), names.end(), name) == names.end()) {
+    throw InputError(fmt::format("unknown path '{}' (known {}* paths: {})", name, p.prefix, fmt::join(names, ", ")));
+  }
+}
+
 }  // namespace
+
+void install_path_provider(PathProvider provider) {
+  auto& all = providers();
+  all.erase(std::remove_if(all.begin(), all.end(), [&](const PathProvider& p) { return p.prefix == provider.prefix; }),
+            all.end());
+  all.push_back(std::move(provider));
+}
 
 bool is_file_path(const std::string& name) { return name.rfind("file:", 0) == 0; }
 
@@ -63,6 +90,11 @@ std::vector<std::string> registered_paths() {
 }
 
 bool path_available(const std::string& name, torch::ScalarType dtype, std::string* why) {
+  if (const PathProvider* p = provider_for(name)) {
+    require_provided(*p, name);
+    if (why) why->clear();
+    return true;
+  }
   const Entry* e = find(name);
   if (!e) throw InputError(fmt::format("unknown path '{}' (known: {}, file:PATH)", name, fmt::join(registered_paths(), ", ")));
   const std::string reason = e->unavailable(dtype);
@@ -78,6 +110,10 @@ std::unique_ptr<ExecutionPath> make_path(const std::string& name, const Mamba2Ch
 
 ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, const Mamba2Checkpoint& ck) {
   if (is_file_path(name)) return read_result_file(name.substr(5), scenario, ck.config.vocab_size);
+  if (const PathProvider* p = provider_for(name)) {
+    require_provided(*p, name);
+    return p->evaluate(name, scenario, ck);
+  }
   auto path = make_path(name, ck, scenario.dtype);
   return run_scenario(scenario, *path);
 }

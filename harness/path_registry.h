@@ -8,6 +8,7 @@
 // Adding a path is one Entry line in path_registry.cpp.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -40,5 +41,18 @@ bool path_available(const std::string& name, torch::ScalarType dtype, std::strin
 ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, const Mamba2Checkpoint& checkpoint);
 
 bool is_file_path(const std::string& name);
+
+// Paths from outside the registry, for names that start with `prefix`: the test mutants
+// ("mutant:<name>", tests/mutants/) plug in here from the commands that run them (repro, reduce,
+// mutants), so that the product registry never lists them. path_available() and evaluate_path()
+// consult it; make_path() does not (a plugged-in path may bring its own cache, see CacheOps).
+struct PathProvider {
+  std::string prefix;                             // e.g. "mutant:"
+  std::function<std::vector<std::string>()> names;  // the full names it answers
+  // Runs the named path on the scenario; InputError for a name it does not know.
+  std::function<ScenarioResult(const std::string& name, const Scenario&, const Mamba2Checkpoint&)> evaluate;
+};
+// Replaces any provider installed earlier with the same prefix.
+void install_path_provider(PathProvider provider);
 
 }  // namespace mambadiff

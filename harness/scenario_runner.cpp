@@ -18,7 +18,7 @@ CacheState CacheState::of(const Mamba2Cache& cache) {
   return s;
 }
 
-ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path) {
+ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path, const CacheOps& cache_ops) {
   ScenarioResult result;
   result.path = path.name();
   result.dtype = dtype_string(path.dtype());
@@ -39,12 +39,12 @@ ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path) {
           r.trace = std::move(out.trace);
           break;
         }
-        case OpKind::kInject: cache.inject(op.layer, op.delta); break;
-        case OpKind::kSnapshot: snapshots[op.name] = cache.snapshot(); break;
+        case OpKind::kInject: cache_ops.inject(cache, op.layer, op.delta); break;
+        case OpKind::kSnapshot: snapshots[op.name] = cache_ops.snapshot(cache); break;
         case OpKind::kRestore: {
           auto it = snapshots.find(op.name);
           if (it == snapshots.end()) throw InputError(fmt::format("restore: unknown snapshot '{}'", op.name));
-          cache.restore(it->second);
+          cache_ops.restore(cache, it->second);
           break;
         }
         case OpKind::kReset: cache.reset(); break;

@@ -40,9 +40,23 @@ struct ScenarioResult {
   std::map<std::string, std::string> metadata;  // from files
 };
 
+// How run_scenario applies the cache ops of a scenario. The default is Mamba2Cache's own (exact)
+// inject, snapshot and restore; the test mutants (tests/mutants/) substitute a broken cache here
+// (a snapshot that aliases the live storage, an injection that misaligns the conv window).
+class CacheOps {
+ public:
+  virtual ~CacheOps() = default;
+  // delta: [B, H, P, N] or [H, P, N]
+  virtual void inject(Mamba2Cache& cache, int64_t layer, const torch::Tensor& delta) const {
+    cache.inject(layer, delta);
+  }
+  virtual Mamba2Cache::Snapshot snapshot(const Mamba2Cache& cache) const { return cache.snapshot(); }
+  virtual void restore(Mamba2Cache& cache, const Mamba2Cache::Snapshot& snap) const { cache.restore(snap); }
+};
+
 // Plays every op on a fresh cache of `path`. InputError on a bad op (token id, inject shape,
 // layer), naming the op index.
-ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path);
+ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path, const CacheOps& cache_ops = CacheOps());
 
 // Reads tensors exported for `scenario` (`op.<i>.logits`, `cache.*`), checking each forward op's
 // logits are there with the shape [B, T, V] the scenario implies.

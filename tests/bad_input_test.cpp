@@ -145,6 +145,7 @@ class BadInput : public ::testing::Test {
   // no output and no temporary file.
   void expect_rejected(const CliResult& r, const std::vector<std::string>& needles) const {
     EXPECT_EQ(r.exit_code, 2) << "stderr: " << r.err << "\nstdout: " << r.out;
+    RecordProperty("stderr", r.err);
     const auto lines = r.err_lines();
     EXPECT_EQ(lines.size(), 1u) << "stderr must be exactly one line, got:\n" << r.err;
     EXPECT_FALSE(r.err.empty());

@@ -1,5 +1,6 @@
-// The harness must catch real bugs: planted ones here (each a class from REFERENCE.md) must make
-// `diff`-style comparisons against the reference diverge at the right place, and `check` must
+// The harness must catch real bugs: planted ones (mutants of tests/mutants/, each a class from
+// REFERENCE.md) must make `diff`-style comparisons against the reference diverge at the right
+// place, and `check` must
 // pass on the embedded models and write its JSON and JUnit reports.
 #include <gtest/gtest.h>
 
@@ -8,12 +9,12 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "engine/chunked_path.h"
 #include "harness/check_suite.h"
 #include "harness/compare.h"
 #include "harness/path_registry.h"
 #include "harness/scenario.h"
 #include "harness/scenario_runner.h"
+#include "tests/mutants/catalog.h"
 
 namespace mambadiff {
 namespace {
@@ -21,52 +22,17 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kSource = MAMBADIFF_SOURCE_DIR;
 
-// decode without the dt clamp (transformers 5.17's decode branch)
-class NoDecodeClamp : public ChunkedPath {
- public:
-  using ChunkedPath::ChunkedPath;
-  std::string name() const override { return "planted-no-decode-clamp"; }
-  torch::Tensor dt_discretize(int64_t l, const torch::Tensor& dt_raw, Branch b) override {
-    if (b != Branch::kStep) return ChunkedPath::dt_discretize(l, dt_raw, b);
-    return torch::softplus(dt_raw.to(torch::kFloat32) + weights_.layers[static_cast<size_t>(l)].dt_bias);
-  }
-};
-
-// `repeat` instead of `repeat_interleave` when broadcasting groups to heads (HF PR #37533)
-class RepeatNotInterleave : public ChunkedPath {
- public:
-  using ChunkedPath::ChunkedPath;
-  std::string name() const override { return "planted-repeat-groups"; }
-  std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t l, const torch::Tensor& x, const torch::Tensor& dt,
-                                                     const torch::Tensor& Bm, const torch::Tensor& Cm,
-                                                     const torch::Tensor& init) override {
-    const int64_t H = x.size(2), G = Bm.size(2);
-    // Expand with `repeat` then hand the scan one group per head: head h gets group h % G.
-    return ChunkedPath::chunk_scan(l, x, dt, Bm.repeat({1, 1, H / G, 1}), Cm.repeat({1, 1, H / G, 1}), init);
-  }
-};
-
-// The incident: a stand-in cache without seqlen_offset, so every forward dispatches as prefill.
-class StandInCache : public ChunkedPath {
- public:
-  using ChunkedPath::ChunkedPath;
-  std::string name() const override { return "planted-stand-in-cache"; }
-  ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch) override {
-    return ChunkedPath::run(tokens, cache, Branch::kPrefill);
-  }
-};
-
-Comparison against_reference(ExecutionPath& path, const Scenario& s, const Mamba2Checkpoint& ck) {
+// The planted bugs are mutants of the catalog (tests/mutants/catalog.h), each a class from REFERENCE.md.
+Comparison against_reference(const std::string& mutant, const Scenario& s, const Mamba2Checkpoint& ck) {
   const ScenarioResult ref = evaluate_path("reference", s, ck);
   const std::vector<ErrorBaseline> bl = {measure_baseline(evaluate_path("plain-float32", s, ck), ref)};
-  return compare_results(run_scenario(s, path), ref, ref, bl);
+  return compare_results(mutants::find_mutant(mutant).evaluate(s, ck), ref, ref, bl);
 }
 
 TEST(PlantedBugs, DecodeWithoutClampDivergesAtFirstDecodeStep) {
   const Scenario s = Scenario::load(kSource / "corpus/scenarios/limited/decode.json");
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
-  NoDecodeClamp planted(ck, torch::kFloat32, torch::kCPU);
-  const Comparison c = against_reference(planted, s, ck);
+  const Comparison c = against_reference("decode-no-dt-clamp", s, ck);
   ASSERT_FALSE(c.agree);
   EXPECT_EQ(c.first_divergence->op, 1u);
   EXPECT_EQ(c.first_divergence->layer, 0);
@@ -74,15 +40,13 @@ TEST(PlantedBugs, DecodeWithoutClampDivergesAtFirstDecodeStep) {
   // The same plant on a model with an infinite limit is harmless: the check must not cry wolf.
   const Scenario t = Scenario::load(kSource / "corpus/scenarios/tiny/decode.json");
   const Mamba2Checkpoint tk = Mamba2Checkpoint::load(t.model_dir);
-  NoDecodeClamp harmless(tk, torch::kFloat32, torch::kCPU);
-  EXPECT_TRUE(against_reference(harmless, t, tk).agree);
+  EXPECT_TRUE(against_reference("decode-no-dt-clamp", t, tk).agree);
 }
 
 TEST(PlantedBugs, RepeatInsteadOfRepeatInterleaveDivergesInFirstLayer) {
   const Scenario s = Scenario::load(kSource / "corpus/scenarios/grouped/full.json");
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
-  RepeatNotInterleave planted(ck, torch::kFloat32, torch::kCPU);
-  const Comparison c = against_reference(planted, s, ck);
+  const Comparison c = against_reference("repeat-groups", s, ck);
   ASSERT_FALSE(c.agree);
   EXPECT_EQ(c.first_divergence->op, 0u);
   EXPECT_EQ(c.first_divergence->layer, 0);
@@ -92,8 +56,7 @@ TEST(PlantedBugs, RepeatInsteadOfRepeatInterleaveDivergesInFirstLayer) {
 TEST(PlantedBugs, StandInCacheIsCaughtAsDispatchDifference) {
   const Scenario s = Scenario::load(kSource / "corpus/scenarios/tiny/decode.json");
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
-  StandInCache planted(ck, torch::kFloat32, torch::kCPU);
-  const Comparison c = against_reference(planted, s, ck);
+  const Comparison c = against_reference("stand-in-cache", s, ck);
   ASSERT_FALSE(c.agree);
   EXPECT_EQ(c.first_divergence->op, 1u);
   EXPECT_EQ(c.first_divergence->tensor, "dispatch_trace");

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <ostream>
@@ -31,17 +32,18 @@
 #include "engine/config.h"
 #include "engine/execution_path.h"
 #include "engine/mamba2_cache.h"
+#include "harness/compare.h"
+#include "harness/scenario.h"
 #include "oracles/reference_path.h"
 
-// Fails the case with `msg` (streamed) logged above RapidCheck's decomposition of `cond`.
-#define PROP_ASSERT(cond, msg)                 \
-  do {                                         \
-    if (!(cond)) {                             \
-      std::ostringstream prop_msg_;            \
-      prop_msg_ << msg;                        \
-      RC_LOG() << prop_msg_.str() << std::endl; \
-      RC_ASSERT(cond);                         \
-    }                                          \
+// Fails the case unless `cond` holds, with `msg` (streamed) saying what was expected and found.
+#define PROP_ASSERT(cond, msg)                                                         \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
+      std::ostringstream prop_msg_;                                                    \
+      prop_msg_ << msg;                                                                \
+      RC_FAIL(std::string("expected (" #cond ")\n") + prop_msg_.str());                \
+    }                                                                                  \
   } while (false)
 
 namespace mambadiff::props {
@@ -66,11 +68,23 @@ inline bool default_case_count() {
 }
 inline const bool kDefaultCaseCount = default_case_count();
 
+// The models are tiny (tensors of tens to hundreds of elements): intra-op threads cost more than
+// they give. With one thread the path properties ran 8x faster on the 2-core CI machine (965 ms
+// vs 8.1 s for 50 cases of StepEqualsScan under a loaded machine), and timings do not depend on
+// what else runs beside the tests.
+class SingleThreadedTorch : public ::testing::Environment {
+ public:
+  void SetUp() override { torch::set_num_threads(1); }
+};
+inline ::testing::Environment* const kSingleThreadedTorch =
+    ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
+
 // ---------------------------------------------------------------------------------------------
 // Tolerances of the properties (relative error max|a - b| / max|b|, see rel_err):
 // float64 paths agree to 1e-9 (the math is exact up to ~1e-15 per op; 1e-9 leaves room for
 // exp(dt*A) with |dt*A| up to 270 and a few layers); float32 paths to 1e-4 (~800 ulp at the
-// scale: the chunked scan sums exp(cumsum differences) in another order than the recurrence).
+// scale: the chunked scan sums exp(cumsum differences) in another order than the recurrence), or
+// more where the model amplifies rounding (float32_tolerance).
 inline constexpr double kTolFloat64 = 1e-9;
 inline constexpr double kTolFloat32 = 1e-4;
 
@@ -187,7 +201,7 @@ inline rc::Gen<ModelSpec> gen_edge_spec() {
                                                      {2, rc::gen::inRange<int64_t>(1, 17)}});
     const auto divs = divisors(s.num_heads);
     s.n_groups = *rc::gen::weightedOneOf<int64_t>({{1, rc::gen::just<int64_t>(1)},
-                                                   {1, rc::gen::just<int64_t>(s.num_heads)},
+                                                   {1, rc::gen::just(int64_t{s.num_heads})},
                                                    {1, rc::gen::elementOf(divs)}});
     s.expand = (s.num_heads * s.head_dim) % 2 == 0 ? *rc::gen::element<int64_t>(1, 2) : 1;
     s.hidden_size = s.num_heads * s.head_dim / s.expand;
@@ -279,8 +293,9 @@ inline const char* path_kind_name(PathKind k) {
 }
 inline void showValue(PathKind k, std::ostream& os) { os << path_kind_name(k); }
 
-inline double tolerance(PathKind k) {
-  return k == PathKind::kReference || k == PathKind::kChunked64 ? kTolFloat64 : kTolFloat32;
+// tol32: the float32 tolerance of the case (float32_tolerance; kTolFloat32 when not measured).
+inline double tolerance(PathKind k, double tol32 = kTolFloat32) {
+  return k == PathKind::kReference || k == PathKind::kChunked64 ? kTolFloat64 : tol32;
 }
 
 // chunk_size 0 = the config's.
@@ -472,6 +487,148 @@ inline torch::Tensor run_pieces(ExecutionPath& path, Mamba2Cache& cache, const t
     at += n;
   }
   return torch::cat(logits, 1);
+}
+
+// The float32 tolerance of one case, by SPEC §7's rule (harness/compare.h): TolerancePolicy's
+// multiplier times the error the plain float32 loops make against the float64 reference on the
+// same tokens (logits and final states), and never below kTolFloat32. The fixed 1e-4 alone failed
+// on ill-conditioned models that are nonetheless valid: hidden_size 1 makes every RMSNorm a
+// near-sign function, and 3 such layers amplified float32 rounding to 1.5e-4 between two
+// correct float32 runs (SplitEqualsWhole, edge: D=1 H=1 P=1 N=10 layers=3).
+inline double float32_tolerance(const Mamba2Checkpoint& ck, const torch::Tensor& tokens,
+                                const std::vector<int64_t>& pieces) {
+  auto reference = build_path(PathKind::kReference, ck), plain = build_path(PathKind::kPlain32, ck);
+  Mamba2Cache rc_ = reference->new_cache(tokens.size(0)), pc = plain->new_cache(tokens.size(0));
+  double err = rel_err(run_pieces(*plain, pc, tokens, pieces), run_pieces(*reference, rc_, tokens, pieces));
+  for (size_t l = 0; l < rc_.ssm_states.size(); ++l) {
+    err = std::max({err, rel_err(pc.ssm_states[l], rc_.ssm_states[l]), rel_err(pc.conv_states[l], rc_.conv_states[l])});
+  }
+  return std::max(kTolFloat32, TolerancePolicy{}.multiplier * err);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op scripts (the scenario ops of SPEC §5), generated as plain values so a failure prints them.
+struct ScriptOp {
+  OpKind kind = OpKind::kForward;
+  int64_t length = 1;      // forward: tokens per row
+  int64_t layer = 0;       // inject
+  bool broadcast = false;  // inject: [H, P, N] instead of [B, H, P, N]
+  double scale = 1.0;      // inject: N(0, scale^2) entries
+  bool delta_f64 = false;  // inject: the delta's dtype (float64 or float32)
+  std::string name;        // snapshot / restore
+  uint32_t seed = 0;       // forward: tokens; inject: delta
+};
+
+inline void showValue(const ScriptOp& op, std::ostream& os) {
+  os << op_kind_name(op.kind);
+  switch (op.kind) {
+    case OpKind::kForward: os << "(T=" << op.length << ", seed=" << op.seed << ")"; break;
+    case OpKind::kInject:
+      os << "(layer=" << op.layer << (op.broadcast ? ", [H,P,N]" : ", [B,H,P,N]") << ", scale=" << op.scale
+         << (op.delta_f64 ? ", f64" : ", f32") << ", seed=" << op.seed << ")";
+      break;
+    case OpKind::kSnapshot:
+    case OpKind::kRestore: os << "(" << op.name << ")"; break;
+    case OpKind::kReset: break;
+  }
+}
+
+// 1..max_ops ops, the first a forward; restores name only snapshots taken earlier. Forward lengths
+// favour 1 (step) and chunk boundaries.
+inline rc::Gen<std::vector<ScriptOp>> gen_script(const ModelSpec& spec, int64_t max_ops, bool with_snapshots = true) {
+  return rc::gen::exec([spec, max_ops, with_snapshots] {
+    const int64_t n = *rc::gen::inRange<int64_t>(1, max_ops + 1);
+    std::vector<ScriptOp> ops;
+    std::vector<std::string> taken;
+    for (int64_t i = 0; i < n; ++i) {
+      ScriptOp op;
+      if (i == 0) {
+        op.kind = OpKind::kForward;
+      } else if (with_snapshots) {
+        op.kind = *rc::gen::weightedElement<OpKind>({{5, OpKind::kForward}, {2, OpKind::kInject}, {1, OpKind::kSnapshot},
+                                                     {taken.empty() ? 0u : 1u, OpKind::kRestore}, {1, OpKind::kReset}});
+      } else {
+        op.kind = *rc::gen::weightedElement<OpKind>({{3, OpKind::kForward}, {1, OpKind::kInject}});
+      }
+      switch (op.kind) {
+        case OpKind::kForward:
+          op.length = *gen_length(spec.chunk_size, 2 * spec.chunk_size + 2);
+          op.seed = *rc::gen::arbitrary<uint32_t>();
+          break;
+        case OpKind::kInject:
+          op.layer = *rc::gen::inRange<int64_t>(0, spec.num_layers);
+          op.broadcast = *rc::gen::arbitrary<bool>();
+          op.scale = *rc::gen::element(1e-3, 1.0, 10.0);
+          op.delta_f64 = *rc::gen::arbitrary<bool>();
+          op.seed = *rc::gen::arbitrary<uint32_t>();
+          break;
+        case OpKind::kSnapshot:
+          op.name = *rc::gen::element<std::string>("s0", "s1");
+          taken.push_back(op.name);
+          break;
+        case OpKind::kRestore: op.name = *rc::gen::elementOf(taken); break;
+        case OpKind::kReset: break;
+      }
+      ops.push_back(op);
+    }
+    return ops;
+  });
+}
+
+// The scenario of `ops` for a model with config `c`, batch `batch` (tokens and deltas drawn from
+// each op's seed).
+inline Scenario to_scenario(const std::vector<ScriptOp>& ops, const Mamba2Config& c, int64_t batch) {
+  Scenario s;
+  s.model = "model";
+  s.model_dir = "model";
+  s.dtype = torch::kFloat32;
+  for (const auto& o : ops) {
+    ScenarioOp op;
+    op.kind = o.kind;
+    switch (o.kind) {
+      case OpKind::kForward: op.tokens = random_tokens(batch, o.length, c.vocab_size, o.seed); break;
+      case OpKind::kInject:
+        op.layer = o.layer;
+        op.delta = random_delta(c, batch, o.broadcast, o.scale, o.seed, o.delta_f64 ? torch::kFloat64 : torch::kFloat32);
+        break;
+      case OpKind::kSnapshot:
+      case OpKind::kRestore: op.name = o.name; break;
+      case OpKind::kReset: break;
+    }
+    s.ops.push_back(std::move(op));
+  }
+  return s;
+}
+
+// The dispatch trace SPEC §3 implies for `ops`: per forward, per layer, prefill when the cache is
+// empty, step when T == 1, continue otherwise (snapshot/restore/reset move seqlen_offset).
+inline std::vector<std::vector<DispatchRecord>> expected_traces(const std::vector<ScriptOp>& ops, int64_t layers) {
+  std::vector<std::vector<DispatchRecord>> traces;
+  int64_t offset = 0;
+  std::map<std::string, int64_t> saved;
+  for (const auto& o : ops) {
+    std::vector<DispatchRecord> t;
+    switch (o.kind) {
+      case OpKind::kForward: {
+        const Branch b = offset == 0 ? Branch::kPrefill : o.length == 1 ? Branch::kStep : Branch::kContinue;
+        for (int64_t l = 0; l < layers; ++l) t.push_back({l, b, logical_kernels(b)});
+        offset += o.length;
+        break;
+      }
+      case OpKind::kSnapshot: saved[o.name] = offset; break;
+      case OpKind::kRestore: offset = saved.at(o.name); break;
+      case OpKind::kReset: offset = 0; break;
+      case OpKind::kInject: break;
+    }
+    traces.push_back(std::move(t));
+  }
+  return traces;
+}
+
+inline std::string trace_string(const std::vector<DispatchRecord>& t) {
+  std::ostringstream os;
+  for (const auto& r : t) os << "[layer " << r.layer << " " << branch_name(r.branch) << " " << r.kernels << "]";
+  return os.str();
 }
 
 }  // namespace mambadiff::props

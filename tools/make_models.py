@@ -10,10 +10,21 @@ decay rates spread over a decade and more, and -- for ``limited`` -- a finite
 ``time_step_limit`` that many tokens' Δt exceed, so that any path that forgets the clamp
 shows it.
 
-The three models cover the checkpoint variants the loader must read (SPEC §2):
-  tiny     float32, one file, tied lm_head, conv bias, no linear biases, ngroups 1
-  grouped  bfloat16, sharded (3 files + index), linear biases, ngroups 4, conv kernel 3
-  limited  float16, finite time_step_limit (0, 0.05), no conv bias tensor, ngroups 2
+The first three models cover the checkpoint variants the loader must read (SPEC §2):
+  tiny       float32, one file, tied lm_head, conv bias, no linear biases, ngroups 1
+  grouped    bfloat16, sharded (3 files + index), linear biases, ngroups 4, conv kernel 3
+  limited    float16, finite time_step_limit (0, 0.05), no conv bias tensor, ngroups 2
+  fastdecay  float32, every head fast: |A| in [16, 64], Δt in ~[4, 8], so |Δt·A| >= ~50 per
+             token (each head's state holds about its last token) and one 16-token chunk sums to
+             thousands -- where a real checkpoint's 256-token chunks take its faster heads. The
+             other models never pass ~40 per chunk (the summary line prints it), so without this
+             one no check could see exp() of a segment sum overflow float32 (past ~88.7:
+             mamba_ssm PR #713; the `segsum-exp-before-mask` mutant).
+             Heads of medium speed are left out on purpose: with chunk sums of 100-1000 in heads
+             that still remember a few tokens, the chunked scan's fp32 cumsum loses ~ulp(|Acs|)
+             in exp(Acs_i - Acs_j), and a trial model (|A| up to 64, Δt in [0.01, 1]) put its
+             cache state 7.8e-6 from the reference against a tolerance of 3.3e-6 with 2 threads
+             (within it with 1): a precision limit of the SSD form, not modelled by the tolerance.
 
 Running the tool twice gives byte-identical files (same torch and transformers versions);
 ``--check`` regenerates into a temporary directory and compares bytes with the committed
@@ -58,6 +69,8 @@ class ModelSpec:
     # Logit scale: lm_head rows ~ N(0, logit_gain / sqrt(hidden)) so that logits of the
     # RMS-normalised final hidden state have standard deviation about logit_gain.
     logit_gain: float = 2.5
+    # -A = exp(A_log) is uniform here (HF's init range by default).
+    a_range: tuple[float, float] = (1.0, 16.0)
 
 
 def model_specs() -> list[ModelSpec]:
@@ -103,6 +116,19 @@ def model_specs() -> list[ModelSpec]:
             # many tokens (the summary line prints the fraction).
             dt_range=(0.01, 0.5),
         ),
+        ModelSpec(
+            name="fastdecay",
+            seed=1004,
+            config=dict(
+                vocab_size=64, hidden_size=32, expand=2, head_dim=8, num_heads=8, n_groups=1,
+                state_size=16, num_hidden_layers=2, chunk_size=16, conv_kernel=4,
+                time_step_limit=(0.0, math.inf), tie_word_embeddings=False,
+                use_bias=False, use_conv_bias=True,
+            ),
+            dtype=torch.float32,
+            dt_range=(4.0, 8.0),
+            a_range=(16.0, 64.0),
+        ),
     ]
 
 
@@ -144,8 +170,9 @@ def sample_parameter(name: str, shape: torch.Size, spec: ModelSpec, gen: torch.G
     if name.endswith("mixer.conv1d.bias"):
         return normal(0.0, 0.1)
     if name.endswith("mixer.A_log"):
-        # A = -exp(A_log) in [-16, -1]: per-token decay exp(Δt·A) from ~1 down to ~e^-8.
-        return torch.log(uniform(1.0, 16.0))
+        # A = -exp(A_log) in -a_range ([-16, -1] by default): per-token decay exp(Δt·A) from ~1
+        # down to ~e^-8 there.
+        return torch.log(uniform(*spec.a_range))
     if name.endswith("mixer.dt_bias"):
         lo, hi = spec.dt_range
         dt = torch.exp(uniform(math.log(lo), math.log(hi)))
@@ -208,8 +235,16 @@ def summarize(spec: ModelSpec, model_dir: Path) -> str:
     with torch.no_grad(), UnclampedDtRecorder(model) as dts:
         logits = model(tokens, use_cache=False).logits  # [B, T, V]
 
-    line = (f"{spec.name:8s} {n_params:6d} params  {n_bytes:7d} bytes  {str(spec.dtype)[6:]:8s} "
-            f"max|logit| {logits.abs().max().item():6.2f}  std(logit) {logits.std().item():5.2f}")
+    # The largest sum of |Δt·A| over one chunk of one head (what exp() of a segment sum sees).
+    lo, hi = spec.config["time_step_limit"]
+    q = spec.config["chunk_size"]
+    chunk_sum = max(
+        (dt.clamp(lo, hi) * layer.mixer.A_log.float().exp()).unflatten(1, (-1, q)).sum(2).max().item()
+        for dt, layer in zip(dts.values, model.backbone.layers))
+
+    line = (f"{spec.name:9s} {n_params:6d} params  {n_bytes:7d} bytes  {str(spec.dtype)[6:]:8s} "
+            f"max|logit| {logits.abs().max().item():6.2f}  std(logit) {logits.std().item():5.2f}  "
+            f"max chunk Σ|Δt·A| {chunk_sum:6.1f}")
     upper = spec.config["time_step_limit"][1]
     if math.isfinite(upper):
         above = torch.cat([dt.flatten() for dt in dts.values]) > upper

@@ -1,0 +1,50 @@
+// `mambadiff reduce CASE -o OUT` (SPEC §6): shrink a divergence case while it still diverges in
+// the same class (harness/divergence_case.h divergence_class: the kind of tensor that parts first,
+// and whether the error is non-finite).
+//
+// Greedy passes, repeated until a whole round shrinks nothing (or the budget runs out):
+//   layers  the model cut to its first k layers (Mamba2Checkpoint::first_layers; injections into
+//           the layers cut are dropped with them), smallest k first
+//   ops     drop runs of ops, halving the run length down to single ops; dropping a snapshot drops
+//           the restores that need it; at least one forward op stays
+//   tokens  per forward op: a shorter prefix or suffix (1, 2, 3, T/4, T/2, 3T/4, T-1 tokens)
+//   rows    a single batch row (tokens and [B,H,P,N] deltas alike), then the first half
+//   values  token ids to 0 (the op at once, halved, then one by one for short ops); deltas scaled
+//           by 0, 0.1, 0.5 while it still diverges
+// A candidate that the paths reject (InputError, an invalid op sequence) is not interesting.
+// Every replay runs the reference, the plain baseline and both paths: the case's paths must be
+// executable (`file:` results cannot be re-run on a smaller scenario).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "harness/divergence_case.h"
+
+namespace mambadiff {
+
+struct ReduceOptions {
+  int64_t max_candidates = 4000;  // replays tried, in all
+  double max_seconds = 300.0;     // wall-clock budget; the best case so far is kept
+  // Called with one line for each accepted step (and the start); default: nothing.
+  std::function<void(const std::string&)> report;
+};
+
+struct ReduceOutcome {
+  bool diverges = false;      // whether the input diverges here at all (false: nothing was reduced)
+  std::string target_class;   // the divergence class kept
+  DivergenceCase reduced;     // the smallest case found (the input, re-observed, if none smaller)
+  CaseRun run;                // its replay
+  int64_t steps = 0;          // accepted steps
+  int64_t candidates = 0;     // replays tried
+  double seconds = 0.0;
+};
+
+// InputError for a case with a `file:` path, or for bad case contents.
+ReduceOutcome reduce_case(const DivergenceCase& input, const ReduceOptions& options = {});
+
+// "3 ops (2 forward, 4 tokens, longest 3), 1 row, 1 layer" for a scenario run on `layers` layers.
+std::string scenario_size(const Scenario& scenario, int64_t layers);
+
+}  // namespace mambadiff

@@ -1,0 +1,106 @@
+// engine/ssd_chunk_scan.cpp, copied, with the bugs of ScanBug marked MUTANT(...). Notation as
+// there: Q chunk size, nc number of chunks, Acs the within-chunk cumulative sum of dt*A.
+#include "tests/mutants/buggy_ssd_chunk_scan.h"
+
+#include <limits>
+#include <vector>
+
+namespace mambadiff::mutants {
+
+std::pair<torch::Tensor, torch::Tensor> buggy_ssd_chunk_scan(const torch::Tensor& x_in, const torch::Tensor& dt_in,
+                                                             const torch::Tensor& A_in, const torch::Tensor& B_in,
+                                                             const torch::Tensor& C_in, const torch::Tensor& D_in,
+                                                             const torch::Tensor& initial_state, int64_t Q,
+                                                             ScanBug bug) {
+  TORCH_CHECK(Q > 0, "buggy_ssd_chunk_scan: chunk_size must be positive");
+  const int64_t Bsz = x_in.size(0), T = x_in.size(1), H = x_in.size(2), P = x_in.size(3);
+  const int64_t G = B_in.size(2), N = B_in.size(3);
+  const auto f = x_in.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+  namespace F = torch::nn::functional;
+
+  torch::Tensor x = x_in.to(f);                               // [B, T, H, P]
+  torch::Tensor dt = dt_in.to(f);                             // [B, T, H]
+  torch::Tensor Bm = B_in.to(f).repeat_interleave(H / G, 2);  // [B, T, H, N]
+  torch::Tensor Cm = C_in.to(f).repeat_interleave(H / G, 2);  // [B, T, H, N]
+  const torch::Tensor A = A_in.to(f);                         // [H]
+  const torch::Tensor D = D_in.to(f);                         // [H]
+
+  const int64_t pad = (Q - T % Q) % Q, nc = (T + pad) / Q;
+  if (pad > 0) {
+    x = F::pad(x, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
+    if (bug == ScanBug::kPaddedDtLeaks) {
+      // MUTANT(padded-tail-leaks): the padding repeats the last real token's dt instead of 0, so
+      // each padded token decays the state by exp(dt * A) (it adds nothing: x is padded with 0).
+      dt = torch::cat({dt, dt.narrow(1, T - 1, 1).expand({Bsz, pad, H})}, 1);
+    } else {
+      dt = F::pad(dt, F::PadFuncOptions({0, 0, 0, pad}));
+    }
+    Bm = F::pad(Bm, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
+    Cm = F::pad(Cm, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
+  }
+  x = x.view({Bsz, nc, Q, H, P});
+  dt = dt.view({Bsz, nc, Q, H});
+  Bm = Bm.view({Bsz, nc, Q, H, N});
+  Cm = Cm.view({Bsz, nc, Q, H, N});
+
+  const torch::Tensor xdt = x * dt.unsqueeze(-1);                        // [B, nc, Q, H, P]
+  const torch::Tensor Acs = (dt * A).permute({0, 3, 1, 2}).cumsum(-1);  // [B, H, nc, Q]
+
+  // 1. Intra-chunk (diagonal blocks).
+  const auto causal = torch::ones({Q, Q}, torch::TensorOptions().dtype(torch::kBool)).tril();
+  torch::Tensor decay_ij;  // [B, H, nc, Q(i), Q(j)]
+  if (bug == ScanBug::kExpBeforeMask) {
+    // MUTANT(segsum-exp-before-mask): exp first, mask after, no clamp. Above the diagonal
+    // Acs_i - Acs_j = sum |dt*A| over (i, j]: past ~88.7 exp is inf in fp32 and inf * 0 = NaN.
+    decay_ij = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2)).exp() * causal.to(f);
+  } else {
+    decay_ij = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2))
+                   .masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity())
+                   .clamp_max(0.0)
+                   .exp();
+  }
+  const torch::Tensor CB = torch::einsum("bcihn,bcjhn->bhcij", {Cm, Bm});  // [B, H, nc, Q, Q]
+  const torch::Tensor y_diag = torch::einsum("bhcij,bcjhp->bcihp", {CB * decay_ij, xdt});
+
+  // 2. Each chunk's contribution to the state at its end, starting from zero.
+  const torch::Tensor decay_to_end = (Acs.narrow(3, Q - 1, 1) - Acs).clamp_max(0.0).exp();  // [B, H, nc, Q]
+  const torch::Tensor chunk_states =
+      torch::einsum("bcjhn,bhcj,bcjhp->bchpn", {Bm, decay_to_end, xdt});  // [B, nc, H, P, N]
+
+  // 3. Inter-chunk recurrence: the state entering chunk c, and the final state.
+  torch::Tensor s = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
+  torch::Tensor S;  // [B, nc, H, P, N]
+  if (bug == ScanBug::kInterChunkAxis) {
+    // HF's matrix form: states = [s_0, chunk_states...] ([B, nc+1, H, P, N]); decay_chunk[z, c] =
+    // exp(sum of the chunk totals of chunks c .. z-1) for z >= c, else 0  ([B, H, nc+1, nc+1]).
+    const torch::Tensor totals = F::pad(Acs.select(3, Q - 1), F::PadFuncOptions({1, 0}));  // [B, H, nc+1]
+    const torch::Tensor cum = totals.cumsum(-1);
+    const auto lower = torch::ones({nc + 1, nc + 1}, torch::TensorOptions().dtype(torch::kBool)).tril();
+    const torch::Tensor decay_chunk = (cum.unsqueeze(-1) - cum.unsqueeze(-2))
+                                          .masked_fill(lower.logical_not(), -std::numeric_limits<double>::infinity())
+                                          .exp();  // [B, H, z, c]
+    const torch::Tensor states = torch::cat({s.unsqueeze(1), chunk_states}, 1).permute({0, 2, 1, 3, 4});  // [B, H, c, P, N]
+    // MUTANT(inter-chunk-axis): .sum over dim 2 (the target chunk z) instead of dim 3 (the source
+    // chunk c): new[c] = state[c] * sum_z decay_chunk[z, c] -- HF #34817 before #35154.
+    const torch::Tensor product = decay_chunk.unsqueeze(-1).unsqueeze(-1) * states.unsqueeze(2);  // [B, H, z, c, P, N]
+    const torch::Tensor new_states = product.sum(2).permute({0, 2, 1, 3, 4});  // [B, nc+1, H, P, N]
+    S = new_states.narrow(1, 0, nc);
+    s = new_states.select(1, nc);
+  } else {
+    const torch::Tensor chunk_decay = Acs.select(3, Q - 1).exp();  // [B, H, nc]
+    std::vector<torch::Tensor> entering;
+    for (int64_t c = 0; c < nc; ++c) {
+      entering.push_back(s);
+      s = s * chunk_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) + chunk_states.select(1, c);
+    }
+    S = torch::stack(entering, 1);
+  }
+
+  // 4. Off-diagonal blocks: y_i += exp(Acs_i) C_i . S_c.
+  const torch::Tensor y_off = torch::einsum("bcihn,bchpn,bhci->bcihp", {Cm, S, Acs.exp()});
+
+  torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, H, 1})).reshape({Bsz, nc * Q, H, P});
+  return {y.narrow(1, 0, T), s};
+}
+
+}  // namespace mambadiff::mutants

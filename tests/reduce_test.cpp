@@ -1,0 +1,142 @@
+// `reduce` (SPEC §6): a divergence found by `check` on a mutant shrinks to a case of a few ops and
+// tokens that still diverges in the same class, is a valid scenario, and replays from disk.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+
+#include "engine/errors.h"
+#include "harness/check_suite.h"
+#include "harness/divergence_case.h"
+#include "harness/reduce.h"
+#include "tests/mutants/catalog.h"
+
+namespace mambadiff {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kModels = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
+
+class SingleThreadedTorch : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    torch::set_num_threads(1);  // tiny models: see cli/repro_reduce_mutants.cpp
+    mutants::install_mutant_paths();
+  }
+};
+::testing::Environment* const kEnv = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
+
+// `check` on one model and scenario with `mutant` as a path; the divergence it writes as a case.
+DivergenceCase check_failure(const std::string& model, const std::string& scenario, const std::string& mutant) {
+  const fs::path dir = fs::path(MAMBADIFF_TEST_TMP) / "reduce" / (mutant + "." + scenario);
+  fs::remove_all(dir);
+  CheckOptions opt;
+  opt.models = {kModels / model};
+  opt.paths = {"reference", "mutant:" + mutant};
+  opt.only_scenario = scenario;
+  opt.cases_dir = dir;
+  opt.quiet = true;
+  const CheckReport report = run_check(opt);
+  for (const auto& c : report.cases)
+    if (c.scenario == scenario && c.verdict == "diverge") return DivergenceCase::load(c.case_dir);
+  ADD_FAILURE() << "check did not kill " << mutant << " on " << model << "/" << scenario;
+  return {};
+}
+
+int64_t tokens_of(const Scenario& s) {
+  int64_t n = 0;
+  for (const auto& op : s.ops)
+    if (op.kind == OpKind::kForward) n += op.tokens.numel();
+  return n;
+}
+
+// The reduced case, written and read back, replays with the same verdict and class.
+void expect_replays_from_disk(const ReduceOutcome& r, const std::string& name) {
+  const fs::path out = fs::path(MAMBADIFF_TEST_TMP) / "reduce" / (name + ".reduced");
+  r.reduced.save(out, &r.run);
+  const DivergenceCase back = DivergenceCase::load(out);
+  EXPECT_EQ(back.model_layers, r.reduced.model_layers);
+  const CaseRun replay = back.replay();
+  EXPECT_FALSE(replay.comparison.agree);
+  EXPECT_EQ(divergence_class(replay.comparison), r.target_class);
+  EXPECT_EQ(back.observed_class, r.target_class);
+}
+
+TEST(Reduce, CheckFailureOnAMutantShrinksToAFewOpsAndTokens) {
+  // check's "continue" scenario: 2 rows, forwards of 9, 19 and 2 tokens on a 2-layer model.
+  const DivergenceCase found = check_failure("tiny", "continue", "continue-drops-initial-state");
+  EXPECT_EQ(found.expected, "agree");  // what check expected
+  EXPECT_EQ(found.observed_verdict, "diverge");
+  ASSERT_EQ(found.scenario.ops.size(), 3u);
+  ASSERT_EQ(tokens_of(found.scenario), 2 * (9 + 19 + 2));
+
+  const ReduceOutcome r = reduce_case(found);
+  ASSERT_TRUE(r.diverges);
+  EXPECT_EQ(r.target_class, "layer_output");
+  const Scenario& s = r.reduced.scenario;
+  // The bug needs a state (one forward) and a cached multi-token forward: 2 ops, 3 tokens, 1 row.
+  EXPECT_LE(s.ops.size(), 2u) << scenario_size(s, r.reduced.model_layers);
+  EXPECT_LE(tokens_of(s), 3) << scenario_size(s, r.reduced.model_layers);
+  EXPECT_EQ(s.batch_size(), 1);
+  EXPECT_EQ(r.reduced.model_layers, 1);
+  EXPECT_EQ(r.reduced.expected, "agree");  // reduce keeps what the case asserts
+  expect_replays_from_disk(r, "continue-drops-initial-state");
+}
+
+TEST(Reduce, KeepsTheSnapshotARestoreNeeds) {
+  const DivergenceCase found = check_failure("tiny", "snapshot_restore", "snapshot-aliases-storage");
+  const ReduceOutcome r = reduce_case(found);
+  ASSERT_TRUE(r.diverges);
+  const Scenario& s = r.reduced.scenario;
+  EXPECT_LT(s.ops.size(), found.scenario.ops.size());
+  EXPECT_LE(s.ops.size(), 4u) << scenario_size(s, r.reduced.model_layers);
+  std::set<std::string> taken;
+  bool restores = false;
+  for (const auto& op : s.ops) {
+    if (op.kind == OpKind::kSnapshot) taken.insert(op.name);
+    if (op.kind == OpKind::kRestore) {
+      restores = true;
+      EXPECT_TRUE(taken.count(op.name)) << "restore of '" << op.name << "' without its snapshot";
+    }
+  }
+  EXPECT_TRUE(restores) << "an aliasing snapshot only shows through a restore";
+  expect_replays_from_disk(r, "snapshot-aliases-storage");
+}
+
+TEST(Reduce, ScalesTheDeltaToZeroWhenTheInjectionItselfMisalignsTheConvWindow) {
+  // The incident's 69.5 logit gap came with delta = 0: reduce finds that too.
+  const DivergenceCase found = check_failure("tiny", "inject_layer0", "conv-window-misaligned");
+  const ReduceOutcome r = reduce_case(found);
+  ASSERT_TRUE(r.diverges);
+  bool injects = false;
+  for (const auto& op : r.reduced.scenario.ops) {
+    if (op.kind != OpKind::kInject) continue;
+    injects = true;
+    EXPECT_FALSE(op.delta.ne(0).any().item<bool>()) << "the delta should have shrunk to 0";
+  }
+  EXPECT_TRUE(injects);
+  EXPECT_LE(r.reduced.scenario.ops.size(), 2u);
+}
+
+TEST(Reduce, ACaseThatAgreesHasNothingToReduce) {
+  DivergenceCase c;
+  c.scenario = Scenario::load(fs::path(MAMBADIFF_SOURCE_DIR) / "corpus/scenarios/tiny/decode.json");
+  c.model_layers = 2;
+  c.path_a = "chunked";
+  c.path_b = "reference";
+  const ReduceOutcome r = reduce_case(c);
+  EXPECT_FALSE(r.diverges);
+  EXPECT_EQ(r.steps, 0);
+}
+
+TEST(Reduce, FixedFileResultsCannotBeReduced) {
+  DivergenceCase c;
+  c.scenario = Scenario::load(fs::path(MAMBADIFF_SOURCE_DIR) / "corpus/scenarios/tiny/decode.json");
+  c.model_layers = 2;
+  c.path_a = "file:hf.safetensors";
+  c.path_b = "reference";
+  EXPECT_THROW(reduce_case(c), InputError);
+}
+
+}  // namespace
+}  // namespace mambadiff
