@@ -247,7 +247,7 @@ void DivergenceCase::save(const fs::path& out, const CaseRun* run) const {
     const fs::path src = name.substr(5);
     const std::string local = fmt::format("{}.safetensors", side);
     const fs::path dst = out / local;
-    if (!fs::exists(dst) || !fs::equivalent(src, dst)) {
+    if (!fs::exists(dst) || !fs::equivalent(src, dst, ec)) {
       fs::copy_file(src, dst, fs::copy_options::overwrite_existing, ec);
       if (ec) throw InputError(fmt::format("{}: cannot copy into {}: {}", src.string(), dst.string(), ec.message()));
     }

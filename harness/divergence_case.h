@@ -1,5 +1,5 @@
 // A divergence case (SPEC §5, §6): what `repro` replays and `reduce` shrinks, and what `diff`
-// (--case-out), `check` (--cases-dir), `mutants` (--cases-dir) and `fuzz` write when two paths part.
+// (--case-out), `check` (--cases-dir) and `mutants` (--cases-dir) write when two paths part.
 //
 // A case is a directory:
 //   CASE/case.json                 {"format": "mambadiff.case.v1", ...} (below)

@@ -133,7 +133,6 @@ RC_GTEST_PROP(CacheProperty, RestoreIsExact, (const ModelSpec& spec)) {
   const Mamba2Cache::Snapshot snap = cache.snapshot();
   for (const auto& op : after) apply(op, *path, cache);
   cache.restore(snap);
-  static_cast<uint8_t*>(cache.ssm_states[0].data_ptr())[0] ^= 1;  // PLANT A
   const std::string diff = image_difference(before, image_of(cache), /*same_storage=*/true);
   PROP_ASSERT(diff.empty(), "after restore(): " << diff);
 
@@ -151,7 +150,8 @@ RC_GTEST_PROP(CacheProperty, RestoreIsExact, (const ModelSpec& spec)) {
 
 // ---------------------------------------------------------------------------------------------
 // inject(layer, 0) changes no byte of the cache, and what runs after it is bitwise what runs
-// without it.
+// without it. (IEEE addition of +0.0 turns a -0.0 into +0.0, so this holds for states the model
+// computed, which hold no -0.0; it is why no special values are planted here.)
 RC_GTEST_PROP(CacheProperty, ZeroInjectionIsNoOp, (const ModelSpec& spec)) {
   RC_TAG(spec.family);
   const PathKind kind = *rc::gen::element(PathKind::kReference, PathKind::kChunked32);
@@ -433,7 +433,6 @@ struct Snapshot : CacheCommand {
   void apply(CacheModel& m) const override { m.snapshots[name] = m.seqlen_offset; }
   void run(const CacheModel&, CacheSut& sut) const override {
     sut.snapshots[name] = sut.cache.snapshot();
-    sut.snapshots[name].seqlen_offset = 0;  // PLANT C
     sut.images[name] = image_of(sut.cache);
   }
   void show(std::ostream& os) const override { os << "snapshot(" << name << ")"; }

@@ -13,6 +13,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,22 @@ struct CacheBytes {
     return conv == o.conv && ssm == o.ssm && seqlen_offset == o.seqlen_offset;
   }
 };
+
+// For failure messages: sizes, the offset and a digest of each tensor's bytes (gtest would print
+// the raw struct).
+void PrintTo(const CacheBytes& b, std::ostream* os) {
+  auto digest = [](const std::vector<uint8_t>& v) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (uint8_t c : v) h = (h ^ c) * 0x100000001b3ULL;
+    return h;
+  };
+  *os << "{seqlen_offset " << b.seqlen_offset;
+  for (size_t l = 0; l < b.ssm.size(); ++l) {
+    *os << "; layer " << l << ": ssm " << b.ssm[l].size() << " B #" << std::hex << digest(b.ssm[l]) << std::dec;
+    if (l < b.conv.size()) *os << ", conv " << b.conv[l].size() << " B #" << std::hex << digest(b.conv[l]) << std::dec;
+  }
+  *os << "}";
+}
 
 CacheBytes bytes_of(const Mamba2Cache& c) {
   CacheBytes b;

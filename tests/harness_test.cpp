@@ -22,6 +22,15 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kSource = MAMBADIFF_SOURCE_DIR;
 
+// The embedded models are tiny: one intra-op thread is the fastest, and timings do not depend on
+// what runs beside the tests (the check test took 29.9 s with two threads on the loaded 2-core
+// machine; see cli/repro_reduce_mutants.cpp for the command-line figures).
+class SingleThreadedTorch : public ::testing::Environment {
+ public:
+  void SetUp() override { torch::set_num_threads(1); }
+};
+::testing::Environment* const kSingleThreaded = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
+
 // The planted bugs are mutants of the catalog (tests/mutants/catalog.h), each a class from REFERENCE.md.
 Comparison against_reference(const std::string& mutant, const Scenario& s, const Mamba2Checkpoint& ck) {
   const ScenarioResult ref = evaluate_path("reference", s, ck);

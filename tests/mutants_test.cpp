@@ -142,9 +142,10 @@ TEST(MutantsCommand, WritesTheKillMatrixAndEachFirstKillAsACase) {
   const fs::path dir = fs::path(MAMBADIFF_TEST_TMP) / "mutants_command";
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const Cli r = run_cli(fmt::format("mutants --mutant continue-drops-initial-state --mutant bf16-state --json {} "
-                                    "--cases-dir {}",
-                                    (dir / "kills.json").string(), (dir / "cases").string()));
+  const fs::path tiny = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models" / "tiny";  // one model: a quick matrix
+  const Cli r = run_cli(fmt::format("mutants --model {} --mutant continue-drops-initial-state --mutant bf16-state "
+                                    "--json {} --cases-dir {}",
+                                    tiny.string(), (dir / "kills.json").string(), (dir / "cases").string()));
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("kill rate 1.00"), std::string::npos) << r.out;
   std::ifstream jf(dir / "kills.json");

@@ -1,9 +1,7 @@
 #include "tests/mutants/path_mutants.h"
 
-#include <fmt/format.h>
-
 #include <fstream>
-#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "engine/config.h"
 
@@ -28,11 +26,13 @@ torch::Tensor DecodeWithoutDtClamp::dt_discretize(int64_t l, const torch::Tensor
 namespace {
 // config.json's "time_step_min" (the dt initialization range, not the limit); HF's default 0.001.
 double read_time_step_min(const Mamba2Checkpoint& ck) {
+  constexpr double kHfDefault = 1e-3;  // transformers' Mamba2Config time_step_min
   std::ifstream in(ck.directory / "config.json");
+  if (!in) return kHfDefault;  // a checkpoint built in memory
   std::stringstream ss;
   ss << in.rdbuf();
   const auto j = parse_json_allowing_nonfinite(ss.str(), (ck.directory / "config.json").string());
-  return j.contains("time_step_min") ? json_to_double(j["time_step_min"], "config.json", "time_step_min") : 1e-3;
+  return j.contains("time_step_min") ? json_to_double(j["time_step_min"], "config.json", "time_step_min") : kHfDefault;
 }
 }  // namespace
 
