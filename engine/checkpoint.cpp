@@ -98,9 +98,10 @@ class TensorSource {
     return t;
   }
 
-  torch::Tensor get_optional(const std::string& name, const std::vector<int64_t>& shape, bool required) const {
-    if (required || contains(name)) return get(name, shape);
-    return {};
+  // A bias the config declares (use_bias / use_conv_bias) must be there; one it does not declare
+  // is ignored even when stored, as HF builds those layers without a bias and drops it.
+  torch::Tensor get_optional(const std::string& name, const std::vector<int64_t>& shape, bool declared) const {
+    return declared ? get(name, shape) : torch::Tensor();
   }
 
   uint64_t hash(uint64_t h) const {

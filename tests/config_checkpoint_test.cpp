@@ -555,7 +555,7 @@ TEST(Mamba2Checkpoint, RequiredBiasMissingIsRejected) {
 
 // With use_conv_bias false, HF builds conv1d without a bias and drops a stored one; the engine must
 // not apply it either.
-TEST(Mamba2Checkpoint, DISABLED_StoredBiasIsIgnoredWhenTheConfigSaysNone) {
+TEST(Mamba2Checkpoint, StoredBiasIsIgnoredWhenTheConfigSaysNone) {
   const fs::path model = copy_model("tiny", "unwanted_bias");
   nlohmann::json j = nlohmann::json::parse(read_text(model / "config.json"));
   j["use_conv_bias"] = false;
