@@ -73,30 +73,38 @@ class ModelSpec:
     a_range: tuple[float, float] = (1.0, 16.0)
 
 
+# The config the embedded models share; each spec names only where it departs from it.
+BASE_CONFIG = dict(
+    vocab_size=64, hidden_size=32, expand=2, head_dim=8, num_heads=8, n_groups=1,
+    state_size=16, num_hidden_layers=2, chunk_size=16, conv_kernel=4,
+    time_step_limit=(0.0, math.inf), tie_word_embeddings=False,
+    use_bias=False, use_conv_bias=True,
+)
+
+
+def config(**overrides) -> dict:
+    """BASE_CONFIG with `overrides` (Mamba2Config keyword arguments) in place of its values."""
+    unknown = set(overrides) - set(BASE_CONFIG)
+    if unknown:
+        raise ValueError(f"make_models: config keys {sorted(unknown)} are not in BASE_CONFIG")
+    return {**BASE_CONFIG, **overrides}
+
+
 def model_specs() -> list[ModelSpec]:
     """The embedded default models (SPEC §6: `mambadiff check` with no arguments runs these)."""
     return [
         ModelSpec(
             name="tiny",
             seed=1001,
-            config=dict(
-                vocab_size=96, hidden_size=32, expand=2, head_dim=16, num_heads=4, n_groups=1,
-                state_size=16, num_hidden_layers=2, chunk_size=16, conv_kernel=4,
-                time_step_limit=(0.0, math.inf), tie_word_embeddings=True,
-                use_bias=False, use_conv_bias=True,
-            ),
+            config=config(vocab_size=96, head_dim=16, num_heads=4, tie_word_embeddings=True),
             dtype=torch.float32,
             dt_range=(1e-3, 0.1),
         ),
         ModelSpec(
             name="grouped",
             seed=1002,
-            config=dict(
-                vocab_size=80, hidden_size=48, expand=2, head_dim=12, num_heads=8, n_groups=4,
-                state_size=8, num_hidden_layers=3, chunk_size=8, conv_kernel=3,
-                time_step_limit=(0.0, math.inf), tie_word_embeddings=False,
-                use_bias=True, use_conv_bias=True,
-            ),
+            config=config(vocab_size=80, hidden_size=48, head_dim=12, n_groups=4, state_size=8,
+                          num_hidden_layers=3, chunk_size=8, conv_kernel=3, use_bias=True),
             dtype=torch.bfloat16,
             dt_range=(1e-3, 0.1),
             # The bf16 checkpoint is 126 KB; 50 KB shards give 3 files plus the index.
@@ -105,12 +113,7 @@ def model_specs() -> list[ModelSpec]:
         ModelSpec(
             name="limited",
             seed=1003,
-            config=dict(
-                vocab_size=64, hidden_size=32, expand=2, head_dim=8, num_heads=8, n_groups=2,
-                state_size=16, num_hidden_layers=2, chunk_size=8, conv_kernel=4,
-                time_step_limit=(0.0, 0.05), tie_word_embeddings=False,
-                use_bias=False, use_conv_bias=False,
-            ),
+            config=config(n_groups=2, chunk_size=8, time_step_limit=(0.0, 0.05), use_conv_bias=False),
             dtype=torch.float16,
             # Half of this log range lies above the 0.05 limit, so the clamp engages on
             # many tokens (the summary line prints the fraction).
@@ -119,12 +122,7 @@ def model_specs() -> list[ModelSpec]:
         ModelSpec(
             name="fastdecay",
             seed=1004,
-            config=dict(
-                vocab_size=64, hidden_size=32, expand=2, head_dim=8, num_heads=8, n_groups=1,
-                state_size=16, num_hidden_layers=2, chunk_size=16, conv_kernel=4,
-                time_step_limit=(0.0, math.inf), tie_word_embeddings=False,
-                use_bias=False, use_conv_bias=True,
-            ),
+            config=config(),
             dtype=torch.float32,
             dt_range=(4.0, 8.0),
             a_range=(16.0, 64.0),
