@@ -89,6 +89,8 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--steps", a->opt.steps, "Maximum steps");
   cmd->add_option("--seed", a->opt.seed, "Seed (recorded in the Δ file)");
   cmd->add_option("--path", a->opt.path, "Execution path the loop and deployment use (chunked, chunked-gpu)");
+  cmd->add_flag("--no-cuda-graph{false}", a->opt.cuda_graph,
+                "On a GPU path, run every iteration eagerly instead of replaying a captured CUDA graph");
   cmd->add_option("--out", a->out, "Output Δ .safetensors")->required();
   cmd->add_option("--json", a->json, "Write the report as JSON (and print no progress)");
   cmd->callback([a, &exit_code] {
@@ -136,7 +138,8 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
         {"deployed_rank_by_path", by_path}, {"skipped_paths", r.skipped_paths}, {"steps", r.steps},
         {"final_loss", r.final_loss}, {"delta_l2_by_layer", l2}, {"restore_bit_identical", r.restore_bit_identical},
         {"zero_delta_gate_passed", r.zero_delta_gate_passed}, {"interrupted", r.interrupted},
-        {"seconds_per_step", r.seconds_per_step}, {"generated_without_delta", r.generated_without_delta},
+        {"seconds_per_step", r.seconds_per_step}, {"cuda_graph", r.cuda_graph},
+        {"generated_without_delta", r.generated_without_delta},
         {"generated_with_delta", r.generated_with_delta}, {"path", opt.path}, {"delta_file", a->out}};
     if (!quiet) {
       fmt::print("{:<12} {:>10} {:>10}\n", "", "simulated", "deployed");
@@ -145,8 +148,8 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
       fmt::print("{:<12} {:>10.4f} {:>10.4f}\n", "margin", r.simulated.margin, r.deployed.margin);
       for (const auto& [p, rank] : r.deployed_rank_by_path) fmt::print("deployed rank on {}: {}\n", p, rank);
       for (const auto& [p, why] : r.skipped_paths) fmt::print("deployed rank on {}: skipped ({})\n", p, why);
-      fmt::print("restore bit-identical: {}   steps: {}   {:.2f} ms/step\n", r.restore_bit_identical, r.steps,
-                 1e3 * r.seconds_per_step);
+      fmt::print("restore bit-identical: {}   steps: {}   {:.2f} ms/step{}\n", r.restore_bit_identical, r.steps,
+                 1e3 * r.seconds_per_step, r.cuda_graph ? " (CUDA graph)" : "");
       if (ck.config.vocab_size == 256) {
         fmt::print("greedy without delta: \"{}\"\n", bytes_to_text(r.generated_without_delta));
         fmt::print("greedy with delta:    \"{}\"\n", bytes_to_text(r.generated_with_delta));

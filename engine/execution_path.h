@@ -35,10 +35,15 @@ class ExecutionPath {
   // (SPEC §3), runs the model, and advances cache.seqlen_offset by T.
   ForwardOutput forward(const torch::Tensor& tokens, Mamba2Cache& cache);
 
+  // The same forward for tokens the caller already validated (ids in range) and placed on this
+  // path's device: it reads no tensor data on the host, so it may run inside a CUDA-graph capture
+  // (the real-cache optimizer's replayed step). Shapes are still checked.
+  ForwardOutput forward_validated(const torch::Tensor& tokens, Mamba2Cache& cache);
+
  protected:
   ExecutionPath(const Mamba2Config& config, torch::ScalarType dtype, torch::Device device)
       : config_(config), dtype_(dtype), device_(device) {}
-  // tokens: [B, T] int64 on CPU, validated.
+  // tokens: [B, T] int64, validated; on the CPU or on this path's device.
   virtual ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch branch) = 0;
 
   Mamba2Config config_;

@@ -11,6 +11,8 @@
 #include "engine/errors.h"
 #include "engine/safetensors.h"
 #include "harness/path_registry.h"
+#include "optimizer/cuda_graph.h"
+#include "optimizer/delta_loop.h"
 
 namespace mambadiff {
 
@@ -44,42 +46,6 @@ RankReport rank_report(const std::vector<torch::Tensor>& logits, const std::vect
   }
   r.probability = torch::softmax(logits[0].detach().to(torch::kFloat64), 0)[target[0]].item<double>();
   return r;
-}
-
-// The loop's sequence on the real cache: back to the post-prefill snapshot, write base + Δ into
-// ssm_states (autograd flows from Δ through the cache tensor), step the last prompt token, then
-// teacher-force the targets. Returns one [V] logits row per target token.
-std::vector<torch::Tensor> simulate(ExecutionPath& path, Mamba2Cache& cache, const Mamba2Cache::Snapshot& base,
-                                    const std::map<int64_t, torch::Tensor>& delta, int64_t last_prompt,
-                                    const std::vector<int64_t>& target) {
-  cache.restore(base);
-  for (const auto& [layer, d] : delta) {
-    auto& state = cache.ssm_states[static_cast<size_t>(layer)];
-    state.copy_(base.ssm_states[static_cast<size_t>(layer)] + d.to(state.scalar_type()));
-  }
-  std::vector<torch::Tensor> logits;
-  int64_t token = last_prompt;
-  for (size_t k = 0; k < target.size(); ++k) {
-    logits.push_back(path.forward(one_token(token), cache).logits[0][0]);  // [V]
-    token = target[k];
-  }
-  return logits;
-}
-
-torch::Tensor loss_of(const std::vector<torch::Tensor>& logits, const std::vector<int64_t>& target,
-                      const std::string& loss, double margin) {
-  torch::Tensor total = torch::zeros({}, logits[0].options().dtype(torch::kFloat32));
-  for (size_t k = 0; k < target.size(); ++k) {
-    const torch::Tensor l = logits[k].to(torch::kFloat32);  // [V]
-    if (loss == "ce") {
-      total = total - torch::log_softmax(l, 0)[target[k]];
-    } else {
-      const torch::Tensor mask = torch::zeros_like(l, torch::kBool).index_fill(0, torch::tensor({target[k]}).to(l.device()), true);
-      const torch::Tensor runner_up = l.masked_fill(mask, -std::numeric_limits<float>::infinity()).max();
-      total = total + torch::relu(runner_up - l[target[k]] + margin);
-    }
-  }
-  return total;
 }
 
 bool bytes_equal(const torch::Tensor& a, const torch::Tensor& b) {
@@ -176,7 +142,6 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
                                  const std::function<void(const StepReport&)>& progress,
                                  const std::atomic<bool>* interrupt) {
   check_options(ck.config, o);
-  const auto& c = ck.config;
   OptimizeResult result;
   ExecutionPath* path = &loop_path;
   const std::vector<int64_t> prefix(o.prompt.begin(), o.prompt.end() - 1);
@@ -189,14 +154,7 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
   std::vector<void*> storage;
   for (const auto& t : cache.ssm_states) storage.push_back(t.data_ptr());
 
-  const auto state_opts = torch::TensorOptions().dtype(torch::kFloat32).device(path->device());
-  std::map<int64_t, torch::Tensor> delta;
-  std::vector<torch::Tensor> params;
-  for (int64_t l : o.layers) {
-    delta[l] = torch::zeros({1, c.num_heads, c.head_dim, c.state_size}, state_opts).requires_grad_(true);
-    params.push_back(delta[l]);
-  }
-
+  DeltaLoop loop(*path, cache, base, o);
   {
     RestoreGuard guard{cache, base};
 
@@ -204,10 +162,10 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
     // computes. The incident had a 173.76 logit gap here and nothing looked.
     {
       torch::NoGradGuard no_grad;
-      const auto loop_logits = simulate(*path, cache, base, delta, o.prompt.back(), o.target);
+      const auto loop_logits = loop.logits();
       auto fresh = deploy_path.new_cache(1);
       deploy_path.forward(tokens_tensor(prefix), fresh);
-      for (const auto& [layer, d] : delta) fresh.inject(layer, d);
+      for (const auto& [layer, d] : loop.delta()) fresh.inject(layer, d.detach());
       int64_t token = o.prompt.back();
       double max_diff = 0.0;
       bool equal = true;
@@ -226,8 +184,11 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
       }
     }
 
-    std::unique_ptr<torch::optim::Adam> adam;
-    if (o.optimizer == "adam") adam = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr));
+    // On a GPU the first iteration runs eagerly, the second is the capture's warm-up and is
+    // captured, every later one is a replay of the same kernels on the same storage.
+    constexpr int64_t kCaptureAtStep = 1;
+    const bool use_graph = o.cuda_graph && CapturedProgram::supported(path->device());
+    std::unique_ptr<CapturedProgram> graph;
     std::vector<double> step_seconds;  // per completed step; the median is reported
     int64_t step = 0;
     for (; step < o.steps; ++step) {
@@ -236,43 +197,34 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
         result.interrupted = true;
         break;
       }
-      const auto logits = simulate(*path, cache, base, delta, o.prompt.back(), o.target);
-      const torch::Tensor loss = loss_of(logits, o.target, o.loss, o.margin);
-      const RankReport r = rank_report(logits, o.target);
-      StepReport rep{step, loss.item<double>(), r.rank, r.margin, 0.0};
-      for (const auto& p : params) rep.delta_l2 += p.detach().pow(2).sum().item<double>();
-      rep.delta_l2 = std::sqrt(rep.delta_l2);
+      if (graph) {
+        graph->replay();
+      } else if (use_graph && step == kCaptureAtStep) {
+        graph = std::make_unique<CapturedProgram>(path->device(), [&loop] { loop.iterate(); }, /*warmup=*/1);
+      } else {
+        loop.iterate();
+      }
+      const StepReport rep = loop.report(step);  // waits for the iteration
+      step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       result.final_loss = rep.loss;
       if (progress) progress(rep);
-      if (r.rank == 1 && r.margin >= o.margin) break;  // goal reached: keep this Δ
-      if (adam) adam->zero_grad();
-      for (auto& p : params) p.mutable_grad() = torch::Tensor();
-      loss.backward();
-      torch::NoGradGuard no_grad;
-      for (auto& p : params) {
-        if (!adam && p.grad().defined()) p.sub_(o.lr * p.grad().sign());  // signed PGD step
+      if (rep.rank == 1 && rep.margin >= o.margin) {  // goal reached with the Δ before this update
+        loop.undo_last_update();
+        break;
       }
-      if (adam) adam->step();
-      for (auto& p : params) {  // projection onto the budget after every step
-        if (o.budget_linf > 0) p.clamp_(-o.budget_linf, o.budget_linf);
-        if (o.budget_l2 > 0) {
-          const double n = p.norm().item<double>();
-          if (n > o.budget_l2) p.mul_(o.budget_l2 / n);
-        }
-      }
-      if (path->device().is_cuda()) torch::cuda::synchronize();
-      step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     result.steps = step;
+    result.cuda_graph = graph != nullptr;
     if (!step_seconds.empty()) {
-      // The median over steps: the first step pays allocator and kernel warm-up.
+      // The median over steps: the first steps pay allocator warm-up and the capture.
       std::nth_element(step_seconds.begin(), step_seconds.begin() + step_seconds.size() / 2, step_seconds.end());
       result.seconds_per_step = step_seconds[step_seconds.size() / 2];
     }
 
     // The simulated rank of the final Δ, in the loop's own sequence.
     torch::NoGradGuard no_grad;
-    result.simulated = rank_report(simulate(*path, cache, base, delta, o.prompt.back(), o.target), o.target);
+    result.simulated = rank_report(loop.logits(), o.target);
+    graph.reset();  // before the cache's tensors it refers to are restored
   }  // guard: the cache is restored here
 
   bool identical = cache.seqlen_offset == base.seqlen_offset;
@@ -283,7 +235,7 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
   }
   result.restore_bit_identical = identical;
 
-  for (auto& [layer, d] : delta) {
+  for (const auto& [layer, d] : loop.delta()) {
     result.delta[layer] = d.detach().to(torch::kCPU).clone();
     result.delta_l2_by_layer[layer] = result.delta[layer].norm().item<double>();
   }

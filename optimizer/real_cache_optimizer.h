@@ -33,6 +33,7 @@ struct OptimizeOptions {
   uint64_t seed = 0;            // Δ starts at 0; the seed drives nothing random yet but is recorded
   std::string path = "chunked";
   int64_t generate_tokens = 8;  // greedy continuation shown with and without Δ
+  bool cuda_graph = true;       // on a GPU path: capture the iteration once, replay it (same kernels)
 };
 
 struct StepReport {
@@ -63,6 +64,7 @@ struct OptimizeResult {
   bool restore_bit_identical = false;
   bool interrupted = false;
   double seconds_per_step = 0.0;
+  bool cuda_graph = false;  // whether the iterations after the first two were graph replays
   std::vector<int64_t> generated_without_delta, generated_with_delta;
 };
 

@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 
 #include "engine/chunked_path.h"
 #include "engine/errors.h"
 #include "harness/path_registry.h"
+#include "optimizer/delta_loop.h"
 #include "optimizer/real_cache_optimizer.h"
 
 namespace mambadiff {
@@ -183,6 +185,43 @@ TEST(RealCacheOptimizer, BadOptionsAreInputErrors) {
   o = options_for(ck);
   o.target = {ck.config.vocab_size};
   EXPECT_THROW(optimize_delta(ck, o), InputError);
+}
+
+// The loop's Adam keeps its step counter on the device (so a replayed CUDA graph advances it); it
+// must follow torch::optim::Adam's trajectory.
+TEST(DeltaLoopAdam, FollowsTorchOptimAdam) {
+  torch::manual_seed(7);
+  const double lr = 0.05;
+  torch::Tensor ours = torch::randn({2, 3, 4, 5});
+  const torch::Tensor initial = ours.clone();
+  torch::Tensor theirs = ours.clone().requires_grad_(true);
+  torch::optim::Adam adam({theirs}, torch::optim::AdamOptions(lr));
+  torch::Tensor m = torch::zeros_like(ours), v = torch::zeros_like(ours);
+  torch::Tensor step = torch::zeros({}, torch::kFloat64);
+  for (int i = 0; i < 25; ++i) {
+    const torch::Tensor g = torch::randn_like(ours) * (i % 3 + 1);
+    theirs.mutable_grad() = g.clone();
+    adam.step();
+    step.add_(1);
+    adam_update(ours, g, m, v, step, lr);
+  }
+  EXPECT_GT((ours - initial).abs().max().item<double>(), 0.1);  // it moved
+  EXPECT_TRUE(torch::allclose(ours, theirs.detach(), /*rtol=*/1e-5, /*atol=*/1e-6))
+      << (ours - theirs.detach()).abs().max().item<double>();
+}
+
+// The margin loss: relu(runner-up - target + margin), summed over target tokens.
+TEST(DeltaLoopLoss, MarginAndCrossEntropyByHand) {
+  const torch::Tensor a = torch::tensor({1.0f, 4.0f, 2.5f, -1.0f});
+  const torch::Tensor b = torch::tensor({0.0f, 0.0f, 3.0f, 1.0f});
+  // target 2 in a: runner-up 4.0 -> relu(4.0 - 2.5 + 0.5) = 2.0; target 2 in b: runner-up 1.0 ->
+  // relu(1.0 - 3.0 + 0.5) = 0.
+  EXPECT_FLOAT_EQ(delta_loss({a, b}, {2, 2}, "margin", 0.5).item<float>(), 2.0f);
+  // target 0 (the first entry) and 3 (the last): the competitor slices at both ends.
+  EXPECT_FLOAT_EQ(delta_loss({a}, {0}, "margin", 0.0).item<float>(), 3.0f);
+  EXPECT_FLOAT_EQ(delta_loss({b}, {3}, "margin", 0.0).item<float>(), 2.0f);
+  const double lse = std::log(std::exp(1.0) + std::exp(4.0) + std::exp(2.5) + std::exp(-1.0));
+  EXPECT_NEAR(delta_loss({a}, {1}, "ce", 0.0).item<float>(), lse - 4.0, 1e-6);
 }
 
 }  // namespace

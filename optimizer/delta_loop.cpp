@@ -1,0 +1,132 @@
+#include "optimizer/delta_loop.h"
+
+#include <limits>
+
+namespace mambadiff {
+
+namespace {
+
+// torch.optim.Adam's defaults.
+constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;
+
+// logits[V] without entry t: the competitors of target t. narrow + cat, no index tensor (an index
+// built on the host would be a host-to-device copy, which a CUDA-graph capture forbids).
+torch::Tensor others(const torch::Tensor& logits, int64_t t) {
+  const int64_t V = logits.size(0);
+  return torch::cat({logits.narrow(0, 0, t), logits.narrow(0, t + 1, V - t - 1)});
+}
+
+}  // namespace
+
+torch::Tensor delta_loss(const std::vector<torch::Tensor>& logits, const std::vector<int64_t>& target,
+                         const std::string& loss, double margin) {
+  torch::Tensor total = torch::zeros({}, logits[0].options().dtype(torch::kFloat32));
+  for (size_t k = 0; k < target.size(); ++k) {
+    const torch::Tensor l = logits[k].to(torch::kFloat32);  // [V]
+    if (loss == "ce") {
+      total = total - torch::log_softmax(l, 0)[target[k]];
+    } else {
+      total = total + torch::relu(others(l, target[k]).max() - l[target[k]] + margin);
+    }
+  }
+  return total;
+}
+
+void adam_update(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
+                 const torch::Tensor& step, double lr) {
+  torch::NoGradGuard no_grad;
+  m.mul_(kBeta1).add_(grad, 1 - kBeta1);
+  v.mul_(kBeta2).addcmul_(grad, grad, 1 - kBeta2);
+  const torch::Tensor bias1 = 1 - torch::pow(kBeta1, step);  // [] float64
+  const torch::Tensor bias2 = 1 - torch::pow(kBeta2, step);
+  const torch::Tensor denom = v.sqrt() / bias2.sqrt() + kEps;
+  param.sub_(m / denom * (lr / bias1));
+}
+
+DeltaLoop::DeltaLoop(ExecutionPath& path, Mamba2Cache& cache, const Mamba2Cache::Snapshot& base,
+                     const OptimizeOptions& o)
+    : path_(path), cache_(cache), base_(base), options_(o) {
+  const auto& c = path.config();
+  const auto dev = path.device();
+  const auto ids = torch::TensorOptions().dtype(torch::kInt64).device(dev);
+  tokens_.push_back(torch::full({1, 1}, o.prompt.back(), ids));
+  for (size_t k = 0; k + 1 < o.target.size(); ++k) tokens_.push_back(torch::full({1, 1}, o.target[k], ids));
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(dev);
+  for (int64_t l : o.layers) {
+    delta_[l] = torch::zeros({1, c.num_heads, c.head_dim, c.state_size}, f32).requires_grad_(true);
+    previous_[l] = torch::zeros_like(delta_[l]);
+    adam_m_[l] = torch::zeros_like(delta_[l]);
+    adam_v_[l] = torch::zeros_like(delta_[l]);
+  }
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
+  adam_steps_ = torch::zeros({}, f64);
+  stats_ = torch::zeros({4}, f64);
+}
+
+std::vector<torch::Tensor> DeltaLoop::logits() {
+  cache_.restore(base_);
+  for (const auto& [layer, d] : delta_) {
+    auto& state = cache_.ssm_states[static_cast<size_t>(layer)];
+    state.copy_(base_.ssm_states[static_cast<size_t>(layer)] + d.to(state.scalar_type()));
+  }
+  std::vector<torch::Tensor> rows;
+  for (const auto& token : tokens_) rows.push_back(path_.forward_validated(token, cache_).logits[0][0]);  // [V]
+  return rows;
+}
+
+void DeltaLoop::iterate() {
+  const auto rows = logits();
+  const torch::Tensor loss = delta_loss(rows, options_.target, options_.loss, options_.margin);
+  std::vector<int64_t> layers;
+  std::vector<torch::Tensor> params;
+  for (const auto& [layer, d] : delta_) {
+    layers.push_back(layer);
+    params.push_back(d);
+  }
+  // allow_unused: a Δ whose layer cannot reach the logits gets no gradient (treated as zero).
+  const auto grads = torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                           /*create_graph=*/false, /*allow_unused=*/true);
+  torch::NoGradGuard no_grad;
+  {  // statistics of this Δ, in float64 on the device
+    torch::Tensor rank = torch::zeros({}, stats_.options());
+    torch::Tensor margin = torch::full({}, std::numeric_limits<double>::infinity(), stats_.options());
+    for (size_t k = 0; k < options_.target.size(); ++k) {
+      const torch::Tensor l = rows[k].detach().to(torch::kFloat64);
+      const int64_t t = options_.target[k];
+      // rank 1 = argmax; ties count against the target.
+      rank = torch::maximum(rank, 1 + (l > l[t]).sum().to(torch::kFloat64));
+      margin = torch::minimum(margin, l[t] - others(l, t).max());
+    }
+    torch::Tensor norm2 = torch::zeros({}, stats_.options());
+    for (const auto& p : params) norm2 = norm2 + p.detach().to(torch::kFloat64).pow(2).sum();
+    stats_.copy_(torch::stack({loss.detach().to(torch::kFloat64), rank, margin, norm2.sqrt()}));
+  }
+  adam_steps_.add_(1);
+  for (size_t i = 0; i < params.size(); ++i) {
+    torch::Tensor p = params[i];
+    const int64_t layer = layers[i];
+    previous_[layer].copy_(p);
+    const torch::Tensor g = grads[i].defined() ? grads[i] : torch::zeros_like(p);
+    if (options_.optimizer == "adam") {
+      adam_update(p, g, adam_m_[layer], adam_v_[layer], adam_steps_, options_.lr);
+    } else {
+      p.sub_(options_.lr * g.sign());  // signed PGD
+    }
+    // Projection onto the budget after every step.
+    if (options_.budget_linf > 0) p.clamp_(-options_.budget_linf, options_.budget_linf);
+    if (options_.budget_l2 > 0) p.mul_(torch::clamp_max(options_.budget_l2 / p.norm(), 1.0));
+  }
+}
+
+StepReport DeltaLoop::report(int64_t step) const {
+  const torch::Tensor s = stats_.to(torch::kCPU);
+  const double* v = s.data_ptr<double>();
+  return StepReport{step, v[0], static_cast<int64_t>(v[1]), v[2], v[3]};
+}
+
+void DeltaLoop::undo_last_update() {
+  torch::NoGradGuard no_grad;
+  for (auto& [layer, d] : delta_) d.copy_(previous_[layer]);
+}
+
+}  // namespace mambadiff
