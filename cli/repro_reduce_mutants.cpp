@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/torch_threads.h"
 #include "harness/check_suite.h"
 #include "harness/divergence_case.h"
 #include "harness/reduce.h"
@@ -16,11 +17,6 @@
 namespace mambadiff::cli {
 
 namespace {
-
-// The embedded models' tensors hold tens to hundreds of elements: intra-op threads cost more than
-// they give. On the 2-core machine under load `mutants` took 9.0 s with one thread and 44-66 s
-// with torch's default of two; `check` 2.0 s vs 7.9 s.
-constexpr int kDefaultThreads = 1;
 
 std::string where_of(const Divergence& d) { return describe(d); }
 
@@ -94,7 +90,7 @@ void add_reduce_command(CLI::App& app, int& exit_code) {
   cmd->add_option("-o,--out", args->out, "Directory to write the reduced case to")->required();
   cmd->add_option("--max-seconds", args->opt.max_seconds, "Wall-clock budget (the best case so far is written)");
   cmd->add_option("--max-candidates", args->opt.max_candidates, "Replays to try at most");
-  cmd->add_option("--threads", args->threads, "Intra-op threads of torch (1 suits small models best)");
+  add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
     torch::set_num_threads(args->threads);
     mutants::install_mutant_paths();
@@ -137,7 +133,7 @@ void add_mutants_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--cases-dir", args->cases_dir, "Write each mutant's first kill there as a divergence case");
   cmd->add_option("--json", args->json, "Write the kill matrix as JSON");
   cmd->add_flag("--progress", args->opt.progress, "A line per check on stderr");
-  cmd->add_option("--threads", args->threads, "Intra-op threads of torch (1 suits small models best)");
+  add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
     torch::set_num_threads(args->threads);
     mutants::KillOptions opt = args->opt;

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/torch_threads.h"
 #include "engine/checkpoint.h"
 #include "engine/errors.h"
 #include "harness/check_suite.h"
@@ -81,6 +82,7 @@ void add_check_command(CLI::App& app, int& exit_code) {
     CheckOptions opt;
     std::vector<std::string> models;
     std::string paths, json, junit, cases_dir;
+    int threads = kDefaultThreads;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("check", "The pre-merge equivalence suite over the embedded (or given) models");
@@ -92,7 +94,9 @@ void add_check_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--junit", args->junit, "Write the report as JUnit XML");
   cmd->add_option("--cases-dir", args->cases_dir,
                   "Write each divergence there as a divergence case (for repro/reduce)");
+  add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
+    torch::set_num_threads(args->threads);
     CheckOptions opt = args->opt;
     opt.cases_dir = args->cases_dir;
     for (const auto& m : args->models) opt.models.emplace_back(m);
