@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/safetensors.h"
+#include "tests/test_support.h"
 
 #ifndef MAMBADIFF_BINARY
 #error "MAMBADIFF_BINARY must be defined"
@@ -32,29 +33,10 @@ namespace fs = std::filesystem;
 namespace st = mambadiff::safetensors;
 using ::testing::HasSubstr;
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
-
-fs::path source_dir() {
-#ifdef MAMBADIFF_SOURCE_DIR
-  return fs::path(MAMBADIFF_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path();
-#endif
-}
-
-fs::path model_dir(const std::string& name) { return source_dir() / "corpus" / "models" / name; }
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  ASSERT_TRUE(out.good()) << p;
-}
+using mambadiff::test_support::model_dir;
+using mambadiff::test_support::read_text;
+using mambadiff::test_support::source_dir;
+using mambadiff::test_support::write_text;
 
 std::string shell_quote(const std::string& s) {
   std::string out = "'";

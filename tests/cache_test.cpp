@@ -21,30 +21,24 @@
 #include "engine/chunked_path.h"
 #include "engine/errors.h"
 #include "oracles/reference_path.h"
+#include "tests/test_support.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using mambadiff::Branch;
-using mambadiff::InputError;
 using mambadiff::Mamba2Cache;
 using mambadiff::Mamba2Checkpoint;
 using mambadiff::Mamba2Config;
+using mambadiff::test_support::input_error;
+using mambadiff::test_support::model_dir;
 using ::testing::HasSubstr;
-
-fs::path source_dir() {
-#ifdef MAMBADIFF_SOURCE_DIR
-  return fs::path(MAMBADIFF_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path();
-#endif
-}
 
 const Mamba2Checkpoint& checkpoint(const std::string& name) {
   static std::map<std::string, Mamba2Checkpoint> loaded;
   auto it = loaded.find(name);
   if (it == loaded.end()) {
-    it = loaded.emplace(name, Mamba2Checkpoint::load(source_dir() / "corpus" / "models" / name)).first;
+    it = loaded.emplace(name, Mamba2Checkpoint::load(model_dir(name))).first;
   }
   return it->second;
 }
@@ -65,19 +59,6 @@ Mamba2Config small_config() {
   c.time_step_max = std::numeric_limits<double>::infinity();
   c.validate("small_config");
   return c;
-}
-
-std::string input_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected an InputError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected an InputError, nothing was thrown";
-  return "";
 }
 
 // Raw bytes of a (contiguous, CPU) tensor.

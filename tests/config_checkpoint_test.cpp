@@ -24,62 +24,30 @@
 #include "engine/config.h"
 #include "engine/errors.h"
 #include "engine/safetensors.h"
+#include "tests/test_support.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 namespace st = mambadiff::safetensors;
-using mambadiff::InputError;
 using mambadiff::json_to_double;
 using mambadiff::Mamba2Checkpoint;
 using mambadiff::Mamba2Config;
 using mambadiff::parse_json_allowing_nonfinite;
+using mambadiff::test_support::input_error;
+using mambadiff::test_support::model_dir;
+using mambadiff::test_support::read_text;
+using mambadiff::test_support::write_text;
 using ::testing::HasSubstr;
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-fs::path source_dir() {
-#ifdef MAMBADIFF_SOURCE_DIR
-  return fs::path(MAMBADIFF_SOURCE_DIR);
-#else
-  return fs::path(__FILE__).parent_path().parent_path();
-#endif
-}
-
-fs::path model_dir(const std::string& name) { return source_dir() / "corpus" / "models" / name; }
 
 fs::path scratch(const std::string& name) {
   const fs::path p = fs::path(MAMBADIFF_TEST_TMP) / "config_checkpoint" / name;
   fs::remove_all(p);
   fs::create_directories(p);
   return p;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << text;
-  ASSERT_TRUE(out.good()) << p;
-}
-
-std::string input_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected an InputError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected an InputError, nothing was thrown";
-  return "";
 }
 
 // A config.json as Python's json.dumps(indent=2) writes it, with `limit_max` spliced in verbatim

@@ -5,8 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -18,11 +16,14 @@
 #include "tests/mutants/buggy_ssd_chunk_scan.h"
 #include "tests/mutants/catalog.h"
 #include "tests/mutants/kill_matrix.h"
+#include "tests/test_support.h"
 
 namespace mambadiff::mutants {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::Cli;
+using test_support::run_cli;
 
 // The embedded models are tiny: one intra-op thread is the fastest (see cli/repro_reduce_mutants.cpp).
 class SingleThreadedTorch : public ::testing::Environment {
@@ -30,23 +31,6 @@ class SingleThreadedTorch : public ::testing::Environment {
   void SetUp() override { torch::set_num_threads(1); }
 };
 ::testing::Environment* const kSingleThreaded = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
-
-struct Cli {
-  int exit_code = -1;
-  std::string out;
-};
-
-// Runs the mambadiff binary with `args`; stdout and stderr together in `out`.
-Cli run_cli(const std::string& args) {
-  Cli r;
-  FILE* p = popen((std::string(MAMBADIFF_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), p)) r.out += buf.data();
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 TEST(MutantCatalog, HoldsAtLeastTwelveMutantsEachNamingItsPublicReport) {
   const auto& catalog = mutant_catalog();

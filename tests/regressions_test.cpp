@@ -5,8 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -15,11 +13,14 @@
 
 #include "harness/divergence_case.h"
 #include "tests/mutants/catalog.h"
+#include "tests/test_support.h"
 
 namespace mambadiff {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::Cli;
+using test_support::run_cli;
 const fs::path kCorpus = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "regressions";
 
 class Environment : public ::testing::Environment {
@@ -72,22 +73,6 @@ TEST(RegressionCorpus, HoldsACaseForEveryMutantOfTheCatalog) {
       if (p.rfind(mutants::kMutantPrefix, 0) == 0) covered.insert(mutants::find_mutant(p).name);
   }
   for (const auto& m : mutants::mutant_catalog()) EXPECT_TRUE(covered.count(m.name)) << "no regression case for " << m.name;
-}
-
-struct Cli {
-  int exit_code = -1;
-  std::string out;
-};
-
-Cli run_cli(const std::string& args) {
-  Cli r;
-  FILE* p = popen((std::string(MAMBADIFF_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  while (fgets(buf.data(), buf.size(), p)) r.out += buf.data();
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
 }
 
 TEST(ReproCommand, ExitsZeroWhenTheVerdictIsTheExpectedOne) {

@@ -1,0 +1,72 @@
+// Helpers several unit tests share: where the source tree and its embedded models are, whole-file
+// text I/O, the message of an expected InputError, and running the mambadiff binary.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+
+#include "engine/errors.h"
+
+namespace mambadiff::test_support {
+
+// The source tree (MAMBADIFF_SOURCE_DIR comes with the harness library every test links).
+inline std::filesystem::path source_dir() { return std::filesystem::path(MAMBADIFF_SOURCE_DIR); }
+
+// An embedded model: corpus/models/<name>.
+inline std::filesystem::path model_dir(const std::string& name) { return source_dir() / "corpus" / "models" / name; }
+
+inline std::string read_text(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void write_text(const std::filesystem::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  ASSERT_TRUE(out.good()) << p;
+}
+
+// The message of the InputError `fn` throws; a test failure (and "") when it throws something else
+// or nothing.
+inline std::string input_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected an InputError, got another exception: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected an InputError, nothing was thrown";
+  return "";
+}
+
+struct Cli {
+  int exit_code = -1;
+  std::string out;
+};
+
+// Runs the mambadiff binary with `args` (through the shell, as given); stdout and stderr together in `out`.
+inline Cli run_cli(const std::string& args) {
+  Cli r;
+  FILE* p = popen((std::string(MAMBADIFF_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  while (fgets(buf.data(), buf.size(), p)) r.out += buf.data();
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace mambadiff::test_support
