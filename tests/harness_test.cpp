@@ -31,31 +31,28 @@ class SingleThreadedTorch : public ::testing::Environment {
 };
 ::testing::Environment* const kSingleThreaded = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
 
-// The planted bugs are mutants of the catalog (tests/mutants/catalog.h), each a class from REFERENCE.md.
-Comparison against_reference(const std::string& mutant, const Scenario& s, const Mamba2Checkpoint& ck) {
+// The planted bugs are mutants of the catalog (tests/mutants/catalog.h), each a class from REFERENCE.md:
+// `mutant` against the reference on corpus/scenarios/<scenario> and its model.
+Comparison against_reference(const std::string& mutant, const std::string& scenario) {
+  const Scenario s = Scenario::load(kSource / "corpus/scenarios" / scenario);
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
   const ScenarioResult ref = evaluate_path("reference", s, ck);
   const std::vector<ErrorBaseline> bl = {measure_baseline(evaluate_path("plain-float32", s, ck), ref)};
   return compare_results(mutants::find_mutant(mutant).evaluate(s, ck), ref, ref, bl);
 }
 
 TEST(PlantedBugs, DecodeWithoutClampDivergesAtFirstDecodeStep) {
-  const Scenario s = Scenario::load(kSource / "corpus/scenarios/limited/decode.json");
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
-  const Comparison c = against_reference("decode-no-dt-clamp", s, ck);
+  const Comparison c = against_reference("decode-no-dt-clamp", "limited/decode.json");
   ASSERT_FALSE(c.agree);
   EXPECT_EQ(c.first_divergence->op, 1u);
   EXPECT_EQ(c.first_divergence->layer, 0);
   EXPECT_EQ(c.first_divergence->tensor, "layer_output");
   // The same plant on a model with an infinite limit is harmless: the check must not cry wolf.
-  const Scenario t = Scenario::load(kSource / "corpus/scenarios/tiny/decode.json");
-  const Mamba2Checkpoint tk = Mamba2Checkpoint::load(t.model_dir);
-  EXPECT_TRUE(against_reference("decode-no-dt-clamp", t, tk).agree);
+  EXPECT_TRUE(against_reference("decode-no-dt-clamp", "tiny/decode.json").agree);
 }
 
 TEST(PlantedBugs, RepeatInsteadOfRepeatInterleaveDivergesInFirstLayer) {
-  const Scenario s = Scenario::load(kSource / "corpus/scenarios/grouped/full.json");
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
-  const Comparison c = against_reference("repeat-groups", s, ck);
+  const Comparison c = against_reference("repeat-groups", "grouped/full.json");
   ASSERT_FALSE(c.agree);
   EXPECT_EQ(c.first_divergence->op, 0u);
   EXPECT_EQ(c.first_divergence->layer, 0);
@@ -63,9 +60,7 @@ TEST(PlantedBugs, RepeatInsteadOfRepeatInterleaveDivergesInFirstLayer) {
 }
 
 TEST(PlantedBugs, StandInCacheIsCaughtAsDispatchDifference) {
-  const Scenario s = Scenario::load(kSource / "corpus/scenarios/tiny/decode.json");
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
-  const Comparison c = against_reference("stand-in-cache", s, ck);
+  const Comparison c = against_reference("stand-in-cache", "tiny/decode.json");
   ASSERT_FALSE(c.agree);
   EXPECT_EQ(c.first_divergence->op, 1u);
   EXPECT_EQ(c.first_divergence->tensor, "dispatch_trace");
