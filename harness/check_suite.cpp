@@ -148,9 +148,9 @@ CheckReport run_check(const CheckOptions& opt) {
       if (!opt.only_scenario.empty() && name.find(opt.only_scenario) == std::string::npos) continue;
       const uint64_t seed = case_seed(opt.seed, model, name);
       const std::string dtype = dtype_string(scenario.dtype);
-      const ScenarioResult ref = evaluate_path("reference", scenario, ck);
-      const std::string plain = scenario.dtype == torch::kBFloat16 ? "plain-bfloat16" : "plain-float32";
-      const std::vector<ErrorBaseline> baselines = {measure_baseline(evaluate_path(plain, scenario, ck), ref)};
+      const ReferenceRun reference = run_reference(scenario, ck);
+      const ScenarioResult& ref = reference.reference;
+      const std::vector<ErrorBaseline>& baselines = reference.baselines;
       std::map<std::string, ScenarioResult> results;
       std::map<std::string, std::string> skipped;
       for (const auto& p : paths) {

@@ -3,18 +3,13 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/checkpoint.h"
-#include "harness/path_registry.h"
+#include "harness/divergence_case.h"
 
 namespace mambadiff {
 
 DiffOutcome diff_scenario(const Scenario& scenario, const std::string& path_a, const std::string& path_b) {
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(scenario.model_dir);
-  const ScenarioResult ref = evaluate_path("reference", scenario, ck);
-  const std::string plain = scenario.dtype == torch::kBFloat16 ? "plain-bfloat16" : "plain-float32";
-  const std::vector<ErrorBaseline> baselines = {measure_baseline(evaluate_path(plain, scenario, ck), ref)};
-  const ScenarioResult a = path_a == "reference" ? ref : evaluate_path(path_a, scenario, ck);
-  const ScenarioResult b = path_b == "reference" ? ref : evaluate_path(path_b, scenario, ck);
-  return {compare_results(a, b, ref, baselines), dtype_string(scenario.dtype)};
+  return {run_paths(scenario, ck, path_a, path_b, TolerancePolicy{}).comparison, dtype_string(scenario.dtype)};
 }
 
 std::string diff_json(const DiffOutcome& d) {
