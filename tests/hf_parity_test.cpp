@@ -45,7 +45,7 @@ std::string case_name(const testing::TestParamInfo<ParityCase>& info) {
 
 std::vector<ParityCase> all_cases() {
   std::vector<ParityCase> out;
-  for (const char* m : {"tiny", "grouped", "limited"})
+  for (const char* m : {"tiny", "grouped", "limited", "fastdecay"})
     for (const char* s : {"full", "decode", "continue", "inject", "snapshot"}) out.push_back({m, s});
   return out;
 }
@@ -146,7 +146,7 @@ TEST(DiffAgainstHf, UnclampedHfDecodeDivergesAtFirstDecodeOp) {
 }
 
 TEST(DiffAgainstHf, DefaultLimitModelAgreesWithHfDecode) {
-  for (const char* model : {"tiny", "grouped"}) {
+  for (const char* model : {"tiny", "grouped", "fastdecay"}) {
     const Scenario s = Scenario::load(kSource / "corpus/scenarios" / model / "decode.json");
     const auto d =
         diff_scenario(s, "chunked", "file:" + (kExports / model / "decode.safetensors").string());
