@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/errors.h"
+#include "tests/test_support.h"
 
 #ifndef MAMBADIFF_PYTHON
 #define MAMBADIFF_PYTHON "python3"
@@ -30,6 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace st = mambadiff::safetensors;
+using mambadiff::test_support::input_error;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
@@ -73,20 +75,6 @@ std::string header_of(const fs::path& p) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
   return bytes.substr(8, n);
-}
-
-// Runs fn, expecting an InputError; returns its message ("" and a test failure otherwise).
-std::string input_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const mambadiff::InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected InputError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected InputError, nothing was thrown";
-  return "";
 }
 
 std::string open_error(const fs::path& p) {
