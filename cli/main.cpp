@@ -1,5 +1,6 @@
 // mambadiff: differential verification and fuzzing harness for Mamba2 models.
-// Exit codes (SPEC §6): 0 pass, 1 divergence found / goal not met, 2 bad input or usage.
+// Exit codes (SPEC §6): 0 pass, 1 divergence found / goal not met, 2 bad input or usage;
+// 3 an internal error (a kernel or LibTorch failure that is no fault of the input).
 #include <fmt/format.h>
 
 #include "cli/commands.h"
@@ -28,6 +29,10 @@ int main(int argc, char** argv) {
   } catch (const mambadiff::PathUnavailable& e) {
     fmt::print(stderr, "mambadiff: path unavailable here: {}\n", e.what());
     return 2;
+  } catch (const std::exception& e) {
+    const std::string what = e.what();  // LibTorch appends a stack trace after the first line
+    fmt::print(stderr, "mambadiff: internal error: {}\n", what.substr(0, what.find('\n')));
+    return 3;
   }
   return exit_code;
 }

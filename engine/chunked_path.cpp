@@ -37,11 +37,11 @@ ForwardOutput ChunkedPath::run(const torch::Tensor& tokens, Mamba2Cache& cache, 
     record.layer = l;
     record.branch = branch;
     record.kernels = logical_kernels(branch);
-    x = x.to(residual_dtype) + layer_forward(l, x, cache, branch, record);
+    x = layer_forward(l, x.to(residual_dtype), cache, branch, record);
     out.layer_outputs.push_back(x);
     out.trace.push_back(record);
   }
-  const torch::Tensor h = aten_ops::rms_norm(x, weights_.norm_f_weight, config_.layer_norm_epsilon);
+  const torch::Tensor h = rms_norm(x, weights_.norm_f_weight);
   out.logits = torch::linear(h.to(dtype_), weights_.lm_head)
                    .to(dtype_ == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32);  // [B, T, V]
   return out;
@@ -54,7 +54,7 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
   const int64_t Bsz = x.size(0), T = x.size(1), H = c.num_heads, P = c.head_dim, G = c.n_groups,
                 N = c.state_size, I = c.d_inner();
 
-  const torch::Tensor h = aten_ops::rms_norm(x.to(dtype_), w.norm_weight, c.layer_norm_epsilon);  // [B, T, D]
+  const torch::Tensor h = rms_norm(x.to(dtype_), w.norm_weight);  // [B, T, D]
   const torch::Tensor proj = torch::linear(h, w.in_proj_weight, w.in_proj_bias);  // [B, T, I + C + H]
   const auto parts = proj.split_with_sizes({I, c.conv_dim(), H}, -1);
   const torch::Tensor& gate = parts[0];    // [B, T, I]
@@ -66,7 +66,9 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
   // Under autograd (the real-cache optimizer) the state read by this forward may be saved for
   // backward (state * decay saves the state once decay depends on Δ through earlier layers);
   // read a clone, so writing the new state into the cache below does not invalidate the graph.
-  const torch::Tensor state_in = torch::GradMode::is_enabled() ? state.clone() : state;
+  // A layer neither of whose inputs carries gradient records no graph and needs no clone.
+  const bool tracked = torch::GradMode::is_enabled() && (x.requires_grad() || state.requires_grad());
+  const torch::Tensor state_in = tracked ? state.clone() : state;
   const torch::Tensor history = branch == Branch::kPrefill ? torch::zeros_like(window) : window;
   auto [xBC, new_window] = conv1d(l, xBC_raw, history, branch);  // [B, T, C], [B, C, K]
   {
@@ -90,7 +92,16 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
     state.copy_(final_state);
   }
   const torch::Tensor normed = gated_norm(l, y.reshape({Bsz, T, I}), gate);  // [B, T, I]
-  return torch::linear(normed.to(dtype_), w.out_proj_weight, w.out_proj_bias);  // [B, T, D]
+  return out_proj_residual(l, normed.to(dtype_), x);  // [B, T, D]
+}
+
+torch::Tensor ChunkedPath::out_proj_residual(int64_t l, const torch::Tensor& normed, const torch::Tensor& residual) {
+  const auto& w = weights_.layers[static_cast<size_t>(l)];
+  return residual + torch::linear(normed, w.out_proj_weight, w.out_proj_bias);
+}
+
+torch::Tensor ChunkedPath::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) {
+  return aten_ops::rms_norm(x, weight, config_.layer_norm_epsilon);
 }
 
 std::pair<torch::Tensor, torch::Tensor> ChunkedPath::conv1d(int64_t l, const torch::Tensor& xBC,

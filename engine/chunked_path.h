@@ -25,11 +25,13 @@ class ChunkedPath : public ExecutionPath {
  protected:
   ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch branch) override;
 
-  // The residual stream through one layer. x: [B, T, D] -> [B, T, D]; updates the layer's cache.
+  // The residual stream through one layer: x + mixer(x). x: [B, T, D] in the residual dtype ->
+  // [B, T, D]; updates the layer's cache.
   virtual torch::Tensor layer_forward(int64_t layer, const torch::Tensor& x, Mamba2Cache& cache, Branch branch,
                                       DispatchRecord& record);
 
   // Logical kernels (see aten_ops.h for shapes).
+  virtual torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight);
   virtual std::pair<torch::Tensor, torch::Tensor> conv1d(int64_t layer, const torch::Tensor& xBC,
                                                          const torch::Tensor& window, Branch branch);
   virtual torch::Tensor dt_discretize(int64_t layer, const torch::Tensor& dt_raw, Branch branch);
@@ -41,6 +43,8 @@ class ChunkedPath : public ExecutionPath {
                                                                const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                const torch::Tensor& Cm, const torch::Tensor& state);
   virtual torch::Tensor gated_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate);
+  // residual + out_proj(normed).   normed: [B, T, I] run dtype   residual: [B, T, D]
+  virtual torch::Tensor out_proj_residual(int64_t layer, const torch::Tensor& normed, const torch::Tensor& residual);
 
   Mamba2Weights weights_;        // compute dtype, on device
   std::vector<torch::Tensor> A_;  // per layer: -exp(A_log), [H] fp32

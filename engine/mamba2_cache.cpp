@@ -75,14 +75,25 @@ void Mamba2Cache::restore(const Snapshot& s) {
   if (s.conv_states.size() != conv_states.size() || s.ssm_states.size() != ssm_states.size()) {
     throw InputError("restore: snapshot was taken of a cache with a different number of layers");
   }
-  for (size_t l = 0; l < conv_states.size(); ++l) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> dst, src;  // byte views, so NaN payloads survive
+  const auto add = [&](torch::Tensor& d, const torch::Tensor& from) {
+    TORCH_CHECK(d.scalar_type() == from.scalar_type() && d.sizes() == from.sizes(), "restore: dtype or shape mismatch");
+    TORCH_CHECK(d.is_contiguous() && from.is_contiguous(), "restore: states must be contiguous");
     // An optimizer may have written autograd-tracked values into the states: drop that history
     // in place (same storage), so the restored cache is a plain cache again.
-    conv_states[l].detach_();
-    ssm_states[l].detach_();
-    copy_bytes(conv_states[l], s.conv_states[l]);
-    copy_bytes(ssm_states[l], s.ssm_states[l]);
+    d.detach_();
+    if (d.numel() == 0) return;
+    dst.push_back(d.view({-1}).view(torch::kUInt8));
+    src.push_back(from.detach().view({-1}).view(torch::kUInt8));
+  };
+  for (size_t l = 0; l < conv_states.size(); ++l) {
+    add(conv_states[l], s.conv_states[l]);
+    add(ssm_states[l], s.ssm_states[l]);
   }
+  // One multi-tensor copy (a launch or two on a GPU instead of one per tensor: the optimizer
+  // restores the whole cache every iteration).
+  if (!dst.empty()) torch::_foreach_copy_(dst, src);
   seqlen_offset = s.seqlen_offset;
 }
 

@@ -18,7 +18,8 @@
 namespace mambadiff {
 
 bool CheckReport::all_agree() const {
-  return std::none_of(cases.begin(), cases.end(), [](const CheckCase& c) { return c.verdict == "diverge"; });
+  return std::none_of(cases.begin(), cases.end(),
+                      [](const CheckCase& c) { return c.verdict == "diverge" || c.verdict == "error"; });
 }
 
 std::vector<std::filesystem::path> default_models() {
@@ -152,7 +153,7 @@ CheckReport run_check(const CheckOptions& opt) {
       const ScenarioResult& ref = reference.reference;
       const std::vector<ErrorBaseline>& baselines = reference.baselines;
       std::map<std::string, ScenarioResult> results;
-      std::map<std::string, std::string> skipped;
+      std::map<std::string, std::string> skipped, failed;
       for (const auto& p : paths) {
         std::string why;
         if (p == "reference") {
@@ -160,14 +161,28 @@ CheckReport run_check(const CheckOptions& opt) {
         } else if (!path_available(p, scenario.dtype, &why)) {
           skipped[p] = why;
         } else {
-          results.emplace(p, evaluate_path(p, scenario, ck));
+          // A path that throws on a valid scenario (a kernel error, an illegal access) is a failed
+          // case with its message, not the end of the suite.
+          try {
+            results.emplace(p, evaluate_path(p, scenario, ck));
+          } catch (const InputError&) {
+            throw;
+          } catch (const std::exception& e) {
+            const std::string what = e.what();
+            failed[p] = what.substr(0, what.find('\n'));
+          }
         }
       }
       for (size_t i = 0; i < paths.size(); ++i) {
         for (size_t j = i + 1; j < paths.size(); ++j) {
           CheckCase cc{model, name, paths[i] + "," + paths[j], dtype, 0, 0, 0, "", seed, "", ""};
           const auto skip_a = skipped.find(paths[i]), skip_b = skipped.find(paths[j]);
-          if (skip_a != skipped.end() || skip_b != skipped.end()) {
+          const auto fail_a = failed.find(paths[i]), fail_b = failed.find(paths[j]);
+          if (fail_a != failed.end() || fail_b != failed.end()) {
+            const auto& what = fail_a != failed.end() ? *fail_a : *fail_b;
+            cc.verdict = "error";
+            cc.detail = what.first + " failed: " + what.second;
+          } else if (skip_a != skipped.end() || skip_b != skipped.end()) {
             const auto& why = skip_a != skipped.end() ? *skip_a : *skip_b;
             cc.verdict = "skipped";
             cc.detail = why.first + ": " + why.second;
@@ -203,14 +218,15 @@ CheckReport run_check(const CheckOptions& opt) {
 }
 
 void print_check_table(const CheckReport& r) {
-  size_t agree = 0, diverge = 0, skipped = 0;
+  size_t agree = 0, diverge = 0, errors = 0, skipped = 0;
   for (const auto& c : r.cases) {
     agree += c.verdict == "agree";
     diverge += c.verdict == "diverge";
+    errors += c.verdict == "error";
     skipped += c.verdict == "skipped";
   }
-  fmt::print("check: {} cases: {} agree, {} diverge, {} skipped in {:.1f} s\n", r.cases.size(), agree, diverge, skipped,
-             r.seconds);
+  fmt::print("check: {} cases: {} agree, {} diverge, {}{} skipped in {:.1f} s\n", r.cases.size(), agree, diverge,
+             errors ? fmt::format("{} error, ", errors) : "", skipped, r.seconds);
 }
 
 void write_text_atomically(const std::filesystem::path& file, const std::string& text) {
@@ -258,7 +274,7 @@ std::string xml_escape(const std::string& s) {
 void write_check_junit(const CheckReport& r, const std::filesystem::path& file) {
   size_t failures = 0, skipped = 0;
   for (const auto& c : r.cases) {
-    failures += c.verdict == "diverge";
+    failures += c.verdict == "diverge" || c.verdict == "error";
     skipped += c.verdict == "skipped";
   }
   std::string x = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
@@ -271,7 +287,9 @@ void write_check_junit(const CheckReport& r, const std::filesystem::path& file) 
         "    <properties><property name=\"error\" value=\"{:.6g}\"/><property name=\"tolerance\" value=\"{:.6g}\"/>"
         "<property name=\"seed\" value=\"{}\"/></properties>\n",
         c.error, c.tolerance, c.seed);
-    if (c.verdict == "diverge") x += fmt::format("    <failure message=\"{}\"/>\n", xml_escape(c.detail));
+    if (c.verdict == "diverge" || c.verdict == "error") {
+      x += fmt::format("    <failure message=\"{}\"/>\n", xml_escape(c.detail));
+    }
     if (c.verdict == "skipped") x += fmt::format("    <skipped message=\"{}\"/>\n", xml_escape(c.detail));
     x += "  </testcase>\n";
   }

@@ -24,7 +24,7 @@ struct CheckCase {
   double error = 0.0;
   double tolerance = 0.0;
   double nmse = 0.0;
-  std::string verdict;  // "agree" | "diverge" | "skipped"
+  std::string verdict;  // "agree" | "diverge" | "error" (a path threw) | "skipped"
   uint64_t seed = 0;
   std::string detail;   // first divergence or skip reason
   std::string case_dir;  // where the divergence was written as a case (CheckOptions::cases_dir)

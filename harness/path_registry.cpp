@@ -10,6 +10,9 @@
 #include "engine/chunked_path.h"
 #include "engine/errors.h"
 #include "oracles/reference_path.h"
+#if MAMBADIFF_CUDA_PATH
+#include "cuda_path/cuda_path.h"
+#endif
 
 namespace mambadiff {
 
@@ -27,6 +30,23 @@ std::string no_gpu(torch::ScalarType) {
 }
 std::string always(torch::ScalarType) { return ""; }
 
+std::string no_cuda_path(torch::ScalarType dtype) {
+#if MAMBADIFF_CUDA_PATH
+  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16) return "float32 and bfloat16 only";
+  return no_gpu(dtype);
+#else
+  return "built without the CUDA kernels (no nvcc or no CUDA LibTorch at configure time)";
+#endif
+}
+
+std::unique_ptr<ExecutionPath> make_cuda_path(const Mamba2Checkpoint& ck, torch::ScalarType dtype) {
+#if MAMBADIFF_CUDA_PATH
+  return std::make_unique<CudaPath>(ck, dtype, torch::Device(torch::kCUDA, 0));
+#else
+  throw PathUnavailable("cuda: " + no_cuda_path(dtype));
+#endif
+}
+
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> kEntries = {
       {"reference", always,
@@ -43,6 +63,7 @@ const std::vector<Entry>& registry() {
        [](const Mamba2Checkpoint& ck, torch::ScalarType dt) {
          return std::make_unique<ChunkedPath>(ck, dt, torch::Device(torch::kCUDA, 0));
        }},
+      {"cuda", no_cuda_path, make_cuda_path},
   };
   return kEntries;
 }

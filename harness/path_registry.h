@@ -4,6 +4,7 @@
 //   plain-bfloat16   the oracle's loops in bfloat16 (tolerance baseline)
 //   chunked          ATen chunked SSD on the CPU, in the scenario's dtype
 //   chunked-gpu      the same on the GPU (skipped without one)
+//   cuda             fused CUDA kernels (cuda_path/, kernels/); float32 and bfloat16, GPU only
 //   file:PATH        tensors exported by another system, in `run`'s naming
 // Adding a path is one Entry line in path_registry.cpp.
 #pragma once

@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
-# One call on the lent GPU machine (see README "GPU figures"): runs `check` with the GPU paths,
-# the optimizer on the 130m shape on chunked-gpu, and the anchor scripts beside it, on one card.
-# Expects build/mambadiff built on the CPU machine (same torch 2.11 wheel) and, under .device/,
-# the anchor scripts copied from ../shared/anchors. Writes logs and JSON to $OUT.
+# One call on the lent GPU machine (README "GPU figures"): builds mambadiff and the GPU tests there
+# (GoogleTest from a copy of its source in .device/googletest, header-only deps from
+# .device/include; the machine has no package registry), runs the GPU tests, `check` on every
+# path (chunked-gpu and cuda included), the optimizer on the 130m shape on chunked-gpu and cuda,
+# eager and CUDA-graph-replayed, and the anchors' functional PyTorch loop beside it, on one card.
+# Writes logs and JSON to $OUT.
 set -uo pipefail
 export LD_LIBRARY_PATH="$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib:${LD_LIBRARY_PATH:-}"
-export MAMBADIFF_MODELS="$PWD/corpus/models"
+B=${MAMBADIFF_GPU_BUILD:-/tmp/mambadiff-build}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
-build/mambadiff check --json "$OUT/check_gpu.json" > "$OUT/check_gpu.txt" 2>&1; echo "check exit $?" | tee -a "$OUT/gpu.txt"
-grep -E "chunked-gpu" "$OUT/check_gpu.txt" | grep -v skipped | awk '{print $1,$2,$3,$5,$6,$7}' | head -80
-tail -1 "$OUT/check_gpu.txt"
+t0=$(date +%s)
+cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 \
+  -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
+  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/build.txt" 2>&1
+if ! cmake --build "$B" -j16 --target mambadiff cuda_path_gpu_test >> "$OUT/build.txt" 2>&1; then
+  grep -E "error|Error" "$OUT/build.txt" | head -40; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
+"$B/tests/cuda_path_gpu_test" > "$OUT/gpu_tests.txt" 2>&1; echo "gpu tests exit $?" | tee -a "$OUT/gpu.txt"
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error:|Expected|Which is|rel_err|  Actual" "$OUT/gpu_tests.txt" | head -40
+t0=$(date +%s)
+"$B/mambadiff" check --json "$OUT/check_gpu.json" > "$OUT/check_gpu.txt" 2>&1; echo "check exit $? ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/gpu.txt"
+grep -E "^(cuda|chunked-gpu)|DIVERGE|FAIL" "$OUT/check_gpu.txt" | grep -v skipped | head -20
+tail -3 "$OUT/check_gpu.txt"
 python3 tools/make_bench_model.py --shape 130m --out /tmp/m130 | tee -a "$OUT/gpu.txt"
 PROMPT=$(python3 -c 'import random;random.seed(0);print(",".join(str(random.randrange(50288)) for _ in range(32)))')
-for path in chunked-gpu; do
-  build/mambadiff optimize --model /tmp/m130 --prompt-tokens "$PROMPT" --target 1234 --layers 16 \
-      --loss margin --margin 1e9 --steps 40 --path $path --out /tmp/d.safetensors --json "$OUT/opt_$path.json"
-  python3 -c "import json;j=json.load(open('$OUT/opt_$path.json'));print('optimize 130m $path: %.3f ms/step (median of %d steps), restore bit-identical %s' % (j['seconds_per_step']*1e3, j['steps'], j['restore_bit_identical']))" | tee -a "$OUT/gpu.txt"
+for path in chunked-gpu cuda; do
+  for graph in "" "--no-cuda-graph"; do
+    tag="${path}${graph:+-eager}"
+    "$B/mambadiff" optimize --model /tmp/m130 --prompt-tokens "$PROMPT" --target 1234 --layers 16 \
+        --loss margin --margin 1e9 --steps 60 --path $path $graph --out /tmp/d.safetensors --json "$OUT/opt_$tag.json" \
+        > "$OUT/opt_$tag.txt" 2>&1 || { echo "optimize $tag exit $?"; tail -5 "$OUT/opt_$tag.txt"; }
+    python3 -c "import json;j=json.load(open('$OUT/opt_$tag.json'));print('optimize 130m %-18s %.3f ms/step (median of %d steps; cuda_graph %s), restore bit-identical %s, gate %s' % ('$tag', j['seconds_per_step']*1e3, j['steps'], j['cuda_graph'], j['restore_bit_identical'], j['zero_delta_gate_passed']))" | tee -a "$OUT/gpu.txt"
+  done
 done
+"$B/mambadiff" optimize --prompt "The cat sat on the" --target " dog" --path cuda --out /tmp/dog.safetensors > "$OUT/opt_bytes_cuda.txt" 2>&1
+echo "byte model on cuda: exit $?" | tee -a "$OUT/gpu.txt"; tail -12 "$OUT/opt_bytes_cuda.txt"
 python3 .device/anchors/hf_decode_and_functional_optimizer.py 2>&1 | grep -v Warning | tee -a "$OUT/gpu.txt"

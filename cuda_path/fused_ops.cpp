@@ -1,0 +1,314 @@
+#include "cuda_path/fused_ops.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "kernels/fused_kernels.h"
+
+namespace mambadiff::fused {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace k = kernels;
+
+k::Act act_of(const torch::Tensor& t, const char* op) {
+  if (t.scalar_type() == torch::kFloat32) return k::Act::kFloat32;
+  if (t.scalar_type() == torch::kBFloat16) return k::Act::kBFloat16;
+  TORCH_CHECK(false, "cuda ", op, ": float32 or bfloat16 activations only, got ", c10::toString(t.scalar_type()));
+}
+
+void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+void check(int rc, const char* op) {
+  TORCH_CHECK(rc == 0, "cuda ", op, ": ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
+}
+
+// A [B, T, ...] tensor whose rows (b, t) are `stride` elements apart, b-major, with contiguous
+// trailing dims (a column slice of the in_proj or conv output); anything else is copied first.
+struct Rows {
+  torch::Tensor tensor;
+  int64_t stride;
+};
+
+Rows rows_of(const torch::Tensor& t) {
+  bool trailing_contiguous = true;
+  int64_t expected = 1;
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) trailing_contiguous = false;
+    expected *= t.size(d);
+  }
+  const int64_t stride = t.size(1) == 1 ? t.stride(0) : t.stride(1);
+  const bool uniform = t.size(0) == 1 || t.stride(0) == t.size(1) * stride;
+  if (trailing_contiguous && uniform && stride >= expected) return {t, stride};
+  const torch::Tensor c = t.contiguous();
+  return {c, expected};
+}
+
+// ---- RMSNorm ---------------------------------------------------------------------------------
+
+struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& weight,
+                               double eps) {
+    const torch::Tensor x = x_in.contiguous();
+    TORCH_CHECK(x.scalar_type() == weight.scalar_type() || x.scalar_type() == torch::kFloat32,
+                "cuda rms_norm: input ", c10::toString(x.scalar_type()), " with weight ",
+                c10::toString(weight.scalar_type()), " (the input is the weight's dtype or float32)");
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    torch::Tensor out = torch::empty(x.sizes(), x.options().dtype(weight.scalar_type()));
+    torch::Tensor rstd = torch::empty({rows}, x.options().dtype(torch::kFloat32));
+    check(k::rms_norm_forward(act_of(x, "rms_norm"), act_of(weight, "rms_norm"), x.data_ptr(), weight.data_ptr(),
+                              out.data_ptr(), rstd.data_ptr<float>(), rows, dim, static_cast<float>(eps), stream()),
+          "rms_norm");
+    ctx->save_for_backward({x, weight, rstd});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[1], &rstd = saved[2];
+    const torch::Tensor g = grads[0].contiguous();
+    const int64_t dim = x.size(-1), rows = x.numel() / dim;
+    torch::Tensor gx = torch::empty_like(x);
+    check(k::rms_norm_backward(act_of(x, "rms_norm"), act_of(weight, "rms_norm"), x.data_ptr(), weight.data_ptr(),
+                               rstd.data_ptr<float>(), g.data_ptr(), gx.data_ptr(), rows, dim, stream()),
+          "rms_norm backward");
+    return {gx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- gated RMSNorm ---------------------------------------------------------------------------
+
+struct GatedNormFn : torch::autograd::Function<GatedNormFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y_in, const torch::Tensor& gate_in,
+                               const torch::Tensor& weight, double eps, int64_t group_size) {
+    const torch::Tensor y = y_in.to(torch::kFloat32).contiguous();
+    const Rows gate = rows_of(gate_in);
+    const int64_t I = y.size(-1), rows = y.numel() / I;
+    TORCH_CHECK(group_size > 0 && I % group_size == 0, "cuda gated_rms_norm: group size ", group_size,
+                " does not divide ", I);
+    torch::Tensor out = torch::empty(y.sizes(), y.options().dtype(weight.scalar_type()));
+    torch::Tensor rstd = torch::empty({rows, I / group_size}, y.options());
+    check(k::gated_rms_norm_forward(act_of(weight, "gated_rms_norm"), y.data_ptr<float>(), gate.tensor.data_ptr(),
+                                    gate.stride, weight.data_ptr(), out.data_ptr(), rstd.data_ptr<float>(), rows, I,
+                                    group_size, static_cast<float>(eps), stream()),
+          "gated_rms_norm");
+    ctx->save_for_backward({y, gate.tensor, weight, rstd});
+    ctx->saved_data["gate_stride"] = gate.stride;
+    ctx->saved_data["group_size"] = group_size;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &y = saved[0], &gate = saved[1], &weight = saved[2], &rstd = saved[3];
+    const torch::Tensor g = grads[0].contiguous();
+    const int64_t I = y.size(-1), rows = y.numel() / I;
+    torch::Tensor gy = torch::empty_like(y);
+    torch::Tensor ggate = torch::empty(y.sizes(), y.options().dtype(weight.scalar_type()));
+    check(k::gated_rms_norm_backward(act_of(weight, "gated_rms_norm"), y.data_ptr<float>(), gate.data_ptr(),
+                                     ctx->saved_data["gate_stride"].toInt(), weight.data_ptr(), rstd.data_ptr<float>(),
+                                     g.data_ptr(), gy.data_ptr<float>(), ggate.data_ptr(), rows, I,
+                                     ctx->saved_data["group_size"].toInt(), stream()),
+          "gated_rms_norm backward");
+    return {gy, ggate, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- causal conv1d ---------------------------------------------------------------------------
+
+// Where the forward writes the new window: not an autograd input (the window is cache state).
+struct WindowOut {
+  torch::Tensor tensor;
+};
+
+struct Conv1dFn : torch::autograd::Function<Conv1dFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& inputs, const torch::Tensor& window_in,
+                               const torch::Tensor& weight, const torch::Tensor& bias, WindowOut new_window) {
+    TORCH_CHECK(!window_in.requires_grad(), "cuda causal_conv1d: gradients to the conv window are not implemented");
+    const Rows x = rows_of(inputs);
+    const int64_t Bsz = inputs.size(0), T = inputs.size(1), C = inputs.size(2), K = weight.size(1);
+    const torch::Tensor window = window_in.to(inputs.scalar_type()).contiguous();
+    TORCH_CHECK(new_window.tensor.is_contiguous() && new_window.tensor.scalar_type() == inputs.scalar_type() &&
+                    new_window.tensor.sizes() == window.sizes(),
+                "cuda causal_conv1d: the new window must be a contiguous [B, C, K] tensor of the inputs' dtype");
+    torch::Tensor out = torch::empty({Bsz, T, C}, inputs.options());
+    const bool keep_pre = inputs.requires_grad();
+    torch::Tensor pre = torch::empty({keep_pre ? Bsz * T * C : 0}, inputs.options().dtype(torch::kFloat32));
+    check(k::causal_conv1d_forward(act_of(inputs, "causal_conv1d"), x.tensor.data_ptr(), x.stride, window.data_ptr(),
+                                   weight.data_ptr(), bias.numel() > 0 ? bias.data_ptr() : nullptr, out.data_ptr(),
+                                   new_window.tensor.data_ptr(), keep_pre ? pre.data_ptr<float>() : nullptr, Bsz, T, C,
+                                   K, stream()),
+          "causal_conv1d");
+    ctx->save_for_backward({pre, weight});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &pre = saved[0], &weight = saved[1];
+    TORCH_CHECK(pre.numel() > 0, "cuda causal_conv1d backward: the forward kept no pre-activation");
+    const torch::Tensor g = grads[0].contiguous().to(weight.scalar_type());
+    const int64_t Bsz = g.size(0), T = g.size(1), C = g.size(2), K = weight.size(1);
+    torch::Tensor gx = torch::empty({Bsz, T, C}, g.options());
+    check(k::causal_conv1d_backward(act_of(g, "causal_conv1d"), g.data_ptr(), pre.data_ptr<float>(), weight.data_ptr(),
+                                    gx.data_ptr(), Bsz, T, C, K, stream()),
+          "causal_conv1d backward");
+    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- dt discretization -----------------------------------------------------------------------
+
+struct DtFn : torch::autograd::Function<DtFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& dt_raw, const torch::Tensor& dt_bias_in,
+                               double lo, double hi) {
+    const torch::Tensor dt_bias = dt_bias_in.to(torch::kFloat32).contiguous();
+    const Rows raw = rows_of(dt_raw);
+    const int64_t Bsz = dt_raw.size(0), T = dt_raw.size(1), H = dt_raw.size(2);
+    torch::Tensor dt = torch::empty({Bsz, T, H}, dt_raw.options().dtype(torch::kFloat32));
+    check(k::dt_discretize_forward(act_of(dt_raw, "dt_discretize"), raw.tensor.data_ptr(), raw.stride,
+                                   dt_bias.data_ptr<float>(), dt.data_ptr<float>(), Bsz * T, H, static_cast<float>(lo),
+                                   static_cast<float>(hi), stream()),
+          "dt_discretize");
+    ctx->save_for_backward({raw.tensor, dt_bias});
+    ctx->saved_data["stride"] = raw.stride;
+    ctx->saved_data["lo"] = lo;
+    ctx->saved_data["hi"] = hi;
+    return dt;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &raw = saved[0], &bias = saved[1];
+    const torch::Tensor g = grads[0].to(torch::kFloat32).contiguous();
+    const int64_t Bsz = g.size(0), T = g.size(1), H = g.size(2);
+    torch::Tensor graw = torch::empty({Bsz, T, H}, raw.options());
+    check(k::dt_discretize_backward(act_of(raw, "dt_discretize"), raw.data_ptr(), ctx->saved_data["stride"].toInt(),
+                                    bias.data_ptr<float>(), g.data_ptr<float>(), graw.data_ptr(), Bsz * T, H,
+                                    static_cast<float>(ctx->saved_data["lo"].toDouble()),
+                                    static_cast<float>(ctx->saved_data["hi"].toDouble()), stream()),
+          "dt_discretize backward");
+    return {graw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- the selective scan ----------------------------------------------------------------------
+
+// x, B and C as one row layout (they are column slices of the same conv output); otherwise one
+// contiguous copy of the three side by side.
+struct ScanInputs {
+  torch::Tensor x, Bm, Cm;
+  int64_t stride;
+};
+
+ScanInputs scan_inputs(const torch::Tensor& x, const torch::Tensor& Bm, const torch::Tensor& Cm) {
+  const Rows rx = rows_of(x), rb = rows_of(Bm), rc = rows_of(Cm);
+  if (rx.tensor.is_same(x) && rb.tensor.is_same(Bm) && rc.tensor.is_same(Cm) && rx.stride == rb.stride &&
+      rb.stride == rc.stride) {
+    return {x, Bm, Cm, rx.stride};
+  }
+  const int64_t Bsz = x.size(0), T = x.size(1);
+  const torch::Tensor packed = torch::cat({x.reshape({Bsz, T, -1}), Bm.reshape({Bsz, T, -1}).to(x.scalar_type()),
+                                           Cm.reshape({Bsz, T, -1}).to(x.scalar_type())}, 2);
+  const int64_t nx = x.numel() / (Bsz * T), nb = Bm.numel() / (Bsz * T);
+  return {packed.narrow(2, 0, nx).view(x.sizes()), packed.narrow(2, nx, nb).view(Bm.sizes()),
+          packed.narrow(2, nx + nb, nb).view(Cm.sizes()), packed.size(2)};
+}
+
+k::ScanShape shape_of(const torch::Tensor& x, const torch::Tensor& Bm) {
+  TORCH_CHECK(x.dim() == 4 && Bm.dim() == 4, "cuda ssm_scan: x must be [B, T, H, P] and B/C [B, T, G, N]");
+  return k::ScanShape{x.size(0), x.size(1), x.size(2), x.size(3), Bm.size(2), Bm.size(3)};
+}
+
+struct ScanFn : torch::autograd::Function<ScanFn> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& dt_in,
+                               const torch::Tensor& A_in, const torch::Tensor& Bm_in, const torch::Tensor& Cm_in,
+                               const torch::Tensor& D_in, const torch::Tensor& initial_in) {
+    const torch::Tensor D = D_in.to(torch::kFloat32).contiguous();
+    const ScanInputs in = scan_inputs(x_in, Bm_in, Cm_in);
+    const k::ScanShape s = shape_of(x_in, Bm_in);
+    const torch::Tensor dt = dt_in.to(torch::kFloat32).contiguous();
+    const torch::Tensor A = A_in.to(torch::kFloat32).contiguous();
+    // An empty `initial` means a zero initial state (autograd inputs cannot be undefined tensors).
+    const bool has_initial = initial_in.numel() > 0;
+    const torch::Tensor initial = has_initial ? initial_in.to(torch::kFloat32).contiguous() : initial_in;
+    const auto f32 = x_in.options().dtype(torch::kFloat32);
+    torch::Tensor y = torch::empty({s.batch, s.tokens, s.heads, s.head_dim}, f32);
+    torch::Tensor final_state = torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
+    check(k::ssm_scan_forward(act_of(x_in, "ssm_scan"), s, in.x.data_ptr(), in.Bm.data_ptr(), in.Cm.data_ptr(),
+                              in.stride, dt.data_ptr<float>(), A.data_ptr<float>(), D.data_ptr<float>(),
+                              has_initial ? initial.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+                              final_state.data_ptr<float>(), stream()),
+          "ssm_scan");
+    ctx->save_for_backward({in.x, in.Bm, in.Cm, dt, A, D, initial});
+    ctx->saved_data["stride"] = in.stride;
+    ctx->saved_data["shape"] = std::vector<int64_t>{s.batch, s.tokens, s.heads, s.head_dim, s.groups, s.state_size};
+    return {y, final_state};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &Bm = saved[1], &Cm = saved[2], &dt = saved[3], &A = saved[4], &D = saved[5],
+                        &initial = saved[6];
+    const auto dims = ctx->saved_data["shape"].toIntVector();
+    const k::ScanShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]};
+    TORCH_CHECK(s.tokens == 1, "cuda ssm_scan: the backward of a ", s.tokens,
+                "-token scan is not implemented (the optimizer differentiates one-token decode steps)");
+    const auto f32 = dt.options();
+    const bool has_initial = initial.numel() > 0;
+    const torch::Tensor state = has_initial ? initial : torch::zeros({s.batch, s.heads, s.head_dim, s.state_size}, f32);
+    const torch::Tensor gy = grads[0].defined() ? grads[0].to(torch::kFloat32).contiguous()
+                                                : torch::zeros({s.batch, 1, s.heads, s.head_dim}, f32);
+    const torch::Tensor gs_out = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
+    torch::Tensor gx = torch::empty({s.batch, 1, s.heads, s.head_dim}, x.options());
+    torch::Tensor gdt = torch::empty({s.batch, 1, s.heads}, f32);
+    torch::Tensor gB_head = torch::empty({s.batch, s.heads, s.state_size}, f32);
+    torch::Tensor gC_head = torch::empty({s.batch, s.heads, s.state_size}, f32);
+    torch::Tensor gs = torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
+    check(k::ssm_step_backward(act_of(x, "ssm_scan"), s, x.data_ptr(), Bm.data_ptr(), Cm.data_ptr(),
+                               ctx->saved_data["stride"].toInt(), dt.data_ptr<float>(), A.data_ptr<float>(),
+                               D.data_ptr<float>(), state.data_ptr<float>(), gy.data_ptr<float>(),
+                               gs_out.defined() ? gs_out.data_ptr<float>() : nullptr, gx.data_ptr(),
+                               gdt.data_ptr<float>(), gB_head.data_ptr<float>(), gC_head.data_ptr<float>(),
+                               gs.data_ptr<float>(), stream()),
+          "ssm_scan backward");
+    // Heads of a group share its B and C: their gradients add (in a fixed order).
+    const auto per_group = [&](const torch::Tensor& g) {
+      return g.view({s.batch, s.groups, s.heads / s.groups, s.state_size}).sum(2).unsqueeze(1).to(x.scalar_type());
+    };
+    return {gx, gdt, torch::Tensor(), per_group(gB_head), per_group(gC_head), torch::Tensor(),
+            has_initial ? gs : torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  return RmsNormFn::apply(x, weight, eps);
+}
+
+torch::Tensor gated_rms_norm(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& weight,
+                             double eps, int64_t group_size) {
+  return GatedNormFn::apply(y, gate, weight, eps, group_size);
+}
+
+std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& inputs, const torch::Tensor& window,
+                                                      const torch::Tensor& weight, const torch::Tensor& bias,
+                                                      torch::Tensor new_window) {
+  if (!new_window.defined()) new_window = torch::empty(window.sizes(), inputs.options());
+  // Absent bias: an empty tensor (autograd inputs cannot be undefined tensors).
+  torch::Tensor out = Conv1dFn::apply(inputs, window, weight, bias.defined() ? bias : torch::empty({0}, weight.options()),
+                                      WindowOut{new_window});
+  return {out, new_window};
+}
+
+torch::Tensor dt_discretize(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi) {
+  return DtFn::apply(dt_raw, dt_bias, lo, hi);
+}
+
+std::pair<torch::Tensor, torch::Tensor> ssm_scan(const torch::Tensor& x, const torch::Tensor& dt,
+                                                 const torch::Tensor& A, const torch::Tensor& Bm,
+                                                 const torch::Tensor& Cm, const torch::Tensor& D,
+                                                 const torch::Tensor& initial) {
+  auto out = ScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()));
+  return {out[0], out[1]};
+}
+
+}  // namespace mambadiff::fused

@@ -1,0 +1,40 @@
+// The fused CUDA kernels (kernels/fused_kernels.h) as differentiable ATen-level ops: each is a
+// torch::autograd::Function whose forward and backward are one kernel launch each. Gradients
+// flow to activations and to the SSM state, never to weights (the model is fixed; the optimizer
+// differentiates with respect to a state perturbation). Shapes as engine/aten_ops.h; float32 or
+// bfloat16 activations on a CUDA device, fp32 state.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <utility>
+
+namespace mambadiff::fused {
+
+// weight * RMSNorm(x) over the last dim.   x: [..., D] (fp32 or the weight's dtype)   weight: [D]
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+// weight * RMSNorm_group(y * SiLU(gate)).   y: [B, T, I] fp32   gate: [B, T, I]   weight: [I]
+torch::Tensor gated_rms_norm(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& weight,
+                             double eps, int64_t group_size);
+
+// SiLU(causal depthwise conv1d) with `window` as history.   inputs: [B, T, C]   window: [B, C, K]
+// (no gradient)   weight: [C, K]   bias: [C] or undefined.  Returns (out [B, T, C], new_window).
+// `new_window`: where the new window goes (contiguous [B, C, K] in the inputs' dtype; may be
+// `window` itself, updated in place); undefined = a new tensor.
+std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& inputs, const torch::Tensor& window,
+                                                      const torch::Tensor& weight, const torch::Tensor& bias,
+                                                      torch::Tensor new_window = {});
+
+// clamp(softplus(dt_raw + dt_bias), lo, hi) in fp32.   dt_raw: [B, T, H]   dt_bias: [H]
+torch::Tensor dt_discretize(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi);
+
+// The selective scan with initial and final states (differentiable for T == 1, the decode step).
+//   x: [B, T, H, P]   dt: [B, T, H] fp32   A: [H] fp32   Bm, Cm: [B, T, G, N]   D: [H]
+//   initial: [B, H, P, N] fp32 or undefined.  Returns (y [B, T, H, P] fp32, final [B, H, P, N] fp32).
+std::pair<torch::Tensor, torch::Tensor> ssm_scan(const torch::Tensor& x, const torch::Tensor& dt,
+                                                 const torch::Tensor& A, const torch::Tensor& Bm,
+                                                 const torch::Tensor& Cm, const torch::Tensor& D,
+                                                 const torch::Tensor& initial);
+
+}  // namespace mambadiff::fused

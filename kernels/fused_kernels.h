@@ -1,0 +1,82 @@
+// The fused CUDA kernels of the `cuda` path (SPEC §4): one launch per logical kernel of a Mamba2
+// layer, forward and (for what the real-cache optimizer differentiates) backward. Device code
+// here knows nothing of torch: pointers are raw device pointers, `Act` is the activation dtype of
+// the run (float32 or bfloat16), reductions and the SSM state are fp32. Every launcher returns a
+// cudaError_t as int (0 = success) and runs on `stream` (a cudaStream_t).
+//
+// Shapes use the names of engine/aten_ops.h: B batch, T tokens, H heads, P head_dim, G groups,
+// N state_size, C conv_dim, K conv_kernel, I d_inner. Many inputs are column slices of the
+// in_proj output [B, T, I + C + H]: they are given as a base pointer plus the stride between
+// consecutive tokens (`token_stride`, in elements) — rows are (b, t) pairs, b-major.
+#pragma once
+
+#include <cstdint>
+
+namespace mambadiff::kernels {
+
+enum class Act { kFloat32, kBFloat16 };
+
+// out = weight * RMSNorm(x) over the last dimension `dim`, fp32 reduction; rstd[rows] (fp32) is
+// kept for the backward. x and out are contiguous [rows, dim]; `x_act` may differ from `act`
+// (the fp32 residual stream normed into bf16 weights).
+int rms_norm_forward(Act x_act, Act act, const void* x, const void* weight, void* out, float* rstd, int64_t rows,
+                     int64_t dim, float eps, void* stream);
+// grad_x [rows, dim] in x_act, from grad_out (act). Weights are constants (no weight gradient).
+int rms_norm_backward(Act x_act, Act act, const void* x, const void* weight, const float* rstd, const void* grad_out,
+                      void* grad_x, int64_t rows, int64_t dim, void* stream);
+
+// out = weight * RMSNorm_group(y * SiLU(gate)), groups of `group_size` channels of I.
+//   y: [rows, I] fp32 contiguous   gate: rows with `gate_token_stride`   out: [rows, I] act
+//   rstd: [rows, I / group_size] fp32
+int gated_rms_norm_forward(Act act, const float* y, const void* gate, int64_t gate_token_stride, const void* weight,
+                           void* out, float* rstd, int64_t rows, int64_t channels, int64_t group_size, float eps,
+                           void* stream);
+// grad_y [rows, I] fp32 and grad_gate [rows, I] act (contiguous).
+int gated_rms_norm_backward(Act act, const float* y, const void* gate, int64_t gate_token_stride, const void* weight,
+                            const float* rstd, const void* grad_out, float* grad_y, void* grad_gate, int64_t rows,
+                            int64_t channels, int64_t group_size, void* stream);
+
+// Causal depthwise conv1d + SiLU over T tokens with the K previous inputs in `window`.
+//   x: [B, T, C] rows with `x_token_stride`   window: [B, C, K] contiguous (zeros = no history)
+//   weight: [C, K]   bias: [C] or null   out: [B, T, C] contiguous   new_window: [B, C, K] (may
+//   be `window` itself: each thread reads its window before writing)   pre: [B, T, C] fp32
+//   pre-activation for the backward, or null. K <= 8.
+int causal_conv1d_forward(Act act, const void* x, int64_t x_token_stride, const void* window, const void* weight,
+                          const void* bias, void* out, void* new_window, float* pre, int64_t batch, int64_t tokens,
+                          int64_t channels, int64_t kernel_size, void* stream);
+// grad_x [B, T, C] contiguous act, from grad_out (act, contiguous) and pre. The window is a
+// constant (the cache's history carries no gradient).
+int causal_conv1d_backward(Act act, const void* grad_out, const float* pre, const void* weight, void* grad_x,
+                           int64_t batch, int64_t tokens, int64_t channels, int64_t kernel_size, void* stream);
+
+// dt = clamp(softplus(dt_raw + dt_bias), lo, hi) in fp32 (torch's softplus: linear above 20).
+//   dt_raw: [B, T, H] rows with `token_stride`   dt_bias: [H] fp32   dt: [B, T, H] fp32 contiguous
+int dt_discretize_forward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias, float* dt,
+                          int64_t rows, int64_t heads, float lo, float hi, void* stream);
+// grad_raw [B, T, H] act contiguous (zero where the clamp was active, as torch's clamp).
+int dt_discretize_backward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias,
+                           const float* grad_dt, void* grad_raw, int64_t rows, int64_t heads, float lo, float hi,
+                           void* stream);
+
+// The selective scan over T tokens, sequential in time, fp32 state in registers:
+//   s_t = exp(dt_t A) s_{t-1} + dt_t x_t ⊗ B_t;  y_t = C_t · s_t + D x_t   (head h uses group h/(H/G))
+//   x: [B, T, H, P], Bm/Cm: [B, T, G, N] as rows with `xbc_token_stride` (slices of the conv
+//   output)   dt: [B, T, H] fp32   A: [H] fp32   D: [H] fp32 (dt_bias, A_log and D stay fp32 in every
+//   run dtype, engine/checkpoint.cpp)   initial: [B, H, P, N] fp32 or null
+//   (zeros)   y: [B, T, H, P] fp32   final_state: [B, H, P, N] fp32. N <= 256.
+struct ScanShape {
+  int64_t batch, tokens, heads, head_dim, groups, state_size;
+};
+int ssm_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+                     int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* initial,
+                     float* y, float* final_state, void* stream);
+// The backward of a one-token scan (the decode step the optimizer differentiates), T == 1.
+//   state: the state before the step   grad_y: [B, H, P] fp32   grad_state_out: [B, H, P, N] fp32
+//   or null   Outputs: grad_x [B, H, P] act, grad_dt [B, H] fp32, grad_B_head/grad_C_head
+//   [B, H, N] fp32 (per head: the caller sums the heads of a group), grad_state [B, H, P, N] fp32.
+int ssm_step_backward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+                      int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* state,
+                      const float* grad_y, const float* grad_state_out, void* grad_x, float* grad_dt,
+                      float* grad_B_head, float* grad_C_head, float* grad_state, void* stream);
+
+}  // namespace mambadiff::kernels

@@ -1,0 +1,140 @@
+// The selective scan with initial and final states (prefill, continue, decode) and the backward
+// of the one-token decode step.
+//
+// Forward: one warp per (batch, head, p); lane j holds the state entries n = j, j + 32, ... in
+// registers and walks the tokens in order, so every path-visible number is a fixed-order fp32
+// sum (deterministic). Sequential in time: a chunked (SSD) formulation would be faster for long
+// prompts; the product's hot loop (the optimizer, generation) is the T = 1 decode.
+#include "kernels/device_math.cuh"
+
+namespace mambadiff::kernels {
+
+namespace {
+
+using device::load;
+using device::store;
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kMaxStatePerLane = 8;  // N <= 8 * 32 = 256 (Mamba2 checkpoints use 64 or 128)
+
+template <typename T>
+__global__ void scan_forward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
+                                    const float* A, const float* D, const float* initial, float* y, float* final_state) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
+  const int64_t p = int64_t(blockIdx.y) * kWarpsPerBlock + warp;
+  if (p >= s.head_dim) return;
+  const int64_t g = h / (s.heads / s.groups), N = s.state_size, P = s.head_dim, H = s.heads;
+  const int64_t state_base = ((b * H + h) * P + p) * N;
+  float state[kMaxStatePerLane];
+  for (int i = 0; i < kMaxStatePerLane; ++i) {
+    const int64_t n = lane + 32 * i;
+    state[i] = (n < N && initial) ? initial[state_base + n] : 0.0f;
+  }
+  const float a_h = A[h], d_h = D[h];
+  for (int64_t t = 0; t < s.tokens; ++t) {
+    const int64_t row = (b * s.tokens + t) * stride;  // this token's conv-output row
+    const float xv = load(x, row + h * P + p);
+    const float dtv = dt[(b * s.tokens + t) * H + h];
+    const float decay = expf(dtv * a_h);
+    float acc = 0.0f;
+    for (int i = 0; i < kMaxStatePerLane; ++i) {
+      const int64_t n = lane + 32 * i;
+      if (n >= N) break;
+      state[i] = decay * state[i] + dtv * xv * load(Bm, row + g * N + n);
+      acc += load(Cm, row + g * N + n) * state[i];
+    }
+    acc = device::warp_sum(acc);
+    if (lane == 0) y[((b * s.tokens + t) * H + h) * P + p] = acc + d_h * xv;
+  }
+  for (int i = 0; i < kMaxStatePerLane; ++i) {
+    const int64_t n = lane + 32 * i;
+    if (n < N) final_state[state_base + n] = state[i];
+  }
+}
+
+// One block per (batch, head); thread j owns state entries n = j, j + blockDim, ... and walks p.
+//   s' = a s + dt x B;  y = C.s' + D x;  G = grad_s' + grad_y C (the total gradient on s')
+//   grad_s = a G;  grad_C = Σ_p grad_y s';  grad_B = Σ_p G dt x;  grad_x = Σ_n G dt B + grad_y D
+//   grad_dt = Σ_{p,n} G (A a s + x B)
+constexpr int kBackwardThreads = 128;
+constexpr int kMaxHeadDim = 256;
+
+template <typename T>
+__global__ void step_backward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
+                                     const float* A, const float* D, const float* state, const float* gy,
+                                     const float* gs_out, T* gx, float* gdt, float* gB, float* gC, float* gs) {
+  __shared__ float gx_partial[kBackwardThreads / 32][kMaxHeadDim];
+  __shared__ float scratch[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
+  const int64_t H = s.heads, P = s.head_dim, N = s.state_size, g = h / (H / s.groups);
+  const int64_t row = b * stride;  // T == 1: batch b's only row
+  const float dtv = dt[b * H + h], a_h = A[h], decay = expf(dtv * a_h);
+  float gdt_acc = 0.0f;
+  for (int64_t n0 = 0; n0 < N; n0 += blockDim.x) {  // (N + blockDim - 1) / blockDim rounds, all threads
+    const int64_t n = n0 + threadIdx.x;
+    const bool live = n < N;
+    const float Bn = live ? load(Bm, row + g * N + n) : 0.0f, Cn = live ? load(Cm, row + g * N + n) : 0.0f;
+    float gB_acc = 0.0f, gC_acc = 0.0f;
+    for (int64_t p = 0; p < P; ++p) {
+      const float xv = load(x, row + h * P + p), gyv = gy[(b * H + h) * P + p];
+      float contrib = 0.0f;
+      if (live) {
+        const int64_t k = ((b * H + h) * P + p) * N + n;
+        const float s_old = state[k];
+        const float s_new = decay * s_old + dtv * xv * Bn;
+        const float G = (gs_out ? gs_out[k] : 0.0f) + gyv * Cn;
+        gs[k] = decay * G;
+        gC_acc += gyv * s_new;
+        gB_acc += G * dtv * xv;
+        gdt_acc += G * (a_h * decay * s_old + xv * Bn);
+        contrib = G * dtv * Bn;
+      }
+      contrib = device::warp_sum(contrib);
+      if (lane == 0) gx_partial[warp][p] = (n0 == 0 ? 0.0f : gx_partial[warp][p]) + contrib;
+    }
+    if (live) {
+      gB[(b * H + h) * N + n] = gB_acc;
+      gC[(b * H + h) * N + n] = gC_acc;
+    }
+  }
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    float total = 0.0f;
+    for (int w = 0; w < kBackwardThreads / 32; ++w) total += gx_partial[w][p];
+    store(gx, (b * H + h) * P + p, total + gy[(b * H + h) * P + p] * D[h]);
+  }
+  const float gdt_total = device::block_sum(gdt_acc, scratch);
+  if (threadIdx.x == 0) gdt[b * H + h] = gdt_total;
+}
+
+}  // namespace
+
+int ssm_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+                     int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* initial,
+                     float* y, float* final_state, void* stream) {
+  if (s.state_size > 32 * kMaxStatePerLane || s.groups <= 0 || s.heads % s.groups != 0) return cudaErrorInvalidValue;
+  if (s.batch * s.heads * s.head_dim == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(device::ceil_div(s.head_dim, kWarpsPerBlock)));
+  MAMBADIFF_DISPATCH_ACT(act, (scan_forward_kernel<T><<<grid, 32 * kWarpsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+                                  s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
+                                  xbc_token_stride, dt, A, D, initial, y, final_state)));
+  return cudaGetLastError();
+}
+
+int ssm_step_backward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+                      int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* state,
+                      const float* grad_y, const float* grad_state_out, void* grad_x, float* grad_dt,
+                      float* grad_B_head, float* grad_C_head, float* grad_state, void* stream) {
+  if (s.tokens != 1 || s.head_dim > kMaxHeadDim || s.groups <= 0 || s.heads % s.groups != 0) return cudaErrorInvalidValue;
+  if (s.batch * s.heads == 0) return cudaSuccess;
+  MAMBADIFF_DISPATCH_ACT(act, (step_backward_kernel<T><<<static_cast<unsigned>(s.batch * s.heads), kBackwardThreads, 0,
+                                                         static_cast<cudaStream_t>(stream)>>>(
+                                  s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
+                                  xbc_token_stride, dt, A, D, state, grad_y, grad_state_out,
+                                  static_cast<T*>(grad_x), grad_dt, grad_B_head, grad_C_head, grad_state)));
+  return cudaGetLastError();
+}
+
+}  // namespace mambadiff::kernels
