@@ -55,10 +55,16 @@ std::pair<torch::Tensor, torch::Tensor> CudaPath::chunk_scan(int64_t l, const to
 std::pair<torch::Tensor, torch::Tensor> CudaPath::state_update(int64_t l, const torch::Tensor& x,
                                                                const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                const torch::Tensor& Cm, const torch::Tensor& state) {
-  // The decode step is the scan at T = 1: x [B, H, P] -> [B, 1, H, P] and so on.
+  // The decode step is the scan at T = 1: x [B, H, P] -> [B, 1, H, P] and so on. Where no
+  // gradient is recorded, `state` is the cache's own tensor and is updated in place (the layer's
+  // copy into the cache becomes a copy onto itself, which ATen skips).
+  const bool tracked = torch::GradMode::is_enabled() &&
+                       (x.requires_grad() || dt.requires_grad() || Bm.requires_grad() || Cm.requires_grad() ||
+                        state.requires_grad());
+  const bool in_place = !tracked && state.is_contiguous() && state.scalar_type() == torch::kFloat32;
   auto [y, new_state] = fused::ssm_scan(x.unsqueeze(1), dt.unsqueeze(1), A_fp32_[static_cast<size_t>(l)],
                                         Bm.unsqueeze(1), Cm.unsqueeze(1), weights_.layers[static_cast<size_t>(l)].D,
-                                        state);
+                                        state, in_place ? state : torch::Tensor());
   return {y.squeeze(1), new_state};
 }
 

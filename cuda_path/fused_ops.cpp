@@ -116,14 +116,15 @@ struct GatedNormFn : torch::autograd::Function<GatedNormFn> {
 
 // ---- causal conv1d ---------------------------------------------------------------------------
 
-// Where the forward writes the new window: not an autograd input (the window is cache state).
-struct WindowOut {
+// Where a forward writes cache state (the new conv window, the final SSM state): not an autograd
+// input, so it may be the cache's own tensor.
+struct Destination {
   torch::Tensor tensor;
 };
 
 struct Conv1dFn : torch::autograd::Function<Conv1dFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& inputs, const torch::Tensor& window_in,
-                               const torch::Tensor& weight, const torch::Tensor& bias, WindowOut new_window) {
+                               const torch::Tensor& weight, const torch::Tensor& bias, Destination new_window) {
     TORCH_CHECK(!window_in.requires_grad(), "cuda causal_conv1d: gradients to the conv window are not implemented");
     const Rows x = rows_of(inputs);
     const int64_t Bsz = inputs.size(0), T = inputs.size(1), C = inputs.size(2), K = weight.size(1);
@@ -221,7 +222,7 @@ k::ScanShape shape_of(const torch::Tensor& x, const torch::Tensor& Bm) {
 struct ScanFn : torch::autograd::Function<ScanFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& dt_in,
                                const torch::Tensor& A_in, const torch::Tensor& Bm_in, const torch::Tensor& Cm_in,
-                               const torch::Tensor& D_in, const torch::Tensor& initial_in) {
+                               const torch::Tensor& D_in, const torch::Tensor& initial_in, Destination dest) {
     const torch::Tensor D = D_in.to(torch::kFloat32).contiguous();
     const ScanInputs in = scan_inputs(x_in, Bm_in, Cm_in);
     const k::ScanShape s = shape_of(x_in, Bm_in);
@@ -232,11 +233,20 @@ struct ScanFn : torch::autograd::Function<ScanFn> {
     const torch::Tensor initial = has_initial ? initial_in.to(torch::kFloat32).contiguous() : initial_in;
     const auto f32 = x_in.options().dtype(torch::kFloat32);
     torch::Tensor y = torch::empty({s.batch, s.tokens, s.heads, s.head_dim}, f32);
-    torch::Tensor final_state = torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
+    // With a destination (the cache's state, when nothing needs the gradient) the final state goes
+    // there and the second output is an empty placeholder.
+    const bool to_dest = dest.tensor.defined();
+    if (to_dest) {
+      TORCH_CHECK(dest.tensor.is_contiguous() && dest.tensor.scalar_type() == torch::kFloat32 &&
+                      dest.tensor.sizes() == torch::IntArrayRef({s.batch, s.heads, s.head_dim, s.state_size}),
+                  "cuda ssm_scan: the state destination must be a contiguous fp32 [B, H, P, N] tensor");
+    }
+    torch::Tensor final_state = to_dest ? torch::empty({0}, f32)
+                                        : torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
     check(k::ssm_scan_forward(act_of(x_in, "ssm_scan"), s, in.x.data_ptr(), in.Bm.data_ptr(), in.Cm.data_ptr(),
                               in.stride, dt.data_ptr<float>(), A.data_ptr<float>(), D.data_ptr<float>(),
                               has_initial ? initial.data_ptr<float>() : nullptr, y.data_ptr<float>(),
-                              final_state.data_ptr<float>(), stream()),
+                              to_dest ? dest.tensor.data_ptr<float>() : final_state.data_ptr<float>(), stream()),
           "ssm_scan");
     ctx->save_for_backward({in.x, in.Bm, in.Cm, dt, A, D, initial});
     ctx->saved_data["stride"] = in.stride;
@@ -274,7 +284,7 @@ struct ScanFn : torch::autograd::Function<ScanFn> {
       return g.view({s.batch, s.groups, s.heads / s.groups, s.state_size}).sum(2).unsqueeze(1).to(x.scalar_type());
     };
     return {gx, gdt, torch::Tensor(), per_group(gB_head), per_group(gC_head), torch::Tensor(),
-            has_initial ? gs : torch::Tensor()};
+            has_initial ? gs : torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -295,7 +305,7 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& input
   if (!new_window.defined()) new_window = torch::empty(window.sizes(), inputs.options());
   // Absent bias: an empty tensor (autograd inputs cannot be undefined tensors).
   torch::Tensor out = Conv1dFn::apply(inputs, window, weight, bias.defined() ? bias : torch::empty({0}, weight.options()),
-                                      WindowOut{new_window});
+                                      Destination{new_window});
   return {out, new_window};
 }
 
@@ -306,9 +316,10 @@ torch::Tensor dt_discretize(const torch::Tensor& dt_raw, const torch::Tensor& dt
 std::pair<torch::Tensor, torch::Tensor> ssm_scan(const torch::Tensor& x, const torch::Tensor& dt,
                                                  const torch::Tensor& A, const torch::Tensor& Bm,
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
-                                                 const torch::Tensor& initial) {
-  auto out = ScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()));
-  return {out[0], out[1]};
+                                                 const torch::Tensor& initial, const torch::Tensor& final_state_out) {
+  auto out = ScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()),
+                           Destination{final_state_out});
+  return {out[0], final_state_out.defined() ? final_state_out : out[1]};
 }
 
 }  // namespace mambadiff::fused

@@ -80,7 +80,8 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
 
   torch::Tensor y;  // [B, T, H, P]
   if (branch == Branch::kStep) {
-    auto [y1, new_state] = state_update(l, xbc[0].reshape({Bsz, H, P}), dt.select(1, 0),
+    // squeeze, not select: the same values, and its backward is a view (select's allocates).
+    auto [y1, new_state] = state_update(l, xbc[0].reshape({Bsz, H, P}), dt.squeeze(1),
                                         xbc[1].reshape({Bsz, G, N}), xbc[2].reshape({Bsz, G, N}), state_in);
     y = y1.unsqueeze(1);
     state.copy_(new_state);

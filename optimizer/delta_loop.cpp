@@ -32,15 +32,18 @@ torch::Tensor delta_loss(const std::vector<torch::Tensor>& logits, const std::ve
   return total;
 }
 
-void adam_update(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
-                 const torch::Tensor& step, double lr) {
+void adam_update(std::vector<torch::Tensor> params, const std::vector<torch::Tensor>& grads,
+                 std::vector<torch::Tensor> m, std::vector<torch::Tensor> v, const torch::Tensor& step, double lr) {
   torch::NoGradGuard no_grad;
-  m.mul_(kBeta1).add_(grad, 1 - kBeta1);
-  v.mul_(kBeta2).addcmul_(grad, grad, 1 - kBeta2);
-  const torch::Tensor bias1 = 1 - torch::pow(kBeta1, step);  // [] float64
-  const torch::Tensor bias2 = 1 - torch::pow(kBeta2, step);
-  const torch::Tensor denom = v.sqrt() / bias2.sqrt() + kEps;
-  param.sub_(m / denom * (lr / bias1));
+  // ATen's fused multi-tensor Adam (what torch.optim.Adam(fused=True) calls): one launch for all
+  // layers on a GPU, and it reads the step number from a device tensor, so it can be replayed.
+  const std::vector<torch::Tensor> steps(params.size(), step);
+  // Contiguous gradients: autograd may hand back a strided or expanded one, and the fused kernel
+  // walks raw memory (the last layer's Δ got such a gradient and was sent uphill).
+  std::vector<torch::Tensor> dense;
+  for (const auto& g : grads) dense.push_back(g.contiguous());
+  torch::_fused_adam_(params, dense, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, kBeta1, kBeta2, /*weight_decay=*/0.0,
+                      kEps, /*amsgrad=*/false, /*maximize=*/false);
 }
 
 DeltaLoop::DeltaLoop(ExecutionPath& path, Mamba2Cache& cache, const Mamba2Cache::Snapshot& base,
@@ -59,7 +62,7 @@ DeltaLoop::DeltaLoop(ExecutionPath& path, Mamba2Cache& cache, const Mamba2Cache:
     adam_v_[l] = torch::zeros_like(delta_[l]);
   }
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
-  adam_steps_ = torch::zeros({}, f64);
+  adam_steps_ = torch::zeros({}, f32);  // float32, as the fused Adam reads it (exact to 2^24 steps)
   stats_ = torch::zeros({4}, f64);
 }
 
@@ -102,17 +105,19 @@ void DeltaLoop::iterate() {
     stats_.copy_(torch::stack({loss.detach().to(torch::kFloat64), rank, margin, norm2.sqrt()}));
   }
   adam_steps_.add_(1);
+  std::vector<torch::Tensor> g(params.size()), m, v;
   for (size_t i = 0; i < params.size(); ++i) {
-    torch::Tensor p = params[i];
-    const int64_t layer = layers[i];
-    previous_[layer].copy_(p);
-    const torch::Tensor g = grads[i].defined() ? grads[i] : torch::zeros_like(p);
-    if (options_.optimizer == "adam") {
-      adam_update(p, g, adam_m_[layer], adam_v_[layer], adam_steps_, options_.lr);
-    } else {
-      p.sub_(options_.lr * g.sign());  // signed PGD
-    }
-    // Projection onto the budget after every step.
+    previous_[layers[i]].copy_(params[i]);
+    g[i] = grads[i].defined() ? grads[i] : torch::zeros_like(params[i]);
+    m.push_back(adam_m_[layers[i]]);
+    v.push_back(adam_v_[layers[i]]);
+  }
+  if (options_.optimizer == "adam") {
+    adam_update(params, g, m, v, adam_steps_, options_.lr);
+  } else {
+    for (size_t i = 0; i < params.size(); ++i) params[i].sub_(options_.lr * g[i].sign());  // signed PGD
+  }
+  for (auto& p : params) {  // projection onto the budget after every step
     if (options_.budget_linf > 0) p.clamp_(-options_.budget_linf, options_.budget_linf);
     if (options_.budget_l2 > 0) p.mul_(torch::clamp_max(options_.budget_l2 / p.norm(), 1.0));
   }

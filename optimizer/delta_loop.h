@@ -46,7 +46,7 @@ class DeltaLoop {
   std::map<int64_t, torch::Tensor> delta_;     // layer -> [1, H, P, N] fp32, requires grad
   std::map<int64_t, torch::Tensor> previous_;  // Δ before the last update
   std::map<int64_t, torch::Tensor> adam_m_, adam_v_;
-  torch::Tensor adam_steps_;  // [] float64: updates taken; a tensor, so a replayed graph counts
+  torch::Tensor adam_steps_;  // [] float32: updates taken; a tensor, so a replayed graph counts
   torch::Tensor stats_;       // [4] float64: loss, worst rank, worst margin, ||Δ||_2
 };
 
@@ -55,9 +55,10 @@ class DeltaLoop {
 torch::Tensor delta_loss(const std::vector<torch::Tensor>& logits, const std::vector<int64_t>& target,
                          const std::string& loss, double margin);
 
-// One Adam update (torch.optim.Adam's defaults: betas 0.9, 0.999, eps 1e-8, no weight decay) with
-// the step number on the device: `step` is a [] tensor holding t = 1, 2, ... for this update.
-void adam_update(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
-                 const torch::Tensor& step, double lr);
+// One Adam update of every tensor in `params` (torch.optim.Adam's defaults: betas 0.9, 0.999,
+// eps 1e-8, no weight decay) with the step number on the device: `step` is a [] float32 tensor
+// holding t = 1, 2, ... for this update. m and v are the moments, updated in place.
+void adam_update(std::vector<torch::Tensor> params, const std::vector<torch::Tensor>& grads,
+                 std::vector<torch::Tensor> m, std::vector<torch::Tensor> v, const torch::Tensor& step, double lr);
 
 }  // namespace mambadiff

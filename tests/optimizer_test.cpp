@@ -197,13 +197,15 @@ TEST(DeltaLoopAdam, FollowsTorchOptimAdam) {
   torch::Tensor theirs = ours.clone().requires_grad_(true);
   torch::optim::Adam adam({theirs}, torch::optim::AdamOptions(lr));
   torch::Tensor m = torch::zeros_like(ours), v = torch::zeros_like(ours);
-  torch::Tensor step = torch::zeros({}, torch::kFloat64);
+  torch::Tensor step = torch::zeros({}, torch::kFloat32);
   for (int i = 0; i < 25; ++i) {
-    const torch::Tensor g = torch::randn_like(ours) * (i % 3 + 1);
+    // Every other gradient is a strided view (autograd hands such ones back).
+    const torch::Tensor g = i % 2 ? torch::randn({2, 3, 5, 4}).transpose(2, 3) * (i % 3 + 1)
+                                  : torch::randn_like(ours) * (i % 3 + 1);
     theirs.mutable_grad() = g.clone();
     adam.step();
     step.add_(1);
-    adam_update(ours, g, m, v, step, lr);
+    adam_update({ours}, {g}, {m}, {v}, step, lr);
   }
   EXPECT_GT((ours - initial).abs().max().item<double>(), 0.1);  // it moved
   EXPECT_TRUE(torch::allclose(ours, theirs.detach(), /*rtol=*/1e-5, /*atol=*/1e-6))
