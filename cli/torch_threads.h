@@ -12,7 +12,8 @@ inline constexpr int kDefaultThreads = 1;
 
 // Adds `--threads N` to `cmd`; the callback passes `threads` to torch::set_num_threads.
 inline void add_threads_option(CLI::App* cmd, int& threads) {
-  cmd->add_option("--threads", threads, "Intra-op threads of torch (1 suits small models best)");
+  cmd->add_option("--threads", threads, "Intra-op threads of torch (1 suits small models best)")
+      ->check(CLI::Range(1, 1024));  // 0 or less: a usage error (exit 2), not torch's exception
 }
 
 }  // namespace mambadiff::cli

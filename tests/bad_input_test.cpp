@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/cuda.h>
+
 #include "engine/safetensors.h"
 #include "tests/test_support.h"
 
@@ -407,6 +409,23 @@ TEST_F(BadInput, RunWithoutOut) {
   const CliResult r = cli({"run", s.string(), "--path", "reference"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("--out"));
+}
+
+TEST_F(BadInput, CheckWithZeroThreads) {
+  const CliResult r = cli({"check", "--threads", "0"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--threads"));
+}
+
+// A path that cannot run here is a usage answer (exit 2), never a crash: `cuda` without a device
+// or without the kernels built.
+TEST_F(BadInput, OptimizeOnAnUnavailablePath) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a CUDA device is present: the cuda path is available";
+  const CliResult r = cli({"optimize", "--model", model_dir("tiny").string(), "--prompt-tokens", "3,1,4",
+                           "--target", "7", "--layers", "1", "--path", "cuda", "--out", out_file().string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("cuda"));
+  EXPECT_FALSE(fs::exists(out_file()));
 }
 
 // ---- a valid run -----------------------------------------------------------------------------
