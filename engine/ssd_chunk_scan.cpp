@@ -41,20 +41,31 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
   Cm = Cm.view({Bsz, nc, Q, H, N});
 
   const torch::Tensor xdt = x * dt.unsqueeze(-1);                          // [B, nc, Q, H, P]
-  const torch::Tensor Acs = (dt * A).permute({0, 3, 1, 2}).cumsum(-1);    // [B, H, nc, Q]
+  const torch::Tensor dA = (dt * A).permute({0, 3, 1, 2});                 // [B, H, nc, Q], <= 0
+  const torch::Tensor Acs = dA.cumsum(-1);                                 // [B, H, nc, Q]
 
-  // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(Acs_i - Acs_j) dt_j x_j.
-  // Segment sums are clamped to <= 0 before exp: rounding can push them above 0 (mamba_ssm PR #713).
-  const auto causal = torch::ones({Q, Q}, torch::TensorOptions().dtype(torch::kBool)).tril();
-  const torch::Tensor seg = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2))      // [B, H, nc, Q(i), Q(j)]
-                                .masked_fill(causal.logical_not().to(Acs.device()),
-                                             -std::numeric_limits<double>::infinity())
+  // Segment sums seg[i, j] = Σ_{k=j+1..i} dA_k, summed directly rather than as Acs_i − Acs_j:
+  // with strong decay Acs runs into the hundreds within a chunk, and the difference of two such
+  // fp32 sums loses ~1e-5 relative in the small segments that matter (measured: cache-state error
+  // 7.8e-6 against a derived tolerance of 3.3e-6 on a medium-decay model). Row i of the masked
+  // matrix holds dA_i below the diagonal; its cumulative sum down the rows is the segment sum.
+  const auto opts_bool = torch::TensorOptions().dtype(torch::kBool).device(Acs.device());
+  const torch::Tensor below = torch::ones({Q, Q}, opts_bool).tril(-1);
+  const torch::Tensor seg_sums =
+      dA.unsqueeze(-1).expand({Bsz, H, nc, Q, Q}).masked_fill(below.logical_not(), 0.0).cumsum(-2);  // [B, H, nc, Q(i), Q(j)]
+
+  // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(seg[i, j]) dt_j x_j.
+  // Clamped to <= 0 before exp, as mamba_ssm PR #713 does for its differences (direct sums of
+  // non-positive terms cannot round above 0; the clamp stays as a guard).
+  const torch::Tensor causal = torch::ones({Q, Q}, opts_bool).tril();
+  const torch::Tensor seg = seg_sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity())
                                 .clamp_max(0.0);
   const torch::Tensor CB = torch::einsum("bcihn,bcjhn->bhcij", {Cm, Bm});  // [B, H, nc, Q, Q]
   const torch::Tensor y_diag = torch::einsum("bhcij,bcjhp->bcihp", {CB * seg.exp(), xdt});
 
-  // 2. Each chunk's contribution to the state at its end, starting from zero.
-  const torch::Tensor decay_to_end = (Acs.narrow(3, Q - 1, 1) - Acs).clamp_max(0.0).exp();  // [B, H, nc, Q]
+  // 2. Each chunk's contribution to the state at its end, starting from zero: token j decays by
+  // seg[Q-1, j] to the chunk's end.
+  const torch::Tensor decay_to_end = seg_sums.select(3, Q - 1).clamp_max(0.0).exp();  // [B, H, nc, Q]
   const torch::Tensor chunk_states =
       torch::einsum("bcjhn,bhcj,bcjhp->bchpn", {Bm, decay_to_end, xdt});   // [B, nc, H, P, N]
 

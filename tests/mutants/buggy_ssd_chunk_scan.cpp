@@ -44,18 +44,23 @@ std::pair<torch::Tensor, torch::Tensor> buggy_ssd_chunk_scan(const torch::Tensor
   Cm = Cm.view({Bsz, nc, Q, H, N});
 
   const torch::Tensor xdt = x * dt.unsqueeze(-1);                        // [B, nc, Q, H, P]
-  const torch::Tensor Acs = (dt * A).permute({0, 3, 1, 2}).cumsum(-1);  // [B, H, nc, Q]
+  const torch::Tensor dA = (dt * A).permute({0, 3, 1, 2});               // [B, H, nc, Q]
+  const torch::Tensor Acs = dA.cumsum(-1);                               // [B, H, nc, Q]
+  // Segment sums summed directly, as the engine does (engine/ssd_chunk_scan.cpp).
+  const torch::Tensor below = torch::ones({Q, Q}, torch::TensorOptions().dtype(torch::kBool)).tril(-1);
+  const torch::Tensor seg_sums =
+      dA.unsqueeze(-1).expand({Bsz, H, nc, Q, Q}).masked_fill(below.logical_not(), 0.0).cumsum(-2);
 
   // 1. Intra-chunk (diagonal blocks).
   const auto causal = torch::ones({Q, Q}, torch::TensorOptions().dtype(torch::kBool)).tril();
   torch::Tensor decay_ij;  // [B, H, nc, Q(i), Q(j)]
   if (bug == ScanBug::kExpBeforeMask) {
-    // MUTANT(segsum-exp-before-mask): exp first, mask after, no clamp. Above the diagonal
-    // Acs_i - Acs_j = sum |dt*A| over (i, j]: past ~88.7 exp is inf in fp32 and inf * 0 = NaN.
+    // MUTANT(segsum-exp-before-mask): the segment sums as mamba_ssm forms them (differences of
+    // cumulative sums), exp first, mask after, no clamp. Above the diagonal Acs_i - Acs_j =
+    // sum |dt*A| over (i, j]: past ~88.7 exp is inf in fp32 and inf * 0 = NaN.
     decay_ij = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2)).exp() * causal.to(f);
   } else {
-    decay_ij = (Acs.unsqueeze(-1) - Acs.unsqueeze(-2))
-                   .masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity())
+    decay_ij = seg_sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity())
                    .clamp_max(0.0)
                    .exp();
   }
@@ -63,7 +68,7 @@ std::pair<torch::Tensor, torch::Tensor> buggy_ssd_chunk_scan(const torch::Tensor
   const torch::Tensor y_diag = torch::einsum("bhcij,bcjhp->bcihp", {CB * decay_ij, xdt});
 
   // 2. Each chunk's contribution to the state at its end, starting from zero.
-  const torch::Tensor decay_to_end = (Acs.narrow(3, Q - 1, 1) - Acs).clamp_max(0.0).exp();  // [B, H, nc, Q]
+  const torch::Tensor decay_to_end = seg_sums.select(3, Q - 1).clamp_max(0.0).exp();  // [B, H, nc, Q]
   const torch::Tensor chunk_states =
       torch::einsum("bcjhn,bhcj,bcjhp->bchpn", {Bm, decay_to_end, xdt});  // [B, nc, H, P, N]
 
