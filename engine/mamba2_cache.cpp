@@ -53,15 +53,25 @@ void Mamba2Cache::inject(int64_t layer, const torch::Tensor& delta) {
   state.add_(delta.to(state.device(), state.scalar_type()));
 }
 
-void copy_bytes(torch::Tensor& dst, const torch::Tensor& src) {
-  TORCH_CHECK(dst.scalar_type() == src.scalar_type() && dst.sizes() == src.sizes(),
-              "copy_bytes: dtype or shape mismatch");
-  TORCH_CHECK(dst.is_contiguous() && src.is_contiguous(), "copy_bytes: tensors must be contiguous");
-  if (dst.numel() == 0) return;
+void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& src) {
+  TORCH_CHECK(dst.size() == src.size(), "copy_bytes: ", dst.size(), " destinations for ", src.size(), " sources");
   torch::NoGradGuard no_grad;
-  // detach(): a byte view of the same storage, also while dst carries autograd history.
-  dst.detach().view({-1}).view(torch::kUInt8).copy_(src.detach().view({-1}).view(torch::kUInt8));
+  std::vector<torch::Tensor> to, from;  // byte views of the same storage
+  for (size_t i = 0; i < dst.size(); ++i) {
+    TORCH_CHECK(dst[i].scalar_type() == src[i].scalar_type() && dst[i].sizes() == src[i].sizes(),
+                "copy_bytes: dtype or shape mismatch");
+    TORCH_CHECK(dst[i].is_contiguous() && src[i].is_contiguous(), "copy_bytes: tensors must be contiguous");
+    if (dst[i].numel() == 0) continue;
+    // detach(): a byte view of the same storage, also while dst carries autograd history.
+    to.push_back(dst[i].detach().view({-1}).view(torch::kUInt8));
+    from.push_back(src[i].detach().view({-1}).view(torch::kUInt8));
+  }
+  // One multi-tensor copy: a launch or two on a GPU instead of one per tensor (the optimizer
+  // restores the whole cache every iteration).
+  if (!to.empty()) torch::_foreach_copy_(to, from);
 }
+
+void copy_bytes(torch::Tensor& dst, const torch::Tensor& src) { copy_bytes(std::vector{dst}, std::vector{src}); }
 
 Mamba2Cache::Snapshot Mamba2Cache::snapshot() const {
   Snapshot s;
@@ -75,25 +85,16 @@ void Mamba2Cache::restore(const Snapshot& s) {
   if (s.conv_states.size() != conv_states.size() || s.ssm_states.size() != ssm_states.size()) {
     throw InputError("restore: snapshot was taken of a cache with a different number of layers");
   }
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> dst, src;  // byte views, so NaN payloads survive
-  const auto add = [&](torch::Tensor& d, const torch::Tensor& from) {
-    TORCH_CHECK(d.scalar_type() == from.scalar_type() && d.sizes() == from.sizes(), "restore: dtype or shape mismatch");
-    TORCH_CHECK(d.is_contiguous() && from.is_contiguous(), "restore: states must be contiguous");
+  std::vector<torch::Tensor> dst, src;
+  for (size_t l = 0; l < conv_states.size(); ++l) {
     // An optimizer may have written autograd-tracked values into the states: drop that history
     // in place (same storage), so the restored cache is a plain cache again.
-    d.detach_();
-    if (d.numel() == 0) return;
-    dst.push_back(d.view({-1}).view(torch::kUInt8));
-    src.push_back(from.detach().view({-1}).view(torch::kUInt8));
-  };
-  for (size_t l = 0; l < conv_states.size(); ++l) {
-    add(conv_states[l], s.conv_states[l]);
-    add(ssm_states[l], s.ssm_states[l]);
+    conv_states[l].detach_();
+    ssm_states[l].detach_();
+    dst.insert(dst.end(), {conv_states[l], ssm_states[l]});
+    src.insert(src.end(), {s.conv_states[l], s.ssm_states[l]});
   }
-  // One multi-tensor copy (a launch or two on a GPU instead of one per tensor: the optimizer
-  // restores the whole cache every iteration).
-  if (!dst.empty()) torch::_foreach_copy_(dst, src);
+  copy_bytes(dst, src);
   seqlen_offset = s.seqlen_offset;
 }
 

@@ -81,5 +81,7 @@ class Mamba2Cache {
 
 // Copies src's bytes into dst (same dtype, shape and contiguity), bit for bit.
 void copy_bytes(torch::Tensor& dst, const torch::Tensor& src);
+// The same for pairs dst[i] <- src[i], as one multi-tensor copy.
+void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& src);
 
 }  // namespace mambadiff
