@@ -30,8 +30,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "mambadiff: path unavailable here: {}\n", e.what());
     return 2;
   } catch (const std::exception& e) {
-    const std::string what = e.what();  // LibTorch appends a stack trace after the first line
-    fmt::print(stderr, "mambadiff: internal error: {}\n", what.substr(0, what.find('\n')));
+    fmt::print(stderr, "mambadiff: internal error: {}\n", mambadiff::first_line(e));
     return 3;
   }
   return exit_code;

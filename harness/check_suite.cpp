@@ -168,8 +168,7 @@ CheckReport run_check(const CheckOptions& opt) {
           } catch (const InputError&) {
             throw;
           } catch (const std::exception& e) {
-            const std::string what = e.what();
-            failed[p] = what.substr(0, what.find('\n'));
+            failed[p] = first_line(e);
           }
         }
       }
