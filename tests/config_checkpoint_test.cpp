@@ -427,6 +427,12 @@ fs::path copy_model(const std::string& name, const std::string& test) {
   return dst;
 }
 
+void rewrite_config(const fs::path& model, const std::function<void(nlohmann::json&)>& edit) {
+  nlohmann::json j = nlohmann::json::parse(read_text(model / "config.json"));
+  edit(j);
+  write_text(model / "config.json", j.dump(2));
+}
+
 void rewrite_weights(const fs::path& file, const std::function<void(Named&)>& edit) {
   const auto f = st::File::open(file);
   Named tensors;
@@ -484,9 +490,7 @@ TEST(Mamba2Checkpoint, HashChangesWhenAWeightChanges) {
 TEST(Mamba2Checkpoint, HashCoversTheConfig) {
   const std::string original = Mamba2Checkpoint::load(model_dir("limited")).hash;
   const fs::path model = copy_model("limited", "hash_config");
-  nlohmann::json j = nlohmann::json::parse(read_text(model / "config.json"));
-  j["time_step_limit"][1] = 0.06;
-  write_text(model / "config.json", j.dump(2));
+  rewrite_config(model, [](nlohmann::json& j) { j["time_step_limit"][1] = 0.06; });
   const Mamba2Checkpoint changed = Mamba2Checkpoint::load(model);
   EXPECT_DOUBLE_EQ(changed.config.time_step_max, 0.06);
   EXPECT_NE(changed.hash, original);
@@ -504,9 +508,7 @@ TEST(Mamba2Checkpoint, TiedModelIgnoresAStoredLmHead) {
 
 TEST(Mamba2Checkpoint, UntiedModelWithoutLmHeadIsRejected) {
   const fs::path model = copy_model("tiny", "untied_no_lm_head");
-  nlohmann::json j = nlohmann::json::parse(read_text(model / "config.json"));
-  j["tie_word_embeddings"] = false;
-  write_text(model / "config.json", j.dump(2));
+  rewrite_config(model, [](nlohmann::json& j) { j["tie_word_embeddings"] = false; });
   const std::string m = input_error([&] { Mamba2Checkpoint::load(model); });
   EXPECT_THAT(m, HasSubstr((model / "model.safetensors").string()));
   EXPECT_THAT(m, HasSubstr("'lm_head.weight'"));
@@ -514,9 +516,7 @@ TEST(Mamba2Checkpoint, UntiedModelWithoutLmHeadIsRejected) {
 
 TEST(Mamba2Checkpoint, RequiredBiasMissingIsRejected) {
   const fs::path model = copy_model("tiny", "required_bias");
-  nlohmann::json j = nlohmann::json::parse(read_text(model / "config.json"));
-  j["use_bias"] = true;
-  write_text(model / "config.json", j.dump(2));
+  rewrite_config(model, [](nlohmann::json& j) { j["use_bias"] = true; });
   const std::string m = input_error([&] { Mamba2Checkpoint::load(model); });
   EXPECT_THAT(m, HasSubstr("'backbone.layers.0.mixer.in_proj.bias'"));
 }
@@ -525,9 +525,7 @@ TEST(Mamba2Checkpoint, RequiredBiasMissingIsRejected) {
 // not apply it either.
 TEST(Mamba2Checkpoint, StoredBiasIsIgnoredWhenTheConfigSaysNone) {
   const fs::path model = copy_model("tiny", "unwanted_bias");
-  nlohmann::json j = nlohmann::json::parse(read_text(model / "config.json"));
-  j["use_conv_bias"] = false;
-  write_text(model / "config.json", j.dump(2));
+  rewrite_config(model, [](nlohmann::json& j) { j["use_conv_bias"] = false; });
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model);
   EXPECT_FALSE(ck.weights.layers[0].conv1d_bias.defined())
       << "use_conv_bias=false but the stored conv1d.bias was loaded (and will be applied)";
