@@ -1,5 +1,5 @@
 // `repro`, `reduce` and `mutants`: the divergence-case commands (SPEC §6, §7). These three plug the
-// test mutant catalog (tests/mutants/) into path evaluation, so a case that names "mutant:<name>"
+// test mutant catalog (mutants/) into path evaluation, so a case that names "mutant:<name>"
 // replays and reduces; `run`, `diff` and `check` know only the product paths.
 #include <fmt/format.h>
 
@@ -11,8 +11,8 @@
 #include "harness/check_suite.h"
 #include "harness/divergence_case.h"
 #include "harness/reduce.h"
-#include "tests/mutants/catalog.h"
-#include "tests/mutants/kill_matrix.h"
+#include "mutants/catalog.h"
+#include "mutants/kill_matrix.h"
 
 namespace mambadiff::cli {
 

@@ -44,7 +44,7 @@ ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, 
 bool is_file_path(const std::string& name);
 
 // Paths from outside the registry, for names that start with `prefix`: the test mutants
-// ("mutant:<name>", tests/mutants/) plug in here from the commands that run them (repro, reduce,
+// ("mutant:<name>", mutants/) plug in here from the commands that run them (repro, reduce,
 // mutants), so that the product registry never lists them. path_available() and evaluate_path()
 // consult it; make_path() does not (a plugged-in path may bring its own cache, see CacheOps).
 struct PathProvider {

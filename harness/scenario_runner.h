@@ -41,7 +41,7 @@ struct ScenarioResult {
 };
 
 // How run_scenario applies the cache ops of a scenario. The default is Mamba2Cache's own (exact)
-// inject, snapshot and restore; the test mutants (tests/mutants/) substitute a broken cache here
+// inject, snapshot and restore; the test mutants (mutants/) substitute a broken cache here
 // (a snapshot that aliases the live storage, an injection that misaligns the conv window).
 class CacheOps {
  public:

@@ -1,4 +1,4 @@
-// The harness must catch real bugs: planted ones (mutants of tests/mutants/, each a class from
+// The harness must catch real bugs: planted ones (mutants of mutants/, each a class from
 // REFERENCE.md) must make `diff`-style comparisons against the reference diverge at the right
 // place, and `check` must
 // pass on the embedded models and write its JSON and JUnit reports.
@@ -14,7 +14,7 @@
 #include "harness/path_registry.h"
 #include "harness/scenario.h"
 #include "harness/scenario_runner.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 
 namespace mambadiff {
 namespace {
@@ -31,7 +31,7 @@ class SingleThreadedTorch : public ::testing::Environment {
 };
 ::testing::Environment* const kSingleThreaded = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
 
-// The planted bugs are mutants of the catalog (tests/mutants/catalog.h), each a class from REFERENCE.md:
+// The planted bugs are mutants of the catalog (mutants/catalog.h), each a class from REFERENCE.md:
 // `mutant` against the reference on corpus/scenarios/<scenario> and its model.
 Comparison against_reference(const std::string& mutant, const std::string& scenario) {
   const Scenario s = Scenario::load(kSource / "corpus/scenarios" / scenario);

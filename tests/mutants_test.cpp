@@ -13,9 +13,9 @@
 #include "engine/aten_ops.h"
 #include "engine/errors.h"
 #include "harness/path_registry.h"
-#include "tests/mutants/buggy_ssd_chunk_scan.h"
-#include "tests/mutants/catalog.h"
-#include "tests/mutants/kill_matrix.h"
+#include "mutants/buggy_ssd_chunk_scan.h"
+#include "mutants/catalog.h"
+#include "mutants/kill_matrix.h"
 #include "tests/test_support.h"
 
 namespace mambadiff::mutants {

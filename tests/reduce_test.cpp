@@ -9,7 +9,7 @@
 #include "harness/check_suite.h"
 #include "harness/divergence_case.h"
 #include "harness/reduce.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 
 namespace mambadiff {
 namespace {

@@ -12,7 +12,7 @@
 #include <set>
 
 #include "harness/divergence_case.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 #include "tests/test_support.h"
 
 namespace mambadiff {

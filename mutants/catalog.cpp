@@ -1,12 +1,12 @@
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "engine/errors.h"
 #include "harness/path_registry.h"
-#include "tests/mutants/cache_mutants.h"
-#include "tests/mutants/path_mutants.h"
+#include "mutants/cache_mutants.h"
+#include "mutants/path_mutants.h"
 
 namespace mambadiff::mutants {
 

@@ -1,6 +1,6 @@
 // engine/ssd_chunk_scan.cpp, copied, with the bugs of ScanBug marked MUTANT(...). Notation as
 // there: Q chunk size, nc number of chunks, Acs the within-chunk cumulative sum of dt*A.
-#include "tests/mutants/buggy_ssd_chunk_scan.h"
+#include "mutants/buggy_ssd_chunk_scan.h"
 
 #include <limits>
 #include <vector>

@@ -1,4 +1,4 @@
-#include "tests/mutants/path_mutants.h"
+#include "mutants/path_mutants.h"
 
 #include <fstream>
 #include <sstream>

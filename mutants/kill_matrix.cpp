@@ -1,4 +1,4 @@
-#include "tests/mutants/kill_matrix.h"
+#include "mutants/kill_matrix.h"
 
 #include <fmt/format.h>
 
@@ -10,7 +10,7 @@
 #include "harness/check_suite.h"
 #include "harness/divergence_case.h"
 #include "harness/path_registry.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 
 namespace mambadiff::mutants {
 

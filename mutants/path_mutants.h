@@ -6,7 +6,7 @@
 #include <string>
 
 #include "engine/chunked_path.h"
-#include "tests/mutants/buggy_ssd_chunk_scan.h"
+#include "mutants/buggy_ssd_chunk_scan.h"
 
 namespace mambadiff::mutants {
 

@@ -1,4 +1,4 @@
-#include "tests/mutants/cache_mutants.h"
+#include "mutants/cache_mutants.h"
 
 namespace mambadiff::mutants {
 
