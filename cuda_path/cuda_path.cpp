@@ -29,7 +29,7 @@ torch::Tensor CudaPath::rms_norm(const torch::Tensor& x, const torch::Tensor& we
   return fused::rms_norm(x, weight, config_.layer_norm_epsilon);
 }
 
-std::pair<torch::Tensor, torch::Tensor> CudaPath::conv1d(int64_t l, const torch::Tensor& xBC,
+std::pair<torch::Tensor, torch::Tensor> CudaPath::causal_conv1d(int64_t l, const torch::Tensor& xBC,
                                                          const torch::Tensor& window, Branch branch) {
   const auto& w = weights_.layers[static_cast<size_t>(l)];
   // Decode and continue read the cache's own window: the kernel updates it in place (each
@@ -39,20 +39,20 @@ std::pair<torch::Tensor, torch::Tensor> CudaPath::conv1d(int64_t l, const torch:
   return fused::causal_conv1d(xBC, window, w.conv1d_weight, w.conv1d_bias, in_place ? window : torch::Tensor());
 }
 
-torch::Tensor CudaPath::dt_discretize(int64_t l, const torch::Tensor& dt_raw, Branch) {
+torch::Tensor CudaPath::discretize_dt(int64_t l, const torch::Tensor& dt_raw, Branch) {
   // The clamp applies on every branch, decode included (SPEC §2).
-  return fused::dt_discretize(dt_raw, weights_.layers[static_cast<size_t>(l)].dt_bias, config_.time_step_min,
+  return fused::discretize_dt(dt_raw, weights_.layers[static_cast<size_t>(l)].dt_bias, config_.time_step_min,
                               config_.time_step_max);
 }
 
-std::pair<torch::Tensor, torch::Tensor> CudaPath::chunk_scan(int64_t l, const torch::Tensor& x, const torch::Tensor& dt,
+std::pair<torch::Tensor, torch::Tensor> CudaPath::ssd_chunk_scan(int64_t l, const torch::Tensor& x, const torch::Tensor& dt,
                                                              const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                              const torch::Tensor& initial_state) {
-  return fused::ssm_scan(x, dt, A_fp32_[static_cast<size_t>(l)], Bm, Cm, weights_.layers[static_cast<size_t>(l)].D,
+  return fused::ssd_chunk_scan(x, dt, A_fp32_[static_cast<size_t>(l)], Bm, Cm, weights_.layers[static_cast<size_t>(l)].D,
                          initial_state);
 }
 
-std::pair<torch::Tensor, torch::Tensor> CudaPath::state_update(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> CudaPath::selective_state_update(int64_t l, const torch::Tensor& x,
                                                                const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                const torch::Tensor& Cm, const torch::Tensor& state) {
   // The decode step is the scan at T = 1: x [B, H, P] -> [B, 1, H, P] and so on. Where no
@@ -62,7 +62,7 @@ std::pair<torch::Tensor, torch::Tensor> CudaPath::state_update(int64_t l, const 
                        (x.requires_grad() || dt.requires_grad() || Bm.requires_grad() || Cm.requires_grad() ||
                         state.requires_grad());
   const bool in_place = !tracked && state.is_contiguous() && state.scalar_type() == torch::kFloat32;
-  auto [y, new_state] = fused::ssm_scan(x.unsqueeze(1), dt.unsqueeze(1), A_fp32_[static_cast<size_t>(l)],
+  auto [y, new_state] = fused::ssd_chunk_scan(x.unsqueeze(1), dt.unsqueeze(1), A_fp32_[static_cast<size_t>(l)],
                                         Bm.unsqueeze(1), Cm.unsqueeze(1), weights_.layers[static_cast<size_t>(l)].D,
                                         state, in_place ? state : torch::Tensor());
   return {y.squeeze(1), new_state};
@@ -78,7 +78,7 @@ torch::Tensor CudaPath::out_proj_residual(int64_t l, const torch::Tensor& normed
   return torch::addmm(residual.reshape({-1, D}), normed.reshape({-1, I}), w.out_proj_weight.t()).view(residual.sizes());
 }
 
-torch::Tensor CudaPath::gated_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {
+torch::Tensor CudaPath::gated_rms_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {
   return fused::gated_rms_norm(y, gate, weights_.layers[static_cast<size_t>(l)].gated_norm_weight,
                                config_.layer_norm_epsilon, config_.gated_norm_group_size());
 }

@@ -19,16 +19,16 @@ class CudaPath : public ChunkedPath {
 
  protected:
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight) override;
-  std::pair<torch::Tensor, torch::Tensor> conv1d(int64_t layer, const torch::Tensor& xBC, const torch::Tensor& window,
+  std::pair<torch::Tensor, torch::Tensor> causal_conv1d(int64_t layer, const torch::Tensor& xBC, const torch::Tensor& window,
                                                  Branch branch) override;
-  torch::Tensor dt_discretize(int64_t layer, const torch::Tensor& dt_raw, Branch branch) override;
-  std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  torch::Tensor discretize_dt(int64_t layer, const torch::Tensor& dt_raw, Branch branch) override;
+  std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                      const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                      const torch::Tensor& initial_state) override;
-  std::pair<torch::Tensor, torch::Tensor> state_update(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> selective_state_update(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                        const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                        const torch::Tensor& state) override;
-  torch::Tensor gated_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate) override;
+  torch::Tensor gated_rms_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate) override;
   torch::Tensor out_proj_residual(int64_t layer, const torch::Tensor& normed, const torch::Tensor& residual) override;
 
  private:

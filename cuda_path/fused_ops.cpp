@@ -79,7 +79,7 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
 
 // ---- gated RMSNorm ---------------------------------------------------------------------------
 
-struct GatedNormFn : torch::autograd::Function<GatedNormFn> {
+struct GatedRmsNormFn : torch::autograd::Function<GatedRmsNormFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y_in, const torch::Tensor& gate_in,
                                const torch::Tensor& weight, double eps, int64_t group_size) {
     const torch::Tensor y = y_in.to(torch::kFloat32).contiguous();
@@ -122,7 +122,7 @@ struct Destination {
   torch::Tensor tensor;
 };
 
-struct Conv1dFn : torch::autograd::Function<Conv1dFn> {
+struct CausalConv1dFn : torch::autograd::Function<CausalConv1dFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& inputs, const torch::Tensor& window_in,
                                const torch::Tensor& weight, const torch::Tensor& bias, Destination new_window) {
     TORCH_CHECK(!window_in.requires_grad(), "cuda causal_conv1d: gradients to the conv window are not implemented");
@@ -159,17 +159,17 @@ struct Conv1dFn : torch::autograd::Function<Conv1dFn> {
 
 // ---- dt discretization -----------------------------------------------------------------------
 
-struct DtFn : torch::autograd::Function<DtFn> {
+struct DiscretizeDtFn : torch::autograd::Function<DiscretizeDtFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& dt_raw, const torch::Tensor& dt_bias_in,
                                double lo, double hi) {
     const torch::Tensor dt_bias = dt_bias_in.to(torch::kFloat32).contiguous();
     const Rows raw = rows_of(dt_raw);
     const int64_t Bsz = dt_raw.size(0), T = dt_raw.size(1), H = dt_raw.size(2);
     torch::Tensor dt = torch::empty({Bsz, T, H}, dt_raw.options().dtype(torch::kFloat32));
-    check(k::dt_discretize_forward(act_of(dt_raw, "dt_discretize"), raw.tensor.data_ptr(), raw.stride,
+    check(k::discretize_dt_forward(act_of(dt_raw, "discretize_dt"), raw.tensor.data_ptr(), raw.stride,
                                    dt_bias.data_ptr<float>(), dt.data_ptr<float>(), Bsz * T, H, static_cast<float>(lo),
                                    static_cast<float>(hi), stream()),
-          "dt_discretize");
+          "discretize_dt");
     ctx->save_for_backward({raw.tensor, dt_bias});
     ctx->saved_data["stride"] = raw.stride;
     ctx->saved_data["lo"] = lo;
@@ -182,11 +182,11 @@ struct DtFn : torch::autograd::Function<DtFn> {
     const torch::Tensor g = grads[0].to(torch::kFloat32).contiguous();
     const int64_t Bsz = g.size(0), T = g.size(1), H = g.size(2);
     torch::Tensor graw = torch::empty({Bsz, T, H}, raw.options());
-    check(k::dt_discretize_backward(act_of(raw, "dt_discretize"), raw.data_ptr(), ctx->saved_data["stride"].toInt(),
+    check(k::discretize_dt_backward(act_of(raw, "discretize_dt"), raw.data_ptr(), ctx->saved_data["stride"].toInt(),
                                     bias.data_ptr<float>(), g.data_ptr<float>(), graw.data_ptr(), Bsz * T, H,
                                     static_cast<float>(ctx->saved_data["lo"].toDouble()),
                                     static_cast<float>(ctx->saved_data["hi"].toDouble()), stream()),
-          "dt_discretize backward");
+          "discretize_dt backward");
     return {graw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -215,11 +215,11 @@ ScanInputs scan_inputs(const torch::Tensor& x, const torch::Tensor& Bm, const to
 }
 
 k::ScanShape shape_of(const torch::Tensor& x, const torch::Tensor& Bm) {
-  TORCH_CHECK(x.dim() == 4 && Bm.dim() == 4, "cuda ssm_scan: x must be [B, T, H, P] and B/C [B, T, G, N]");
+  TORCH_CHECK(x.dim() == 4 && Bm.dim() == 4, "cuda ssd_chunk_scan: x must be [B, T, H, P] and B/C [B, T, G, N]");
   return k::ScanShape{x.size(0), x.size(1), x.size(2), x.size(3), Bm.size(2), Bm.size(3)};
 }
 
-struct ScanFn : torch::autograd::Function<ScanFn> {
+struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& dt_in,
                                const torch::Tensor& A_in, const torch::Tensor& Bm_in, const torch::Tensor& Cm_in,
                                const torch::Tensor& D_in, const torch::Tensor& initial_in, Destination dest) {
@@ -239,15 +239,15 @@ struct ScanFn : torch::autograd::Function<ScanFn> {
     if (to_dest) {
       TORCH_CHECK(dest.tensor.is_contiguous() && dest.tensor.scalar_type() == torch::kFloat32 &&
                       dest.tensor.sizes() == torch::IntArrayRef({s.batch, s.heads, s.head_dim, s.state_size}),
-                  "cuda ssm_scan: the state destination must be a contiguous fp32 [B, H, P, N] tensor");
+                  "cuda ssd_chunk_scan: the state destination must be a contiguous fp32 [B, H, P, N] tensor");
     }
     torch::Tensor final_state = to_dest ? torch::empty({0}, f32)
                                         : torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
-    check(k::ssm_scan_forward(act_of(x_in, "ssm_scan"), s, in.x.data_ptr(), in.Bm.data_ptr(), in.Cm.data_ptr(),
+    check(k::ssd_chunk_scan_forward(act_of(x_in, "ssd_chunk_scan"), s, in.x.data_ptr(), in.Bm.data_ptr(), in.Cm.data_ptr(),
                               in.stride, dt.data_ptr<float>(), A.data_ptr<float>(), D.data_ptr<float>(),
                               has_initial ? initial.data_ptr<float>() : nullptr, y.data_ptr<float>(),
                               to_dest ? dest.tensor.data_ptr<float>() : final_state.data_ptr<float>(), stream()),
-          "ssm_scan");
+          "ssd_chunk_scan");
     ctx->save_for_backward({in.x, in.Bm, in.Cm, dt, A, D, initial});
     ctx->saved_data["stride"] = in.stride;
     ctx->saved_data["shape"] = std::vector<int64_t>{s.batch, s.tokens, s.heads, s.head_dim, s.groups, s.state_size};
@@ -259,7 +259,7 @@ struct ScanFn : torch::autograd::Function<ScanFn> {
                         &initial = saved[6];
     const auto dims = ctx->saved_data["shape"].toIntVector();
     const k::ScanShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]};
-    TORCH_CHECK(s.tokens == 1, "cuda ssm_scan: the backward of a ", s.tokens,
+    TORCH_CHECK(s.tokens == 1, "cuda ssd_chunk_scan: the backward of a ", s.tokens,
                 "-token scan is not implemented (the optimizer differentiates one-token decode steps)");
     const auto f32 = dt.options();
     const bool has_initial = initial.numel() > 0;
@@ -272,13 +272,13 @@ struct ScanFn : torch::autograd::Function<ScanFn> {
     torch::Tensor gB_head = torch::empty({s.batch, s.heads, s.state_size}, f32);
     torch::Tensor gC_head = torch::empty({s.batch, s.heads, s.state_size}, f32);
     torch::Tensor gs = torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
-    check(k::ssm_step_backward(act_of(x, "ssm_scan"), s, x.data_ptr(), Bm.data_ptr(), Cm.data_ptr(),
+    check(k::selective_state_update_backward(act_of(x, "ssd_chunk_scan"), s, x.data_ptr(), Bm.data_ptr(), Cm.data_ptr(),
                                ctx->saved_data["stride"].toInt(), dt.data_ptr<float>(), A.data_ptr<float>(),
                                D.data_ptr<float>(), state.data_ptr<float>(), gy.data_ptr<float>(),
                                gs_out.defined() ? gs_out.data_ptr<float>() : nullptr, gx.data_ptr(),
                                gdt.data_ptr<float>(), gB_head.data_ptr<float>(), gC_head.data_ptr<float>(),
                                gs.data_ptr<float>(), stream()),
-          "ssm_scan backward");
+          "ssd_chunk_scan backward");
     // Heads of a group share its B and C: their gradients add (in a fixed order).
     const auto per_group = [&](const torch::Tensor& g) {
       return g.view({s.batch, s.groups, s.heads / s.groups, s.state_size}).sum(2).unsqueeze(1).to(x.scalar_type());
@@ -296,7 +296,7 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 
 torch::Tensor gated_rms_norm(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& weight,
                              double eps, int64_t group_size) {
-  return GatedNormFn::apply(y, gate, weight, eps, group_size);
+  return GatedRmsNormFn::apply(y, gate, weight, eps, group_size);
 }
 
 std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& inputs, const torch::Tensor& window,
@@ -304,20 +304,20 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& input
                                                       torch::Tensor new_window) {
   if (!new_window.defined()) new_window = torch::empty(window.sizes(), inputs.options());
   // Absent bias: an empty tensor (autograd inputs cannot be undefined tensors).
-  torch::Tensor out = Conv1dFn::apply(inputs, window, weight, bias.defined() ? bias : torch::empty({0}, weight.options()),
+  torch::Tensor out = CausalConv1dFn::apply(inputs, window, weight, bias.defined() ? bias : torch::empty({0}, weight.options()),
                                       Destination{new_window});
   return {out, new_window};
 }
 
-torch::Tensor dt_discretize(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi) {
-  return DtFn::apply(dt_raw, dt_bias, lo, hi);
+torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi) {
+  return DiscretizeDtFn::apply(dt_raw, dt_bias, lo, hi);
 }
 
-std::pair<torch::Tensor, torch::Tensor> ssm_scan(const torch::Tensor& x, const torch::Tensor& dt,
+std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, const torch::Tensor& dt,
                                                  const torch::Tensor& A, const torch::Tensor& Bm,
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
                                                  const torch::Tensor& initial, const torch::Tensor& final_state_out) {
-  auto out = ScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()),
+  auto out = SsdChunkScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()),
                            Destination{final_state_out});
   return {out[0], final_state_out.defined() ? final_state_out : out[1]};
 }

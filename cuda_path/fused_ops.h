@@ -27,14 +27,14 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& input
                                                       torch::Tensor new_window = {});
 
 // clamp(softplus(dt_raw + dt_bias), lo, hi) in fp32.   dt_raw: [B, T, H]   dt_bias: [H]
-torch::Tensor dt_discretize(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi);
+torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi);
 
 // The selective scan with initial and final states (differentiable for T == 1, the decode step).
 //   x: [B, T, H, P]   dt: [B, T, H] fp32   A: [H] fp32   Bm, Cm: [B, T, G, N]   D: [H]
 //   initial: [B, H, P, N] fp32 or undefined.  Returns (y [B, T, H, P] fp32, final [B, H, P, N] fp32).
 // `final_state_out`: where the final state goes (may be `initial` itself, updated in place; then
 // no gradient flows through the final state); undefined = a new, differentiable tensor.
-std::pair<torch::Tensor, torch::Tensor> ssm_scan(const torch::Tensor& x, const torch::Tensor& dt,
+std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, const torch::Tensor& dt,
                                                  const torch::Tensor& A, const torch::Tensor& Bm,
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
                                                  const torch::Tensor& initial, const torch::Tensor& final_state_out = {});

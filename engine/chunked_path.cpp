@@ -70,29 +70,29 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
   const bool tracked = torch::GradMode::is_enabled() && (x.requires_grad() || state.requires_grad());
   const torch::Tensor state_in = tracked ? state.clone() : state;
   const torch::Tensor history = branch == Branch::kPrefill ? torch::zeros_like(window) : window;
-  auto [xBC, new_window] = conv1d(l, xBC_raw, history, branch);  // [B, T, C], [B, C, K]
+  auto [xBC, new_window] = causal_conv1d(l, xBC_raw, history, branch);  // [B, T, C], [B, C, K]
   {
     torch::NoGradGuard no_grad;  // the cache holds values; gradients flow through the outputs
     window.copy_(new_window);
   }
   const auto xbc = xBC.split_with_sizes({I, G * N, G * N}, -1);
-  const torch::Tensor dt = dt_discretize(l, dt_raw, branch);  // [B, T, H] fp32
+  const torch::Tensor dt = discretize_dt(l, dt_raw, branch);  // [B, T, H] fp32
 
   torch::Tensor y;  // [B, T, H, P]
   if (branch == Branch::kStep) {
     // squeeze, not select: the same values, and its backward is a view (select's allocates).
-    auto [y1, new_state] = state_update(l, xbc[0].reshape({Bsz, H, P}), dt.squeeze(1),
+    auto [y1, new_state] = selective_state_update(l, xbc[0].reshape({Bsz, H, P}), dt.squeeze(1),
                                         xbc[1].reshape({Bsz, G, N}), xbc[2].reshape({Bsz, G, N}), state_in);
     y = y1.unsqueeze(1);
     state.copy_(new_state);
   } else {
     const torch::Tensor initial = branch == Branch::kContinue ? state_in : torch::Tensor();
-    auto [yc, final_state] = chunk_scan(l, xbc[0].reshape({Bsz, T, H, P}), dt, xbc[1].reshape({Bsz, T, G, N}),
+    auto [yc, final_state] = ssd_chunk_scan(l, xbc[0].reshape({Bsz, T, H, P}), dt, xbc[1].reshape({Bsz, T, G, N}),
                                         xbc[2].reshape({Bsz, T, G, N}), initial);
     y = yc;
     state.copy_(final_state);
   }
-  const torch::Tensor normed = gated_norm(l, y.reshape({Bsz, T, I}), gate);  // [B, T, I]
+  const torch::Tensor normed = gated_rms_norm(l, y.reshape({Bsz, T, I}), gate);  // [B, T, I]
   return out_proj_residual(l, normed.to(dtype_), x);  // [B, T, D]
 }
 
@@ -105,19 +105,19 @@ torch::Tensor ChunkedPath::rms_norm(const torch::Tensor& x, const torch::Tensor&
   return aten_ops::rms_norm(x, weight, config_.layer_norm_epsilon);
 }
 
-std::pair<torch::Tensor, torch::Tensor> ChunkedPath::conv1d(int64_t l, const torch::Tensor& xBC,
+std::pair<torch::Tensor, torch::Tensor> ChunkedPath::causal_conv1d(int64_t l, const torch::Tensor& xBC,
                                                             const torch::Tensor& window, Branch) {
   const auto& w = weights_.layers[static_cast<size_t>(l)];
   return aten_ops::causal_conv1d(xBC, window, w.conv1d_weight, w.conv1d_bias);
 }
 
-torch::Tensor ChunkedPath::dt_discretize(int64_t l, const torch::Tensor& dt_raw, Branch) {
+torch::Tensor ChunkedPath::discretize_dt(int64_t l, const torch::Tensor& dt_raw, Branch) {
   // The clamp applies on every branch, decode included (SPEC §2).
   return aten_ops::discretize_dt(dt_raw, weights_.layers[static_cast<size_t>(l)].dt_bias, config_.time_step_min,
                                  config_.time_step_max);
 }
 
-std::pair<torch::Tensor, torch::Tensor> ChunkedPath::chunk_scan(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> ChunkedPath::ssd_chunk_scan(int64_t l, const torch::Tensor& x,
                                                                 const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                 const torch::Tensor& Cm,
                                                                 const torch::Tensor& initial_state) {
@@ -125,14 +125,14 @@ std::pair<torch::Tensor, torch::Tensor> ChunkedPath::chunk_scan(int64_t l, const
                                   weights_.layers[static_cast<size_t>(l)].D, initial_state, chunk_size_);
 }
 
-std::pair<torch::Tensor, torch::Tensor> ChunkedPath::state_update(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> ChunkedPath::selective_state_update(int64_t l, const torch::Tensor& x,
                                                                   const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                   const torch::Tensor& Cm, const torch::Tensor& state) {
   return aten_ops::selective_state_update(x, dt, A_[static_cast<size_t>(l)], Bm, Cm,
                                           weights_.layers[static_cast<size_t>(l)].D, state);
 }
 
-torch::Tensor ChunkedPath::gated_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {
+torch::Tensor ChunkedPath::gated_rms_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {
   return aten_ops::gated_rms_norm(y, gate, weights_.layers[static_cast<size_t>(l)].gated_norm_weight,
                                   config_.layer_norm_epsilon, config_.gated_norm_group_size());
 }

@@ -32,17 +32,17 @@ class ChunkedPath : public ExecutionPath {
 
   // Logical kernels (see aten_ops.h for shapes).
   virtual torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight);
-  virtual std::pair<torch::Tensor, torch::Tensor> conv1d(int64_t layer, const torch::Tensor& xBC,
+  virtual std::pair<torch::Tensor, torch::Tensor> causal_conv1d(int64_t layer, const torch::Tensor& xBC,
                                                          const torch::Tensor& window, Branch branch);
-  virtual torch::Tensor dt_discretize(int64_t layer, const torch::Tensor& dt_raw, Branch branch);
-  virtual std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t layer, const torch::Tensor& x,
+  virtual torch::Tensor discretize_dt(int64_t layer, const torch::Tensor& dt_raw, Branch branch);
+  virtual std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(int64_t layer, const torch::Tensor& x,
                                                              const torch::Tensor& dt, const torch::Tensor& Bm,
                                                              const torch::Tensor& Cm,
                                                              const torch::Tensor& initial_state);
-  virtual std::pair<torch::Tensor, torch::Tensor> state_update(int64_t layer, const torch::Tensor& x,
+  virtual std::pair<torch::Tensor, torch::Tensor> selective_state_update(int64_t layer, const torch::Tensor& x,
                                                                const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                const torch::Tensor& Cm, const torch::Tensor& state);
-  virtual torch::Tensor gated_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate);
+  virtual torch::Tensor gated_rms_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate);
   // residual + out_proj(normed).   normed: [B, T, I] run dtype   residual: [B, T, D]
   virtual torch::Tensor out_proj_residual(int64_t layer, const torch::Tensor& normed, const torch::Tensor& residual);
 

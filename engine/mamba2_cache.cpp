@@ -17,7 +17,7 @@ const char* branch_name(Branch b) {
 }
 
 const char* logical_kernels(Branch b) {
-  return b == Branch::kStep ? "conv1d_update+state_update+gated_norm" : "conv1d_fwd+chunk_scan+gated_norm";
+  return b == Branch::kStep ? "causal_conv1d_update+selective_state_update+gated_rms_norm" : "causal_conv1d+ssd_chunk_scan+gated_rms_norm";
 }
 
 Mamba2Cache::Mamba2Cache(const Mamba2Config& c, int64_t batch_size, torch::ScalarType conv_dtype,

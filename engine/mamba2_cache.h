@@ -23,12 +23,12 @@ const char* branch_name(Branch b);
 const char* logical_kernels(Branch b);
 
 // One line of the dispatch trace: which branch and which (logical) kernels ran for one layer of
-// one forward. Kernel names are the logical ops every path implements ("chunk_scan",
-// "state_update", ...), so two paths that dispatch alike produce equal traces.
+// one forward. Kernel names are the logical ops every path implements ("ssd_chunk_scan",
+// "selective_state_update", ...), so two paths that dispatch alike produce equal traces.
 struct DispatchRecord {
   int64_t layer = 0;
   Branch branch = Branch::kPrefill;
-  std::string kernels;  // e.g. "conv1d_fwd+chunk_scan+gated_norm"
+  std::string kernels;  // e.g. "causal_conv1d+ssd_chunk_scan+gated_rms_norm"
   bool operator==(const DispatchRecord& o) const {
     return layer == o.layer && branch == o.branch && kernels == o.kernels;
   }

@@ -14,7 +14,7 @@ constexpr int kMaxKernel = 8;    // Mamba2 checkpoints use K = 4
 constexpr int kConvThreads = 128;
 
 template <typename T>
-__global__ void conv_forward_kernel(const T* x, int64_t x_stride, const T* window, const T* w, const T* bias, T* out,
+__global__ void causal_conv1d_forward_kernel(const T* x, int64_t x_stride, const T* window, const T* w, const T* bias, T* out,
                                     T* new_window, float* pre, int64_t batch, int64_t tokens, int64_t channels,
                                     int kernel_size) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -41,7 +41,7 @@ __global__ void conv_forward_kernel(const T* x, int64_t x_stride, const T* windo
 
 // x[s] feeds out[t] for t = s + K - 1 - k (k = 0..K-1) through weight[k].
 template <typename T>
-__global__ void conv_backward_kernel(const T* gout, const float* pre, const T* w, T* gx, int64_t batch, int64_t tokens,
+__global__ void causal_conv1d_backward_kernel(const T* gout, const float* pre, const T* w, T* gx, int64_t batch, int64_t tokens,
                                      int64_t channels, int kernel_size) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= batch * channels) return;
@@ -65,7 +65,7 @@ int causal_conv1d_forward(Act act, const void* x, int64_t x_token_stride, const 
                           int64_t channels, int64_t kernel_size, void* stream) {
   if (kernel_size < 1 || kernel_size > kMaxKernel) return cudaErrorInvalidValue;
   if (batch * channels == 0) return cudaSuccess;
-  MAMBADIFF_DISPATCH_ACT(act, (conv_forward_kernel<T><<<device::ceil_div(batch * channels, kConvThreads), kConvThreads,
+  MAMBADIFF_DISPATCH_ACT(act, (causal_conv1d_forward_kernel<T><<<device::ceil_div(batch * channels, kConvThreads), kConvThreads,
                                                         0, static_cast<cudaStream_t>(stream)>>>(
                                   static_cast<const T*>(x), x_token_stride, static_cast<const T*>(window),
                                   static_cast<const T*>(weight), static_cast<const T*>(bias), static_cast<T*>(out),
@@ -78,7 +78,7 @@ int causal_conv1d_backward(Act act, const void* grad_out, const float* pre, cons
                            int64_t batch, int64_t tokens, int64_t channels, int64_t kernel_size, void* stream) {
   if (kernel_size < 1 || kernel_size > kMaxKernel) return cudaErrorInvalidValue;
   if (batch * channels == 0) return cudaSuccess;
-  MAMBADIFF_DISPATCH_ACT(act, (conv_backward_kernel<T><<<device::ceil_div(batch * channels, kConvThreads), kConvThreads,
+  MAMBADIFF_DISPATCH_ACT(act, (causal_conv1d_backward_kernel<T><<<device::ceil_div(batch * channels, kConvThreads), kConvThreads,
                                                          0, static_cast<cudaStream_t>(stream)>>>(
                                   static_cast<const T*>(grad_out), pre, static_cast<const T*>(weight),
                                   static_cast<T*>(grad_x), batch, tokens, channels, static_cast<int>(kernel_size))));

@@ -51,10 +51,10 @@ int causal_conv1d_backward(Act act, const void* grad_out, const float* pre, cons
 
 // dt = clamp(softplus(dt_raw + dt_bias), lo, hi) in fp32 (torch's softplus: linear above 20).
 //   dt_raw: [B, T, H] rows with `token_stride`   dt_bias: [H] fp32   dt: [B, T, H] fp32 contiguous
-int dt_discretize_forward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias, float* dt,
+int discretize_dt_forward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias, float* dt,
                           int64_t rows, int64_t heads, float lo, float hi, void* stream);
 // grad_raw [B, T, H] act contiguous (zero where the clamp was active, as torch's clamp).
-int dt_discretize_backward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias,
+int discretize_dt_backward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias,
                            const float* grad_dt, void* grad_raw, int64_t rows, int64_t heads, float lo, float hi,
                            void* stream);
 
@@ -67,14 +67,14 @@ int dt_discretize_backward(Act act, const void* dt_raw, int64_t token_stride, co
 struct ScanShape {
   int64_t batch, tokens, heads, head_dim, groups, state_size;
 };
-int ssm_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
                      int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* initial,
                      float* y, float* final_state, void* stream);
 // The backward of a one-token scan (the decode step the optimizer differentiates), T == 1.
 //   state: the state before the step   grad_y: [B, H, P] fp32   grad_state_out: [B, H, P, N] fp32
 //   or null   Outputs: grad_x [B, H, P] act, grad_dt [B, H] fp32, grad_B_head/grad_C_head
 //   [B, H, N] fp32 (per head: the caller sums the heads of a group), grad_state [B, H, P, N] fp32.
-int ssm_step_backward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+int selective_state_update_backward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
                       int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* state,
                       const float* grad_y, const float* grad_state_out, void* grad_x, float* grad_dt,
                       float* grad_B_head, float* grad_C_head, float* grad_state, void* stream);

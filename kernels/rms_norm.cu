@@ -51,7 +51,7 @@ __global__ void rms_norm_backward_kernel(const TX* x, const T* w, const float* r
 
 // One block per (row, group): h = y * silu(gate); out = w * (h * rsqrt(mean(h^2) + eps)).
 template <typename T>
-__global__ void gated_norm_forward_kernel(const float* y, const T* gate, int64_t gate_stride, const T* w, T* out,
+__global__ void gated_rms_norm_forward_kernel(const float* y, const T* gate, int64_t gate_stride, const T* w, T* out,
                                           float* rstd, int64_t channels, int64_t group_size, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x, group = blockIdx.y, c0 = group * group_size;
@@ -71,7 +71,7 @@ __global__ void gated_norm_forward_kernel(const float* y, const T* gate, int64_t
 }
 
 template <typename T>
-__global__ void gated_norm_backward_kernel(const float* y, const T* gate, int64_t gate_stride, const T* w,
+__global__ void gated_rms_norm_backward_kernel(const float* y, const T* gate, int64_t gate_stride, const T* w,
                                            const float* rstd, const T* gout, float* gy, T* ggate, int64_t channels,
                                            int64_t group_size) {
   __shared__ float scratch[32];
@@ -97,7 +97,7 @@ __global__ void gated_norm_backward_kernel(const float* y, const T* gate, int64_
 __device__ __forceinline__ float softplus(float u) { return u > 20.0f ? u : log1pf(expf(u)); }
 
 template <typename T>
-__global__ void dt_forward_kernel(const T* raw, int64_t stride, const float* bias, float* dt, int64_t rows, int64_t heads,
+__global__ void discretize_dt_forward_kernel(const T* raw, int64_t stride, const float* bias, float* dt, int64_t rows, int64_t heads,
                                   float lo, float hi) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= rows * heads) return;
@@ -106,7 +106,7 @@ __global__ void dt_forward_kernel(const T* raw, int64_t stride, const float* bia
 }
 
 template <typename T>
-__global__ void dt_backward_kernel(const T* raw, int64_t stride, const float* bias, const float* gdt, T* graw,
+__global__ void discretize_dt_backward_kernel(const T* raw, int64_t stride, const float* bias, const float* gdt, T* graw,
                                    int64_t rows, int64_t heads, float lo, float hi) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= rows * heads) return;
@@ -162,7 +162,7 @@ int gated_rms_norm_forward(Act act, const float* y, const void* gate, int64_t ga
                            void* stream) {
   if (rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(channels / group_size));
-  MAMBADIFF_DISPATCH_ACT(act, (gated_norm_forward_kernel<T><<<grid, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  MAMBADIFF_DISPATCH_ACT(act, (gated_rms_norm_forward_kernel<T><<<grid, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(
                                   y, static_cast<const T*>(gate), gate_token_stride, static_cast<const T*>(weight),
                                   static_cast<T*>(out), rstd, channels, group_size, eps)));
   return cudaGetLastError();
@@ -173,30 +173,30 @@ int gated_rms_norm_backward(Act act, const float* y, const void* gate, int64_t g
                             int64_t channels, int64_t group_size, void* stream) {
   if (rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(channels / group_size));
-  MAMBADIFF_DISPATCH_ACT(act, (gated_norm_backward_kernel<T><<<grid, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+  MAMBADIFF_DISPATCH_ACT(act, (gated_rms_norm_backward_kernel<T><<<grid, kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(
                                   y, static_cast<const T*>(gate), gate_token_stride, static_cast<const T*>(weight), rstd,
                                   static_cast<const T*>(grad_out), grad_y, static_cast<T*>(grad_gate), channels,
                                   group_size)));
   return cudaGetLastError();
 }
 
-int dt_discretize_forward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias, float* dt,
+int discretize_dt_forward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias, float* dt,
                           int64_t rows, int64_t heads, float lo, float hi, void* stream) {
   if (rows * heads == 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  MAMBADIFF_DISPATCH_ACT(act, (dt_forward_kernel<T><<<device::ceil_div(rows * heads, kThreads), kThreads, 0,
+  MAMBADIFF_DISPATCH_ACT(act, (discretize_dt_forward_kernel<T><<<device::ceil_div(rows * heads, kThreads), kThreads, 0,
                                                       static_cast<cudaStream_t>(stream)>>>(
                                   static_cast<const T*>(dt_raw), token_stride, dt_bias, dt, rows,
                                   heads, lo, hi)));
   return cudaGetLastError();
 }
 
-int dt_discretize_backward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias,
+int discretize_dt_backward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias,
                            const float* grad_dt, void* grad_raw, int64_t rows, int64_t heads, float lo, float hi,
                            void* stream) {
   if (rows * heads == 0) return cudaSuccess;
   constexpr int kThreads = 256;
-  MAMBADIFF_DISPATCH_ACT(act, (dt_backward_kernel<T><<<device::ceil_div(rows * heads, kThreads), kThreads, 0,
+  MAMBADIFF_DISPATCH_ACT(act, (discretize_dt_backward_kernel<T><<<device::ceil_div(rows * heads, kThreads), kThreads, 0,
                                                        static_cast<cudaStream_t>(stream)>>>(
                                   static_cast<const T*>(dt_raw), token_stride, dt_bias, grad_dt,
                                   static_cast<T*>(grad_raw), rows, heads, lo, hi)));

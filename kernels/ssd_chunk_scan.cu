@@ -18,7 +18,7 @@ constexpr int kWarpsPerBlock = 4;
 constexpr int kMaxStatePerLane = 8;  // N <= 8 * 32 = 256 (Mamba2 checkpoints use 64 or 128)
 
 template <typename T>
-__global__ void scan_forward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
+__global__ void ssd_chunk_scan_forward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
                                     const float* A, const float* D, const float* initial, float* y, float* final_state) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
@@ -61,7 +61,7 @@ constexpr int kBackwardThreads = 128;
 constexpr int kMaxHeadDim = 256;
 
 template <typename T>
-__global__ void step_backward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
+__global__ void selective_state_update_backward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
                                      const float* A, const float* D, const float* state, const float* gy,
                                      const float* gs_out, T* gx, float* gdt, float* gB, float* gC, float* gs) {
   __shared__ float gx_partial[kBackwardThreads / 32][kMaxHeadDim];
@@ -111,25 +111,25 @@ __global__ void step_backward_kernel(ScanShape s, const T* x, const T* Bm, const
 
 }  // namespace
 
-int ssm_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
                      int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* initial,
                      float* y, float* final_state, void* stream) {
   if (s.state_size > 32 * kMaxStatePerLane || s.groups <= 0 || s.heads % s.groups != 0) return cudaErrorInvalidValue;
   if (s.batch * s.heads * s.head_dim == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(device::ceil_div(s.head_dim, kWarpsPerBlock)));
-  MAMBADIFF_DISPATCH_ACT(act, (scan_forward_kernel<T><<<grid, 32 * kWarpsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+  MAMBADIFF_DISPATCH_ACT(act, (ssd_chunk_scan_forward_kernel<T><<<grid, 32 * kWarpsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(
                                   s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
                                   xbc_token_stride, dt, A, D, initial, y, final_state)));
   return cudaGetLastError();
 }
 
-int ssm_step_backward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
+int selective_state_update_backward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
                       int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* state,
                       const float* grad_y, const float* grad_state_out, void* grad_x, float* grad_dt,
                       float* grad_B_head, float* grad_C_head, float* grad_state, void* stream) {
   if (s.tokens != 1 || s.head_dim > kMaxHeadDim || s.groups <= 0 || s.heads % s.groups != 0) return cudaErrorInvalidValue;
   if (s.batch * s.heads == 0) return cudaSuccess;
-  MAMBADIFF_DISPATCH_ACT(act, (step_backward_kernel<T><<<static_cast<unsigned>(s.batch * s.heads), kBackwardThreads, 0,
+  MAMBADIFF_DISPATCH_ACT(act, (selective_state_update_backward_kernel<T><<<static_cast<unsigned>(s.batch * s.heads), kBackwardThreads, 0,
                                                          static_cast<cudaStream_t>(stream)>>>(
                                   s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
                                   xbc_token_stride, dt, A, D, state, grad_y, grad_state_out,

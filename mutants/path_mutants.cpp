@@ -17,8 +17,8 @@ ForwardOutput ContinueAsPrefill::run(const torch::Tensor& tokens, Mamba2Cache& c
   return ChunkedPath::run(tokens, cache, branch == Branch::kContinue ? Branch::kPrefill : branch);
 }
 
-torch::Tensor DecodeWithoutDtClamp::dt_discretize(int64_t l, const torch::Tensor& dt_raw, Branch branch) {
-  if (branch != Branch::kStep) return ChunkedPath::dt_discretize(l, dt_raw, branch);
+torch::Tensor DecodeWithoutDtClamp::discretize_dt(int64_t l, const torch::Tensor& dt_raw, Branch branch) {
+  if (branch != Branch::kStep) return ChunkedPath::discretize_dt(l, dt_raw, branch);
   // MUTANT(decode-no-dt-clamp): softplus only, no clamp to time_step_limit on the decode branch.
   return torch::softplus(dt_raw.to(torch::kFloat32) + weights_.layers[static_cast<size_t>(l)].dt_bias.to(torch::kFloat32));
 }
@@ -39,32 +39,32 @@ double read_time_step_min(const Mamba2Checkpoint& ck) {
 DtClampedToTimeStepMin::DtClampedToTimeStepMin(std::string name, const Mamba2Checkpoint& ck, torch::ScalarType dtype)
     : MutantPath(std::move(name), ck, dtype), time_step_min_(read_time_step_min(ck)) {}
 
-torch::Tensor DtClampedToTimeStepMin::dt_discretize(int64_t l, const torch::Tensor& dt_raw, Branch) {
+torch::Tensor DtClampedToTimeStepMin::discretize_dt(int64_t l, const torch::Tensor& dt_raw, Branch) {
   // MUTANT(dt-clamp-time-step-min): torch.clamp(dt, self.time_step_min) -- a floor from the init
   // range and no upper limit, instead of clamp(dt, *time_step_limit).
   return torch::softplus(dt_raw.to(torch::kFloat32) + weights_.layers[static_cast<size_t>(l)].dt_bias.to(torch::kFloat32))
       .clamp_min(time_step_min_);
 }
 
-std::pair<torch::Tensor, torch::Tensor> RepeatNotInterleave::chunk_scan(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> RepeatNotInterleave::ssd_chunk_scan(int64_t l, const torch::Tensor& x,
                                                                         const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                         const torch::Tensor& Cm,
                                                                         const torch::Tensor& initial_state) {
   const int64_t H = x.size(2), G = Bm.size(2);
   // MUTANT(repeat-groups): Bm, Cm [B, T, G, N] -> [B, T, H, N] by `repeat`: head h gets group h % G.
-  return ChunkedPath::chunk_scan(l, x, dt, Bm.repeat({1, 1, H / G, 1}), Cm.repeat({1, 1, H / G, 1}), initial_state);
+  return ChunkedPath::ssd_chunk_scan(l, x, dt, Bm.repeat({1, 1, H / G, 1}), Cm.repeat({1, 1, H / G, 1}), initial_state);
 }
 
-std::pair<torch::Tensor, torch::Tensor> RepeatNotInterleave::state_update(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> RepeatNotInterleave::selective_state_update(int64_t l, const torch::Tensor& x,
                                                                           const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                           const torch::Tensor& Cm,
                                                                           const torch::Tensor& state) {
   const int64_t H = x.size(1), G = Bm.size(1);
   // MUTANT(repeat-groups): Bm, Cm [B, G, N] -> [B, H, N] by `repeat`.
-  return ChunkedPath::state_update(l, x, dt, Bm.repeat({1, H / G, 1}), Cm.repeat({1, H / G, 1}), state);
+  return ChunkedPath::selective_state_update(l, x, dt, Bm.repeat({1, H / G, 1}), Cm.repeat({1, H / G, 1}), state);
 }
 
-torch::Tensor OtherGatedNormGrouping::gated_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {
+torch::Tensor OtherGatedNormGrouping::gated_rms_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {
   // MUTANT(gated-norm-grouping): the group size of the other convention.
   const auto& c = config_;
   const int64_t group = c.gated_norm == GatedNormGrouping::kGrouped ? c.d_inner() : c.d_inner() / c.n_groups;
@@ -72,36 +72,36 @@ torch::Tensor OtherGatedNormGrouping::gated_norm(int64_t l, const torch::Tensor&
                                   c.layer_norm_epsilon, group);
 }
 
-std::pair<torch::Tensor, torch::Tensor> ContinueDropsInitialState::chunk_scan(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> ContinueDropsInitialState::ssd_chunk_scan(int64_t l, const torch::Tensor& x,
                                                                               const torch::Tensor& dt,
                                                                               const torch::Tensor& Bm,
                                                                               const torch::Tensor& Cm,
                                                                               const torch::Tensor&) {
   // MUTANT(continue-drops-initial-state): initial_states not passed to the scan.
-  return ChunkedPath::chunk_scan(l, x, dt, Bm, Cm, torch::Tensor());
+  return ChunkedPath::ssd_chunk_scan(l, x, dt, Bm, Cm, torch::Tensor());
 }
 
 namespace {
 torch::Tensor round_to_bf16(const torch::Tensor& state) { return state.to(torch::kBFloat16).to(state.scalar_type()); }
 }  // namespace
 
-std::pair<torch::Tensor, torch::Tensor> StateRoundedToBf16::chunk_scan(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> StateRoundedToBf16::ssd_chunk_scan(int64_t l, const torch::Tensor& x,
                                                                        const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                        const torch::Tensor& Cm,
                                                                        const torch::Tensor& initial_state) {
-  auto [y, final_state] = ChunkedPath::chunk_scan(l, x, dt, Bm, Cm, initial_state);
+  auto [y, final_state] = ChunkedPath::ssd_chunk_scan(l, x, dt, Bm, Cm, initial_state);
   return {y, round_to_bf16(final_state)};  // MUTANT(bf16-state): the state is stored in bf16
 }
 
-std::pair<torch::Tensor, torch::Tensor> StateRoundedToBf16::state_update(int64_t l, const torch::Tensor& x,
+std::pair<torch::Tensor, torch::Tensor> StateRoundedToBf16::selective_state_update(int64_t l, const torch::Tensor& x,
                                                                          const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                          const torch::Tensor& Cm,
                                                                          const torch::Tensor& state) {
-  auto [y, new_state] = ChunkedPath::state_update(l, x, dt, Bm, Cm, state);
+  auto [y, new_state] = ChunkedPath::selective_state_update(l, x, dt, Bm, Cm, state);
   return {y, round_to_bf16(new_state)};  // MUTANT(bf16-state): the state is stored in bf16
 }
 
-std::pair<torch::Tensor, torch::Tensor> BuggyScan::chunk_scan(int64_t l, const torch::Tensor& x, const torch::Tensor& dt,
+std::pair<torch::Tensor, torch::Tensor> BuggyScan::ssd_chunk_scan(int64_t l, const torch::Tensor& x, const torch::Tensor& dt,
                                                               const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                               const torch::Tensor& initial_state) {
   return buggy_ssd_chunk_scan(x, dt, A_[static_cast<size_t>(l)], Bm, Cm, weights_.layers[static_cast<size_t>(l)].D,

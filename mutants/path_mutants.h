@@ -43,7 +43,7 @@ class DecodeWithoutDtClamp : public MutantPath {
  public:
   using MutantPath::MutantPath;
  protected:
-  torch::Tensor dt_discretize(int64_t layer, const torch::Tensor& dt_raw, Branch branch) override;
+  torch::Tensor discretize_dt(int64_t layer, const torch::Tensor& dt_raw, Branch branch) override;
 };
 
 // dt clamped below by the config's `time_step_min` (an initialization range, 0.001 by default)
@@ -52,7 +52,7 @@ class DtClampedToTimeStepMin : public MutantPath {
  public:
   DtClampedToTimeStepMin(std::string name, const Mamba2Checkpoint& checkpoint, torch::ScalarType dtype);
  protected:
-  torch::Tensor dt_discretize(int64_t layer, const torch::Tensor& dt_raw, Branch branch) override;
+  torch::Tensor discretize_dt(int64_t layer, const torch::Tensor& dt_raw, Branch branch) override;
  private:
   double time_step_min_;  // config.json "time_step_min"
 };
@@ -63,10 +63,10 @@ class RepeatNotInterleave : public MutantPath {
  public:
   using MutantPath::MutantPath;
  protected:
-  std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                      const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                      const torch::Tensor& initial_state) override;
-  std::pair<torch::Tensor, torch::Tensor> state_update(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> selective_state_update(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                        const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                        const torch::Tensor& state) override;
 };
@@ -76,7 +76,7 @@ class OtherGatedNormGrouping : public MutantPath {
  public:
   using MutantPath::MutantPath;
  protected:
-  torch::Tensor gated_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate) override;
+  torch::Tensor gated_rms_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate) override;
 };
 
 // A cached multi-token forward ignores the cached state: the scan starts from zero.
@@ -84,7 +84,7 @@ class ContinueDropsInitialState : public MutantPath {
  public:
   using MutantPath::MutantPath;
  protected:
-  std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                      const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                      const torch::Tensor& initial_state) override;
 };
@@ -94,10 +94,10 @@ class StateRoundedToBf16 : public MutantPath {
  public:
   using MutantPath::MutantPath;
  protected:
-  std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                      const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                      const torch::Tensor& initial_state) override;
-  std::pair<torch::Tensor, torch::Tensor> state_update(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> selective_state_update(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                        const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                        const torch::Tensor& state) override;
 };
@@ -108,7 +108,7 @@ class BuggyScan : public MutantPath {
   BuggyScan(std::string name, const Mamba2Checkpoint& checkpoint, torch::ScalarType dtype, ScanBug bug)
       : MutantPath(std::move(name), checkpoint, dtype), bug_(bug) {}
  protected:
-  std::pair<torch::Tensor, torch::Tensor> chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
+  std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(int64_t layer, const torch::Tensor& x, const torch::Tensor& dt,
                                                      const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                      const torch::Tensor& initial_state) override;
  private:

@@ -97,7 +97,7 @@ TEST_F(FusedOps, DtDiscretizeClampsAndPassesGradientsOnlyInside) {
   const torch::Tensor proj = randn({2, 7, 20}, 3.0).requires_grad_(true);
   const torch::Tensor raw = proj.narrow(2, 12, 6), bias = randn({6});
   for (auto [lo, hi] : std::vector<std::pair<double, double>>{{0.0, INFINITY}, {0.05, 0.5}}) {
-    const torch::Tensor ours = fused::dt_discretize(raw, bias, lo, hi), theirs = aten_ops::discretize_dt(raw, bias, lo, hi);
+    const torch::Tensor ours = fused::discretize_dt(raw, bias, lo, hi), theirs = aten_ops::discretize_dt(raw, bias, lo, hi);
     EXPECT_LT(rel_err(ours, theirs), kFp32Tol);
     const torch::Tensor probe = randn({2, 7, 6});
     EXPECT_LT(rel_err(grads_of(ours, probe, {proj})[0], grads_of(theirs, probe, {proj})[0]), kFp32Tol);
@@ -117,7 +117,7 @@ TEST_F(FusedOps, ScanWithInitialStateMatchesTheChunkedScan) {
     const torch::Tensor Cm = xbc.narrow(2, I + GN, GN).view({c.B, c.T, c.G, c.N});
     const torch::Tensor dt = torch::rand({c.B, c.T, c.H}, opts_) * 0.1, A = -torch::rand({c.H}, opts_) - 0.5;
     const torch::Tensor D = randn({c.H}), initial = randn({c.B, c.H, c.P, c.N});
-    auto [y, final_state] = fused::ssm_scan(x, dt, A, Bm, Cm, D, initial);
+    auto [y, final_state] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial);
     auto [ry, rfinal] = aten_ops::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, 64);
     EXPECT_LT(rel_err(y, ry), 1e-4) << "T " << c.T;
     EXPECT_LT(rel_err(final_state, rfinal), 1e-4) << "T " << c.T;
@@ -134,7 +134,7 @@ TEST_F(FusedOps, DecodeStepForwardAndBackwardMatchTheStateUpdate) {
     const torch::Tensor dt = (torch::rand({c.B, 1, c.H}, opts_) * 0.1 + 0.01).requires_grad_(true);
     const torch::Tensor A = -torch::rand({c.H}, opts_) - 0.5, D = randn({c.H});
     const torch::Tensor state = randn({c.B, c.H, c.P, c.N}).requires_grad_(true);
-    auto [y, s1] = fused::ssm_scan(x, dt, A, Bm, Cm, D, state);
+    auto [y, s1] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, state);
     auto [ry, rs1] = aten_ops::selective_state_update(x.squeeze(1), dt.squeeze(1), A, Bm.squeeze(1), Cm.squeeze(1), D,
                                                       state);
     EXPECT_LT(rel_err(y.squeeze(1), ry), kFp32Tol);
@@ -184,7 +184,7 @@ TEST_F(FusedOps, Bfloat16ActivationsWithFp32ScanParametersMatchAten) {
   const torch::Tensor proj = bf16(randn({2, 5, 120}));
   // dt: bf16 raw, fp32 bias.
   const torch::Tensor raw = proj.narrow(2, 100, 6), dt_bias = randn({6});
-  EXPECT_LT(rel_err(fused::dt_discretize(raw, dt_bias, 0.0, INFINITY), aten_ops::discretize_dt(raw, dt_bias, 0.0, INFINITY)),
+  EXPECT_LT(rel_err(fused::discretize_dt(raw, dt_bias, 0.0, INFINITY), aten_ops::discretize_dt(raw, dt_bias, 0.0, INFINITY)),
             kFp32Tol);
   // conv: bf16 inputs, window, weight, bias.
   const torch::Tensor xBC = proj.narrow(2, 8, 64), window = bf16(randn({2, 64, 4})), w = bf16(randn({64, 4}, 0.5));
@@ -197,7 +197,7 @@ TEST_F(FusedOps, Bfloat16ActivationsWithFp32ScanParametersMatchAten) {
   const torch::Tensor Cm = xbc.narrow(2, 64, 32).view({2, 5, 2, 16});
   const torch::Tensor dt = torch::rand({2, 5, 4}, opts_) * 0.1, A = -torch::rand({4}, opts_) - 0.5, D = randn({4});
   const torch::Tensor initial = randn({2, 4, 8, 16});
-  auto [y, s1] = fused::ssm_scan(x, dt, A, Bm, Cm, D, initial);
+  auto [y, s1] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial);
   auto [ry, rs1] = aten_ops::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, 4);
   EXPECT_LT(rel_err(y, ry), 1e-4);  // fp32 math on the same bf16 inputs
   EXPECT_LT(rel_err(s1, rs1), 1e-4);
