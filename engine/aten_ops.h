@@ -2,6 +2,15 @@
 // Each has a twin in oracles/ (float64 loops) and, for CUDA, in kernels/. Shapes are in the order
 // of their dimensions; B batch, T tokens, H heads, P head_dim, G groups, N state_size, C conv_dim,
 // K conv_kernel, I d_inner.
+//
+// One name per op across the paths (engine/ here, cuda_path/fused_ops.h, kernels/fused_kernels.h,
+// ChunkedPath's virtuals and the dispatch trace); each op is implemented in the file of its name:
+//   rms_norm, gated_rms_norm   engine/rms_norm.cpp            kernels/rms_norm.cu
+//   causal_conv1d              engine/causal_conv1d.cpp       kernels/causal_conv1d.cu
+//   discretize_dt              engine/discretize_dt.cpp       kernels/discretize_dt.cu
+//   ssd_chunk_scan             engine/ssd_chunk_scan.cpp      kernels/ssd_chunk_scan.cu
+//   selective_state_update     engine/selective_state_update.cpp   (cuda: ssd_chunk_scan at T = 1;
+//                                                                  its backward in ssd_chunk_scan.cu)
 #pragma once
 
 #include <torch/torch.h>

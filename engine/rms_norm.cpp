@@ -1,4 +1,4 @@
-// RMSNorm, the gated RMSNorm after the scan, and dt discretization.
+// rms_norm and gated_rms_norm (the gated RMSNorm after the scan), on ATen.
 #include "engine/aten_ops.h"
 
 namespace mambadiff::aten_ops {
@@ -20,12 +20,6 @@ torch::Tensor gated_rms_norm(const torch::Tensor& y, const torch::Tensor& gate, 
   torch::Tensor h = (y.to(f) * torch::silu(gate.to(f))).view({sizes[0], sizes[1], I / group_size, group_size});
   h = h * (h.pow(2).mean(-1, /*keepdim=*/true) + eps).rsqrt();
   return weight * h.view(sizes).to(weight.scalar_type());
-}
-
-torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi) {
-  const auto f = dt_bias.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-  // torch's softplus (threshold 20: linear above), as HF and mamba_ssm's torch paths use.
-  return torch::softplus(dt_raw.to(f) + dt_bias.to(f)).clamp(lo, hi);
 }
 
 }  // namespace mambadiff::aten_ops

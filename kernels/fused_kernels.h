@@ -8,6 +8,10 @@
 // N state_size, C conv_dim, K conv_kernel, I d_inner. Many inputs are column slices of the
 // in_proj output [B, T, I + C + H]: they are given as a base pointer plus the stride between
 // consecutive tokens (`token_stride`, in elements) — rows are (b, t) pairs, b-major.
+//
+// Ops and their files (the names of engine/aten_ops.h): rms_norm and gated_rms_norm in
+// rms_norm.cu, causal_conv1d in causal_conv1d.cu, discretize_dt in discretize_dt.cu,
+// ssd_chunk_scan and selective_state_update_backward in ssd_chunk_scan.cu.
 #pragma once
 
 #include <cstdint>
@@ -58,7 +62,8 @@ int discretize_dt_backward(Act act, const void* dt_raw, int64_t token_stride, co
                            const float* grad_dt, void* grad_raw, int64_t rows, int64_t heads, float lo, float hi,
                            void* stream);
 
-// The selective scan over T tokens, sequential in time, fp32 state in registers:
+// ssd_chunk_scan: the op of engine/aten_ops.h (y and final state over T tokens from an initial
+// state), computed here as the selective scan sequential in time (not in chunks), fp32 state in registers:
 //   s_t = exp(dt_t A) s_{t-1} + dt_t x_t ⊗ B_t;  y_t = C_t · s_t + D x_t   (head h uses group h/(H/G))
 //   x: [B, T, H, P], Bm/Cm: [B, T, G, N] as rows with `xbc_token_stride` (slices of the conv
 //   output)   dt: [B, T, H] fp32   A: [H] fp32   D: [H] fp32 (dt_bias, A_log and D stay fp32 in every

@@ -1,4 +1,4 @@
-// RMSNorm, gated RMSNorm and dt discretization: forward and backward, one block per row (group).
+// rms_norm and gated_rms_norm: forward and backward, one block per row (group).
 #include "kernels/device_math.cuh"
 
 namespace mambadiff::kernels {
@@ -94,30 +94,6 @@ __global__ void gated_rms_norm_backward_kernel(const float* y, const T* gate, in
   }
 }
 
-__device__ __forceinline__ float softplus(float u) { return u > 20.0f ? u : log1pf(expf(u)); }
-
-template <typename T>
-__global__ void discretize_dt_forward_kernel(const T* raw, int64_t stride, const float* bias, float* dt, int64_t rows, int64_t heads,
-                                  float lo, float hi) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= rows * heads) return;
-  const int64_t row = i / heads, h = i % heads;
-  dt[i] = fminf(fmaxf(softplus(load(raw, row * stride + h) + bias[h]), lo), hi);
-}
-
-template <typename T>
-__global__ void discretize_dt_backward_kernel(const T* raw, int64_t stride, const float* bias, const float* gdt, T* graw,
-                                   int64_t rows, int64_t heads, float lo, float hi) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= rows * heads) return;
-  const int64_t row = i / heads, h = i % heads;
-  const float u = load(raw, row * stride + h) + bias[h];
-  const float sp = softplus(u);
-  // torch's clamp passes the gradient where lo <= x <= hi; softplus' derivative is sigmoid.
-  const float pass = (sp >= lo && sp <= hi) ? 1.0f : 0.0f;
-  store(graw, i, gdt[i] * pass * (u > 20.0f ? 1.0f : device::sigmoid(u)));
-}
-
 }  // namespace
 
 #define MAMBADIFF_NORM_PAIR(x_act, act, CALL)                                    \
@@ -177,29 +153,6 @@ int gated_rms_norm_backward(Act act, const float* y, const void* gate, int64_t g
                                   y, static_cast<const T*>(gate), gate_token_stride, static_cast<const T*>(weight), rstd,
                                   static_cast<const T*>(grad_out), grad_y, static_cast<T*>(grad_gate), channels,
                                   group_size)));
-  return cudaGetLastError();
-}
-
-int discretize_dt_forward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias, float* dt,
-                          int64_t rows, int64_t heads, float lo, float hi, void* stream) {
-  if (rows * heads == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  MAMBADIFF_DISPATCH_ACT(act, (discretize_dt_forward_kernel<T><<<device::ceil_div(rows * heads, kThreads), kThreads, 0,
-                                                      static_cast<cudaStream_t>(stream)>>>(
-                                  static_cast<const T*>(dt_raw), token_stride, dt_bias, dt, rows,
-                                  heads, lo, hi)));
-  return cudaGetLastError();
-}
-
-int discretize_dt_backward(Act act, const void* dt_raw, int64_t token_stride, const float* dt_bias,
-                           const float* grad_dt, void* grad_raw, int64_t rows, int64_t heads, float lo, float hi,
-                           void* stream) {
-  if (rows * heads == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  MAMBADIFF_DISPATCH_ACT(act, (discretize_dt_backward_kernel<T><<<device::ceil_div(rows * heads, kThreads), kThreads, 0,
-                                                       static_cast<cudaStream_t>(stream)>>>(
-                                  static_cast<const T*>(dt_raw), token_stride, dt_bias, grad_dt,
-                                  static_cast<T*>(grad_raw), rows, heads, lo, hi)));
   return cudaGetLastError();
 }
 

@@ -1,4 +1,5 @@
-// The selective scan with initial and final states (prefill, continue, decode) and the backward
+// ssd_chunk_scan (the op of engine/aten_ops.h, computed by a sequential selective scan) with
+// initial and final states (prefill, continue, decode) and the backward
 // of the one-token decode step.
 //
 // Forward: one warp per (batch, head, p); lane j holds the state entries n = j, j + 32, ... in
