@@ -36,7 +36,7 @@
 #include "engine/checkpoint.h"
 #include "harness/compare.h"
 #include "harness/scenario.h"
-#include "harness/scenario_runner.h"
+#include "harness/scenario_result.h"
 
 namespace mambadiff {
 

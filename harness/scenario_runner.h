@@ -1,6 +1,5 @@
-// Playing a scenario on one path, and the result every comparison works on. A result comes from
-// running an ExecutionPath (with per-layer outputs, the cache after every op and the dispatch
-// trace) or from a `file:` path (tensors another system exported, in `run`'s naming).
+// Playing a scenario on one path (run_scenario), and reading and writing a result's tensors in
+// `run`'s naming (a `file:` path). The result itself is harness/scenario_result.h.
 #pragma once
 
 #include <filesystem>
@@ -12,33 +11,9 @@
 
 #include "engine/execution_path.h"
 #include "harness/scenario.h"
+#include "harness/scenario_result.h"
 
 namespace mambadiff {
-
-struct CacheState {
-  std::vector<torch::Tensor> conv_states;  // per layer [B, conv_dim, K]
-  std::vector<torch::Tensor> ssm_states;   // per layer [B, H, P, N]
-  int64_t seqlen_offset = 0;
-  bool defined() const { return !ssm_states.empty(); }
-  static CacheState of(const Mamba2Cache& cache);  // detached copies
-};
-
-struct OpResult {
-  size_t op_index = 0;
-  OpKind kind = OpKind::kForward;
-  torch::Tensor logits;                      // forward: [B, T, V]
-  std::vector<torch::Tensor> layer_outputs;  // forward: per layer [B, T, D]; empty from files
-  std::vector<DispatchRecord> trace;         // forward: per layer; empty from files
-  CacheState cache;                          // after the op; undefined from files
-};
-
-struct ScenarioResult {
-  std::string path;            // the path's name
-  std::string dtype;           // the dtype the path computed in
-  std::vector<OpResult> ops;   // one per scenario op
-  CacheState final_cache;
-  std::map<std::string, std::string> metadata;  // from files
-};
 
 // How run_scenario applies the cache ops of a scenario. The default is Mamba2Cache's own (exact)
 // inject, snapshot and restore; the test mutants (mutants/) substitute a broken cache here
