@@ -2,6 +2,15 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <fmt/format.h>
+
+#include <array>
+#include <initializer_list>
+#include <optional>
+#include <string>
+
+#include "engine/errors.h"
 
 #include "kernels/fused_kernels.h"
 
@@ -12,6 +21,85 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = kernels;
+
+// ---- launch checks ---------------------------------------------------------------------------
+
+// The checks every launch makes before it hands raw pointers to a kernel (the habit of
+// flash-attention's CHECK_DEVICE / CHECK_SHAPE / CHECK_CONTIGUOUS): a tensor on the wrong device,
+// of the wrong dtype or shape would be read or written out of bounds by the kernel. Each failure
+// names the op and the tensor. A caller's wrong tensor is an internal error (c10::Error); a model
+// past a kernel's limit (state_size, head_dim, conv_kernel) is an InputError naming the config key.
+class LaunchCheck {
+ public:
+  static constexpr int64_t kAny = -1;  // a size shape() does not fix
+
+  explicit LaunchCheck(const char* op) : op_(op) {}
+
+  // Defined and on a CUDA device: the device of the first tensor checked, which is where the op runs.
+  const LaunchCheck& device(const torch::Tensor& t, const char* name) const {
+    TORCH_CHECK(t.defined(), "cuda ", op_, ": tensor '", name, "' is undefined");
+    TORCH_CHECK(t.is_cuda(), "cuda ", op_, ": tensor '", name, "' must be on a CUDA device, got ", t.device().str());
+    if (!device_) device_ = t.device();
+    TORCH_CHECK(t.device() == *device_, "cuda ", op_, ": tensor '", name, "' must be on ", device_->str(),
+                " (where the op runs), got ", t.device().str());
+    return *this;
+  }
+  const LaunchCheck& dtype(const torch::Tensor& t, const char* name, c10::ArrayRef<torch::ScalarType> allowed) const {
+    for (torch::ScalarType a : allowed) {
+      if (t.scalar_type() == a) return *this;
+    }
+    std::string names;
+    for (torch::ScalarType a : allowed) names += std::string(names.empty() ? "" : " or ") + c10::toString(a);
+    TORCH_CHECK(false, "cuda ", op_, ": tensor '", name, "' must be ", names, ", got ", c10::toString(t.scalar_type()));
+    return *this;
+  }
+  // sizes == dims, where kAny matches any size.
+  const LaunchCheck& shape(const torch::Tensor& t, const char* name, std::initializer_list<int64_t> dims) const {
+    bool ok = t.dim() == static_cast<int64_t>(dims.size());
+    int64_t d = 0;
+    for (int64_t want : dims) {
+      ok = ok && (want == kAny || t.size(d) == want);
+      ++d;
+    }
+    if (!ok) {
+      std::string expected;
+      for (int64_t want : dims) expected += (expected.empty() ? "" : ", ") + (want == kAny ? std::string("*") : std::to_string(want));
+      TORCH_CHECK(false, "cuda ", op_, ": tensor '", name, "' must have shape [", expected, "], got ", t.sizes());
+    }
+    return *this;
+  }
+  const LaunchCheck& contiguous(const torch::Tensor& t, const char* name) const {
+    TORCH_CHECK(t.is_contiguous(), "cuda ", op_, ": tensor '", name, "' must be contiguous, got strides ", t.strides());
+    return *this;
+  }
+  // A kernel's compile-time limit on a model size: an InputError naming the config key.
+  const LaunchCheck& limit(const char* config_key, int64_t value, int64_t max) const {
+    if (value > max) {
+      throw InputError(fmt::format("cuda {}: config key '{}' = {} exceeds the fused kernel's limit of {}", op_,
+                                   config_key, value, max));
+    }
+    return *this;
+  }
+  const LaunchCheck& positive(const char* what, int64_t value) const {
+    TORCH_CHECK(value > 0, "cuda ", op_, ": ", what, " must be positive, got ", value);
+    return *this;
+  }
+
+ private:
+  const char* op_;
+  mutable std::optional<torch::Device> device_;
+};
+
+// The kernels' limits (kernels/fused_scan.cu, kernels/fused_conv1d.cu).
+constexpr int64_t kMaxStateSize = 256;  // 8 state values per lane of a warp
+constexpr int64_t kMaxHeadDim = 256;    // the step backward's shared-memory row
+constexpr int64_t kMaxConvKernel = 8;   // the conv's register window
+
+constexpr auto kAny = LaunchCheck::kAny;
+constexpr std::array<torch::ScalarType, 2> kActDtypes = {torch::kFloat32, torch::kBFloat16};
+// Inputs the ops convert to fp32 themselves (dt_bias, dt, A, D, the initial state).
+constexpr std::array<torch::ScalarType, 4> kFloatDtypes = {torch::kFloat32, torch::kBFloat16, torch::kFloat16,
+                                                           torch::kFloat64};
 
 k::Act act_of(const torch::Tensor& t, const char* op) {
   if (t.scalar_type() == torch::kFloat32) return k::Act::kFloat32;
@@ -68,6 +156,9 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &x = saved[0], &weight = saved[1], &rstd = saved[2];
     const torch::Tensor g = grads[0].contiguous();
+    LaunchCheck("rms_norm backward").device(g, "grad_out").dtype(g, "grad_out", {weight.scalar_type()});
+    TORCH_CHECK(g.sizes() == x.sizes(), "cuda rms_norm backward: tensor 'grad_out' must have x's shape ", x.sizes(),
+                ", got ", g.sizes());
     const int64_t dim = x.size(-1), rows = x.numel() / dim;
     torch::Tensor gx = torch::empty_like(x);
     check(k::rms_norm_backward(act_of(x, "rms_norm"), act_of(weight, "rms_norm"), x.data_ptr(), weight.data_ptr(),
@@ -102,6 +193,9 @@ struct GatedRmsNormFn : torch::autograd::Function<GatedRmsNormFn> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &y = saved[0], &gate = saved[1], &weight = saved[2], &rstd = saved[3];
     const torch::Tensor g = grads[0].contiguous();
+    LaunchCheck("gated_rms_norm backward").device(g, "grad_out").dtype(g, "grad_out", {weight.scalar_type()});
+    TORCH_CHECK(g.sizes() == y.sizes(), "cuda gated_rms_norm backward: tensor 'grad_out' must have y's shape ",
+                y.sizes(), ", got ", g.sizes());
     const int64_t I = y.size(-1), rows = y.numel() / I;
     torch::Tensor gy = torch::empty_like(y);
     torch::Tensor ggate = torch::empty(y.sizes(), y.options().dtype(weight.scalar_type()));
@@ -148,6 +242,9 @@ struct CausalConv1dFn : torch::autograd::Function<CausalConv1dFn> {
     const torch::Tensor &pre = saved[0], &weight = saved[1];
     TORCH_CHECK(pre.numel() > 0, "cuda causal_conv1d backward: the forward kept no pre-activation");
     const torch::Tensor g = grads[0].contiguous().to(weight.scalar_type());
+    LaunchCheck("causal_conv1d backward").device(g, "grad_out").shape(g, "grad_out", {LaunchCheck::kAny, LaunchCheck::kAny, weight.size(0)});
+    TORCH_CHECK(g.numel() == pre.numel(), "cuda causal_conv1d backward: tensor 'grad_out' has ", g.numel(),
+                " elements, the forward kept ", pre.numel());
     const int64_t Bsz = g.size(0), T = g.size(1), C = g.size(2), K = weight.size(1);
     torch::Tensor gx = torch::empty({Bsz, T, C}, g.options());
     check(k::causal_conv1d_backward(act_of(g, "causal_conv1d"), g.data_ptr(), pre.data_ptr<float>(), weight.data_ptr(),
@@ -180,6 +277,7 @@ struct DiscretizeDtFn : torch::autograd::Function<DiscretizeDtFn> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &raw = saved[0], &bias = saved[1];
     const torch::Tensor g = grads[0].to(torch::kFloat32).contiguous();
+    LaunchCheck("discretize_dt backward").device(g, "grad_dt").shape(g, "grad_dt", {LaunchCheck::kAny, LaunchCheck::kAny, bias.size(0)});
     const int64_t Bsz = g.size(0), T = g.size(1), H = g.size(2);
     torch::Tensor graw = torch::empty({Bsz, T, H}, raw.options());
     check(k::discretize_dt_backward(act_of(raw, "discretize_dt"), raw.data_ptr(), ctx->saved_data["stride"].toInt(),
@@ -267,6 +365,9 @@ struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
     const torch::Tensor gy = grads[0].defined() ? grads[0].to(torch::kFloat32).contiguous()
                                                 : torch::zeros({s.batch, 1, s.heads, s.head_dim}, f32);
     const torch::Tensor gs_out = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
+    const LaunchCheck c("ssd_chunk_scan backward");
+    c.device(gy, "grad_y").shape(gy, "grad_y", {s.batch, 1, s.heads, s.head_dim}).limit("head_dim", s.head_dim, kMaxHeadDim);
+    if (gs_out.defined()) c.device(gs_out, "grad_final_state").shape(gs_out, "grad_final_state", {s.batch, s.heads, s.head_dim, s.state_size});
     torch::Tensor gx = torch::empty({s.batch, 1, s.heads, s.head_dim}, x.options());
     torch::Tensor gdt = torch::empty({s.batch, 1, s.heads}, f32);
     torch::Tensor gB_head = torch::empty({s.batch, s.heads, s.state_size}, f32);
@@ -291,17 +392,46 @@ struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
 }  // namespace
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  const LaunchCheck c("rms_norm");
+  c.device(x, "x").dtype(x, "x", kActDtypes).positive("x's last dimension", x.dim() > 0 ? x.size(-1) : 0);
+  c.device(weight, "weight").dtype(weight, "weight", kActDtypes).shape(weight, "weight", {x.size(-1)});
+  const c10::cuda::CUDAGuard on_device(x.device());
   return RmsNormFn::apply(x, weight, eps);
 }
 
 torch::Tensor gated_rms_norm(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& weight,
                              double eps, int64_t group_size) {
+  const LaunchCheck c("gated_rms_norm");
+  c.device(y, "y").shape(y, "y", {kAny, kAny, kAny}).dtype(y, "y", kActDtypes).positive("d_inner", y.size(2));
+  // The kernel reads the gate in the weight's dtype.
+  c.device(weight, "weight").dtype(weight, "weight", kActDtypes).shape(weight, "weight", {y.size(2)});
+  c.device(gate, "gate").dtype(gate, "gate", {weight.scalar_type()}).shape(gate, "gate", {y.size(0), y.size(1), y.size(2)});
+  c.positive("group size", group_size);
+  TORCH_CHECK(y.size(2) % group_size == 0, "cuda gated_rms_norm: group size ", group_size, " does not divide ", y.size(2));
+  const c10::cuda::CUDAGuard on_device(y.device());
   return GatedRmsNormFn::apply(y, gate, weight, eps, group_size);
 }
 
 std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& inputs, const torch::Tensor& window,
                                                       const torch::Tensor& weight, const torch::Tensor& bias,
                                                       torch::Tensor new_window) {
+  const LaunchCheck c("causal_conv1d");
+  c.shape(inputs, "inputs", {kAny, kAny, kAny});
+  c.shape(weight, "weight", {inputs.size(2), kAny});
+  const int64_t Bsz = inputs.size(0), C = inputs.size(2), K = weight.size(1);
+  c.positive("conv_kernel", K).limit("conv_kernel", K, kMaxConvKernel);
+  // The kernel reads the weight and bias in the inputs' dtype.
+  c.device(inputs, "inputs").dtype(inputs, "inputs", kActDtypes);
+  c.device(weight, "weight").dtype(weight, "weight", {inputs.scalar_type()});
+  c.device(window, "window").shape(window, "window", {Bsz, C, K});
+  if (bias.defined() && bias.numel() > 0) {
+    c.device(bias, "bias").dtype(bias, "bias", {inputs.scalar_type()}).shape(bias, "bias", {C});
+  }
+  if (new_window.defined()) {
+    c.device(new_window, "new_window").dtype(new_window, "new_window", {inputs.scalar_type()});
+    c.shape(new_window, "new_window", {Bsz, C, K}).contiguous(new_window, "new_window");
+  }
+  const c10::cuda::CUDAGuard on_device(inputs.device());
   if (!new_window.defined()) new_window = torch::empty(window.sizes(), inputs.options());
   // Absent bias: an empty tensor (autograd inputs cannot be undefined tensors).
   torch::Tensor out = CausalConv1dFn::apply(inputs, window, weight, bias.defined() ? bias : torch::empty({0}, weight.options()),
@@ -310,6 +440,11 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& input
 }
 
 torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi) {
+  const LaunchCheck c("discretize_dt");
+  c.device(dt_raw, "dt_raw").shape(dt_raw, "dt_raw", {kAny, kAny, kAny}).dtype(dt_raw, "dt_raw", kActDtypes);
+  c.device(dt_bias, "dt_bias").shape(dt_bias, "dt_bias", {dt_raw.size(2)});
+  c.dtype(dt_bias, "dt_bias", kFloatDtypes);
+  const c10::cuda::CUDAGuard on_device(dt_raw.device());
   return DiscretizeDtFn::apply(dt_raw, dt_bias, lo, hi);
 }
 
@@ -317,6 +452,30 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, c
                                                  const torch::Tensor& A, const torch::Tensor& Bm,
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
                                                  const torch::Tensor& initial, const torch::Tensor& final_state_out) {
+  const LaunchCheck c("ssd_chunk_scan");
+  // Shapes and the kernel's limits first (they need no device), then devices and dtypes.
+  c.shape(x, "x", {kAny, kAny, kAny, kAny});
+  const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3);
+  c.shape(Bm, "B", {Bsz, T, kAny, kAny});
+  const int64_t G = Bm.size(2), N = Bm.size(3);
+  c.shape(Cm, "C", {Bsz, T, G, N}).positive("n_groups", G).positive("state_size", N);
+  TORCH_CHECK(H % G == 0, "cuda ssd_chunk_scan: heads ", H, " are not a multiple of groups ", G);
+  c.limit("state_size", N, kMaxStateSize).limit("head_dim", P, kMaxHeadDim);
+  c.device(x, "x").dtype(x, "x", kActDtypes);
+  c.device(Bm, "B").dtype(Bm, "B", {x.scalar_type()});
+  c.device(Cm, "C").dtype(Cm, "C", {x.scalar_type()});
+  c.device(dt, "dt").shape(dt, "dt", {Bsz, T, H}).dtype(dt, "dt", kFloatDtypes);
+  c.device(A, "A").shape(A, "A", {H}).dtype(A, "A", kFloatDtypes);
+  c.device(D, "D").shape(D, "D", {H}).dtype(D, "D", kFloatDtypes);
+  if (initial.defined() && initial.numel() > 0) {
+    c.device(initial, "initial").shape(initial, "initial", {Bsz, H, P, N});
+    c.dtype(initial, "initial", kFloatDtypes);
+  }
+  if (final_state_out.defined()) {
+    c.device(final_state_out, "final_state_out").shape(final_state_out, "final_state_out", {Bsz, H, P, N});
+    c.dtype(final_state_out, "final_state_out", {torch::kFloat32}).contiguous(final_state_out, "final_state_out");
+  }
+  const c10::cuda::CUDAGuard on_device(x.device());
   auto out = SsdChunkScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()),
                            Destination{final_state_out});
   return {out[0], final_state_out.defined() ? final_state_out : out[1]};

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -34,10 +35,36 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
+// A shard named by the index must be a file inside the model folder: a relative name without
+// "..", whose real path (symlinks resolved) stays under the folder's real path.
+void require_inside(const std::filesystem::path& dir, const std::filesystem::path& index, const std::string& tensor,
+                    const std::string& file) {
+  const std::filesystem::path rel(file);
+  bool escapes = file.empty() || rel.is_absolute() || rel.has_root_name() || rel.has_root_directory();
+  for (const auto& part : rel) escapes = escapes || part == "..";
+  if (!escapes) {
+    std::error_code ec1, ec2;
+    const auto root = std::filesystem::weakly_canonical(dir, ec1);
+    const auto real = std::filesystem::weakly_canonical(dir / rel, ec2);
+    if (ec1 || ec2) {
+      escapes = true;
+    } else {
+      const auto [root_end, real_it] = std::mismatch(root.begin(), root.end(), real.begin(), real.end());
+      escapes = root_end != root.end();
+      (void)real_it;
+    }
+  }
+  if (escapes) {
+    throw InputError(fmt::format("{}: key 'weight_map.{}': shard file '{}' is outside the model folder (a relative "
+                                 "name without '..' that stays inside the folder, symlinks resolved, is required)",
+                                 index.string(), tensor, file));
+  }
+}
+
 // Finds each tensor name in one of the checkpoint's safetensors files.
 class TensorSource {
  public:
-  explicit TensorSource(const std::filesystem::path& dir) {
+  TensorSource(const std::filesystem::path& dir, int64_t num_layers) : num_layers_(num_layers) {
     const auto single = dir / "model.safetensors";
     const auto index = dir / "model.safetensors.index.json";
     if (std::filesystem::exists(index)) {
@@ -57,6 +84,7 @@ class TensorSource {
           throw InputError(fmt::format("{}: key 'weight_map.{}': expected a file name", index.string(), name));
         }
         const std::string f = file.get<std::string>();
+        require_inside(dir, index, name, f);
         if (!file_index.count(f)) {
           file_index[f] = files_.size();
           files_.push_back(safetensors::File::open(dir / f));
@@ -75,6 +103,28 @@ class TensorSource {
   }
 
   bool contains(const std::string& name) const { return where_.count(name) > 0; }
+
+  // InputError naming the file and the first stored tensor not in `known`: a tensor the model
+  // does not use means the weights and the config disagree (more layers than num_hidden_layers,
+  // another architecture's names), which a verification run must not paper over.
+  void reject_unknown(const std::set<std::string>& known) const {
+    for (const auto& f : files_) {
+      for (const auto& name : f.names()) {
+        if (!known.count(name)) {
+          throw InputError(fmt::format("{}: tensor '{}': not a tensor of a Mamba2ForCausalLM with this config "
+                                       "({} layers): unknown tensors are rejected",
+                                       f.path().string(), name, num_layers_));
+        }
+      }
+    }
+    for (const auto& [name, file] : where_) {
+      if (!known.count(name)) {
+        throw InputError(fmt::format("{}: key 'weight_map.{}': not a tensor of a Mamba2ForCausalLM with this config "
+                                     "({} layers): unknown tensors are rejected",
+                                     expected_file_.string(), name, num_layers_));
+      }
+    }
+  }
 
   // The tensor, checked against `shape`; floating dtypes only.
   torch::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const {
@@ -119,6 +169,7 @@ class TensorSource {
   std::vector<safetensors::File> files_;
   std::map<std::string, size_t> where_;
   std::filesystem::path expected_file_;
+  int64_t num_layers_;  // for messages
 };
 
 torch::Tensor convert(const torch::Tensor& t, torch::ScalarType dtype, torch::Device device) {
@@ -164,19 +215,30 @@ Mamba2Checkpoint Mamba2Checkpoint::load(const std::filesystem::path& directory) 
   ck.config = Mamba2Config::from_json(parse_json_allowing_nonfinite(config_text, config_path.string()),
                                       config_path.string());
   const Mamba2Config& c = ck.config;
-  const TensorSource src(directory);
+  const TensorSource src(directory, ck.config.num_hidden_layers);
 
   const int64_t D = c.hidden_size, V = c.vocab_size, H = c.num_heads, I = c.d_inner();
   Mamba2Weights& w = ck.weights;
+  // Every name the model knows, also those it may drop (a tied lm_head, undeclared biases); any
+  // other stored tensor is rejected below.
+  std::set<std::string> known = {"backbone.embeddings.weight", "backbone.norm_f.weight", "lm_head.weight"};
   w.embeddings = src.get("backbone.embeddings.weight", {V, D});
   w.norm_f_weight = src.get("backbone.norm_f.weight", {D});
   if (c.tie_word_embeddings) {
-    w.lm_head = w.embeddings;  // HF ties lm_head to the embeddings; a stored copy is ignored
+    // HF ties lm_head to the embeddings and drops a stored copy; a copy of the wrong shape means
+    // the file does not match the config, and is rejected.
+    if (src.contains("lm_head.weight")) src.get("lm_head.weight", {V, D});
+    w.lm_head = w.embeddings;
   } else {
     w.lm_head = src.get("lm_head.weight", {V, D});
   }
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = fmt::format("backbone.layers.{}.", i);
+    for (const char* n : {"norm.weight", "mixer.in_proj.weight", "mixer.in_proj.bias", "mixer.conv1d.weight",
+                          "mixer.conv1d.bias", "mixer.dt_bias", "mixer.A_log", "mixer.D", "mixer.norm.weight",
+                          "mixer.out_proj.weight", "mixer.out_proj.bias"}) {
+      known.insert(p + n);
+    }
     LayerWeights l;
     l.norm_weight = src.get(p + "norm.weight", {D});
     l.in_proj_weight = src.get(p + "mixer.in_proj.weight", {c.in_proj_dim(), D});
@@ -191,6 +253,7 @@ Mamba2Checkpoint Mamba2Checkpoint::load(const std::filesystem::path& directory) 
     l.out_proj_bias = src.get_optional(p + "mixer.out_proj.bias", {D}, c.use_bias);
     w.layers.push_back(std::move(l));
   }
+  src.reject_unknown(known);
   ck.hash = fmt::format("{:016x}", src.hash(fnv1a64(config_text.data(), config_text.size())));
   return ck;
 }

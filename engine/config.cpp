@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 
+#include "engine/checked_math.h"
 #include "engine/errors.h"
 
 namespace mambadiff {
@@ -107,9 +108,10 @@ Mamba2Config Mamba2Config::from_json(const nlohmann::json& j, const std::string&
   c.expand = get_int(j, source, "expand", 2);
   c.head_dim = get_int(j, source, "head_dim");
   c.n_groups = get_int(j, source, "n_groups", 1);
-  // HF's default num_heads is d_inner / head_dim when the key is absent.
+  // HF's default num_heads is d_inner / head_dim when the key is absent (overflow: validate names it).
+  const std::optional<int64_t> d_inner = checked_mul(c.expand, c.hidden_size);
   c.num_heads = get_int(j, source, "num_heads",
-                        c.head_dim > 0 ? std::optional<int64_t>(c.expand * c.hidden_size / c.head_dim)
+                        c.head_dim > 0 ? std::optional<int64_t>(d_inner ? *d_inner / c.head_dim : 1)
                                        : std::nullopt);
   c.chunk_size = get_int(j, source, "chunk_size", 256);
   c.conv_kernel = get_int(j, source, "conv_kernel", 4);
@@ -161,11 +163,44 @@ void Mamba2Config::validate(const std::string& source) const {
   positive("n_groups", n_groups);
   positive("chunk_size", chunk_size);
   positive("conv_kernel", conv_kernel);
-  if (hidden_size * expand != num_heads * head_dim) {
+  // Every size the engine derives, computed with overflow checks: a product that wraps could pass
+  // the consistency check below and allocate garbage. Each tensor's byte size at float64 (the
+  // reference's copy, the widest dtype) must fit int64 too, as torch counts bytes in int64.
+  auto product = [&](const char* what, std::initializer_list<int64_t> factors) {
+    int64_t p = 1;
+    for (int64_t f : factors) {
+      const auto next = checked_mul(p, f);
+      if (!next) throw InputError(fmt::format("{}: keys {}: the product overflows 64 bits", source, what));
+      p = *next;
+    }
+    return p;
+  };
+  auto sum = [&](const char* what, std::initializer_list<int64_t> terms) {
+    int64_t s = 0;
+    for (int64_t t : terms) {
+      const auto next = checked_add(s, t);
+      if (!next) throw InputError(fmt::format("{}: keys {}: the sum overflows 64 bits", source, what));
+      s = *next;
+    }
+    return s;
+  };
+  constexpr int64_t kWidestItemsize = 8;  // float64
+  const int64_t inner = product("'hidden_size' * 'expand'", {hidden_size, expand});
+  const int64_t heads_by_dim = product("'num_heads' * 'head_dim'", {num_heads, head_dim});
+  if (inner != heads_by_dim) {
     throw InputError(fmt::format(
         "{}: inconsistent config: hidden_size*expand ({}*{}={}) != num_heads*head_dim ({}*{}={})",
-        source, hidden_size, expand, hidden_size * expand, num_heads, head_dim, num_heads * head_dim));
+        source, hidden_size, expand, inner, num_heads, head_dim, heads_by_dim));
   }
+  const int64_t bc = product("2 * 'n_groups' * 'state_size'", {2, n_groups, state_size});
+  const int64_t conv = sum("'hidden_size' * 'expand' + 2 * 'n_groups' * 'state_size' (conv_dim)", {inner, bc});
+  const int64_t in_proj = sum("conv_dim + 'hidden_size' * 'expand' + 'num_heads' (in_proj_dim)", {conv, inner, num_heads});
+  product("'vocab_size' * 'hidden_size' (embeddings, at 8 bytes)", {vocab_size, hidden_size, kWidestItemsize});
+  product("in_proj_dim * 'hidden_size' (in_proj weight, at 8 bytes)", {in_proj, hidden_size, kWidestItemsize});
+  product("'hidden_size' * 'expand' * 'hidden_size' (out_proj weight, at 8 bytes)", {inner, hidden_size, kWidestItemsize});
+  product("conv_dim * 'conv_kernel' (conv weight, at 8 bytes)", {conv, conv_kernel, kWidestItemsize});
+  product("'num_heads' * 'head_dim' * 'state_size' (ssm state, at 8 bytes)", {num_heads, head_dim, state_size, kWidestItemsize});
+  product("'chunk_size' * 'chunk_size' (a chunk's segment matrix, at 8 bytes)", {chunk_size, chunk_size, kWidestItemsize});
   if (num_heads % n_groups != 0) {
     throw InputError(fmt::format("{}: inconsistent config: num_heads ({}) % n_groups ({}) != 0",
                                  source, num_heads, n_groups));

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cstdio>
+
 #include "engine/errors.h"
 
 namespace mambadiff {
@@ -53,14 +55,32 @@ void Mamba2Cache::inject(int64_t layer, const torch::Tensor& delta) {
   state.add_(delta.to(state.device(), state.scalar_type()));
 }
 
-void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& src) {
-  TORCH_CHECK(dst.size() == src.size(), "copy_bytes: ", dst.size(), " destinations for ", src.size(), " sources");
+void check_bytes_copyable(const torch::Tensor& dst, const torch::Tensor& src, const std::string& name) {
+  auto describe = [](const torch::Tensor& t) {
+    if (!t.defined()) return std::string("undefined");
+    return fmt::format("[{}] {} on {}{}", fmt::join(t.sizes(), ", "), c10::toString(t.scalar_type()),
+                       t.device().str(), t.is_contiguous() ? "" : " (not contiguous)");
+  };
+  if (!dst.defined() || !src.defined() || dst.scalar_type() != src.scalar_type() || dst.sizes() != src.sizes() ||
+      dst.device() != src.device() || !dst.is_contiguous() || !src.is_contiguous()) {
+    throw InputError(fmt::format("copy_bytes: tensor '{}': destination {} and source {} differ (both must be "
+                                 "defined, contiguous, of one dtype, shape and device)",
+                                 name, describe(dst), describe(src)));
+  }
+}
+
+void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& src,
+                const std::vector<std::string>& names) {
+  if (dst.size() != src.size() || (!names.empty() && names.size() != dst.size())) {
+    throw InputError(fmt::format("copy_bytes: {} destinations for {} sources ({} names)", dst.size(), src.size(),
+                                 names.size()));
+  }
+  auto name_of = [&](size_t i) { return names.empty() ? fmt::format("#{}", i) : names[i]; };
+  // Every pair is checked before any byte moves: a mismatch leaves every destination unchanged.
+  for (size_t i = 0; i < dst.size(); ++i) check_bytes_copyable(dst[i], src[i], name_of(i));
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> to, from;  // byte views of the same storage
   for (size_t i = 0; i < dst.size(); ++i) {
-    TORCH_CHECK(dst[i].scalar_type() == src[i].scalar_type() && dst[i].sizes() == src[i].sizes(),
-                "copy_bytes: dtype or shape mismatch");
-    TORCH_CHECK(dst[i].is_contiguous() && src[i].is_contiguous(), "copy_bytes: tensors must be contiguous");
     if (dst[i].numel() == 0) continue;
     // detach(): a byte view of the same storage, also while dst carries autograd history.
     to.push_back(dst[i].detach().view({-1}).view(torch::kUInt8));
@@ -71,7 +91,9 @@ void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::
   if (!to.empty()) torch::_foreach_copy_(to, from);
 }
 
-void copy_bytes(torch::Tensor& dst, const torch::Tensor& src) { copy_bytes(std::vector{dst}, std::vector{src}); }
+void copy_bytes(torch::Tensor& dst, const torch::Tensor& src, const std::string& name) {
+  copy_bytes(std::vector{dst}, std::vector{src}, std::vector{name});
+}
 
 Mamba2Cache::Snapshot Mamba2Cache::snapshot() const {
   Snapshot s;
@@ -83,19 +105,46 @@ Mamba2Cache::Snapshot Mamba2Cache::snapshot() const {
 
 void Mamba2Cache::restore(const Snapshot& s) {
   if (s.conv_states.size() != conv_states.size() || s.ssm_states.size() != ssm_states.size()) {
-    throw InputError("restore: snapshot was taken of a cache with a different number of layers");
+    throw InputError(fmt::format("restore: the snapshot holds {} conv and {} ssm states, the cache {} and {}",
+                                 s.conv_states.size(), s.ssm_states.size(), conv_states.size(), ssm_states.size()));
   }
   std::vector<torch::Tensor> dst, src;
+  std::vector<std::string> names;
+  for (size_t l = 0; l < conv_states.size(); ++l) {
+    dst.insert(dst.end(), {conv_states[l], ssm_states[l]});
+    src.insert(src.end(), {s.conv_states[l], s.ssm_states[l]});
+    names.insert(names.end(), {fmt::format("conv_states[{}]", l), fmt::format("ssm_states[{}]", l)});
+  }
+  // Validate everything, then change anything: a mismatched snapshot leaves the cache as it was.
+  for (size_t i = 0; i < dst.size(); ++i) check_bytes_copyable(dst[i], src[i], names[i]);
   for (size_t l = 0; l < conv_states.size(); ++l) {
     // An optimizer may have written autograd-tracked values into the states: drop that history
     // in place (same storage), so the restored cache is a plain cache again.
     conv_states[l].detach_();
     ssm_states[l].detach_();
-    dst.insert(dst.end(), {conv_states[l], ssm_states[l]});
-    src.insert(src.end(), {s.conv_states[l], s.ssm_states[l]});
   }
-  copy_bytes(dst, src);
+  copy_bytes(dst, src, names);
   seqlen_offset = s.seqlen_offset;
+}
+
+void ScopedCacheRestore::restore_now() {
+  restored_ = true;  // also when restore() throws: the destructor must not try a second time
+  cache_.restore(snap_);
+}
+
+ScopedCacheRestore::~ScopedCacheRestore() noexcept {
+  if (restored_) return;
+  try {
+    cache_.restore(snap_);
+  } catch (const std::exception& e) {
+    failure_ = first_line(e);
+  } catch (...) {
+    failure_ = "unknown exception";
+  }
+  if (!failure_.empty()) {
+    std::fprintf(stderr, "mambadiff: warning: the cache could not be restored while leaving a scope: %s\n",
+                 failure_.c_str());
+  }
 }
 
 void Mamba2Cache::reset() {

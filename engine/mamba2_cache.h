@@ -79,9 +79,35 @@ class Mamba2Cache {
   torch::Device device_ = torch::kCPU;
 };
 
-// Copies src's bytes into dst (same dtype, shape and contiguity), bit for bit.
-void copy_bytes(torch::Tensor& dst, const torch::Tensor& src);
-// The same for pairs dst[i] <- src[i], as one multi-tensor copy.
-void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& src);
+// Restores `cache` to `snap` on every way out of a scope. The normal path calls restore_now(),
+// which throws like Mamba2Cache::restore; the destructor (unwinding after an exception or an early
+// return) restores only if restore_now() did not, and never throws: a failure there is written to
+// stderr as one line and kept in failure() until the guard dies.
+class ScopedCacheRestore {
+ public:
+  ScopedCacheRestore(Mamba2Cache& cache, const Mamba2Cache::Snapshot& snap) : cache_(cache), snap_(snap) {}
+  ScopedCacheRestore(const ScopedCacheRestore&) = delete;
+  ScopedCacheRestore& operator=(const ScopedCacheRestore&) = delete;
+  ~ScopedCacheRestore() noexcept;
+  void restore_now();
+  const std::string& failure() const { return failure_; }
+
+ private:
+  Mamba2Cache& cache_;
+  const Mamba2Cache::Snapshot& snap_;
+  bool restored_ = false;
+  std::string failure_;
+};
+
+// InputError naming `name` and both tensors' shapes, dtypes and devices unless src's bytes can be
+// copied into dst (both defined and contiguous, one dtype, shape and device).
+void check_bytes_copyable(const torch::Tensor& dst, const torch::Tensor& src, const std::string& name);
+// Copies src's bytes into dst (same dtype, shape, device and contiguity), bit for bit. A mismatch
+// is an InputError naming the tensor (`name`) and both shapes and dtypes.
+void copy_bytes(torch::Tensor& dst, const torch::Tensor& src, const std::string& name = "tensor");
+// The same for pairs dst[i] <- src[i] (named names[i], or "#i" when names is empty), as one
+// multi-tensor copy; every pair is checked before any byte is copied.
+void copy_bytes(const std::vector<torch::Tensor>& dst, const std::vector<torch::Tensor>& src,
+                const std::vector<std::string>& names = {});
 
 }  // namespace mambadiff

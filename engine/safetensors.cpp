@@ -60,6 +60,82 @@ std::string one_line(std::string s) {
   throw InputError(fmt::format("{}: tensor {}: {}", path.string(), quote(name), one_line(what)));
 }
 
+// The largest header accepted: the safetensors reference implementation's limit (100 MB; its
+// HeaderTooLarge). Real headers are a few MB at most, and a bound keeps a hostile length from
+// allocating the whole file as JSON.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// The header is {name: {dtype, shape: [..], data_offsets: [..]}} (depth 3); deeper nesting is not
+// a safetensors header, and bounding it keeps a hostile header from nesting without end.
+constexpr int kMaxHeaderDepth = 8;
+
+// Parses the header JSON, rejecting duplicate keys in any object (nlohmann keeps one of them
+// silently: two entries for one tensor name would alias) and nesting deeper than kMaxHeaderDepth.
+json parse_header(const std::filesystem::path& path, const std::vector<uint8_t>& header) {
+  if (header.empty() || header[0] != '{') {
+    fail(path, "header must begin with '{' (a JSON object; the safetensors format requires it)");
+  }
+  std::vector<std::set<std::string>> keys_by_object;  // one set per open object, innermost last
+  std::string duplicate;
+  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth > kMaxHeaderDepth) {
+      fail(path, fmt::format("header nests deeper than {} levels: not a safetensors header", kMaxHeaderDepth));
+    }
+    if (event == json::parse_event_t::object_start) {
+      keys_by_object.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!keys_by_object.empty()) keys_by_object.pop_back();
+    } else if (event == json::parse_event_t::key && !keys_by_object.empty()) {
+      const std::string key = parsed.get<std::string>();
+      if (!keys_by_object.back().insert(key).second && duplicate.empty()) duplicate = key;
+    }
+    return true;
+  };
+  json root;
+  try {
+    root = json::parse(header.begin(), header.end(), check);
+  } catch (const json::exception& e) {
+    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
+  }
+  if (!duplicate.empty()) {
+    fail(path, fmt::format("header: duplicate key {} (each tensor name and key may appear once)", quote(duplicate)));
+  }
+  return root;
+}
+
+// The safetensors rule for the data section: the tensors' byte ranges, in order, tile it exactly:
+// the first begins at 0, each begins where the one before ends (no overlap, no aliasing, no gap)
+// and the last ends at the end of the file (no trailing bytes). Entries are already in bounds.
+void check_ranges_tile_data(const std::filesystem::path& path, const std::map<std::string, TensorEntry>& entries,
+                            uint64_t data_size) {
+  std::vector<const TensorEntry*> by_offset;
+  for (const auto& [name, e] : entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorEntry* a, const TensorEntry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t covered = 0;  // bytes [0, covered) belong to the tensors seen so far
+  const TensorEntry* previous = nullptr;
+  for (const TensorEntry* e : by_offset) {
+    if (e->begin < covered) {
+      fail_tensor(path, e->name,
+                  fmt::format("data_offsets [{}, {}] overlap tensor {}'s [{}, {}] (ranges must not overlap or alias)",
+                              e->begin, e->end, quote(previous->name), previous->begin, previous->end));
+    }
+    if (e->begin > covered) {
+      fail_tensor(path, e->name,
+                  fmt::format("data_offsets [{}, {}] leave a gap of {} bytes after {} (ranges must be contiguous)",
+                              e->begin, e->end, e->begin - covered,
+                              previous ? "tensor " + quote(previous->name) : std::string("the start of the data")));
+    }
+    covered = e->end;
+    previous = e;
+  }
+  if (covered != data_size) {
+    fail(path, fmt::format("{} trailing bytes after the last tensor's data (the data section is {} bytes, "
+                           "the tensors cover {})",
+                           data_size - covered, data_size, covered));
+  }
+}
+
 uint64_t read_le_u64(const uint8_t* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
@@ -243,6 +319,9 @@ File File::open(const std::filesystem::path& path) {
   uint8_t len_bytes[8];
   read_exact(f, len_bytes, 8, path, "the header length");
   const uint64_t header_len = read_le_u64(len_bytes);
+  if (header_len > kMaxHeaderBytes) {
+    fail(path, fmt::format("header length {} exceeds the format's limit of {} bytes", header_len, kMaxHeaderBytes));
+  }
   if (header_len > size - 8) {
     fail(path, fmt::format("header length {} exceeds the {} bytes after the length field "
                            "(truncated file or not a safetensors file)",
@@ -255,12 +334,7 @@ File File::open(const std::filesystem::path& path) {
   file.data_.resize(static_cast<size_t>(data_size));
   read_exact(f, file.data_.data(), data_size, path, "the data section");
 
-  json root;
-  try {
-    root = json::parse(header.begin(), header.end());
-  } catch (const json::exception& e) {
-    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
-  }
+  const json root = parse_header(path, header);
   if (!root.is_object()) {
     fail(path, fmt::format("header must be a JSON object, got {}", root.type_name()));
   }
@@ -293,6 +367,7 @@ File File::open(const std::filesystem::path& path) {
     }
     file.entries_.emplace(key, std::move(e));
   }
+  check_ranges_tile_data(path, file.entries_, data_size);
   return file;
 }
 

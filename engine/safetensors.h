@@ -32,9 +32,11 @@ struct TensorEntry {
 
 class File {
  public:
-  // Reads and validates the whole file (header JSON, dtypes, shapes, offsets vs sizes and file
-  // size, overlapping/unsorted offsets are allowed but every byte range must be in bounds and
-  // exactly numel * itemsize long).
+  // Reads and validates the whole file by the format's rules: a header of at most 100 MB that is a
+  // JSON object (begins with '{') with no duplicate key in any object; known dtypes; every byte
+  // range in bounds, begin <= end, exactly numel * itemsize long; and the ranges, sorted, tile the
+  // data section exactly (no overlap or aliasing, no gap, no trailing bytes). Header entries may
+  // come in any order.
   static File open(const std::filesystem::path& path);
 
   const std::filesystem::path& path() const { return path_; }

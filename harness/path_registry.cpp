@@ -184,6 +184,14 @@ bool path_available(const std::string& name, torch::ScalarType dtype, std::strin
 }
 
 std::unique_ptr<ExecutionPath> make_path(const std::string& name, const Mamba2Checkpoint& ck, torch::ScalarType dtype) {
+  // A provider's path ("mutant:x") or an external result file ("file:PATH") has no ExecutionPath
+  // to build: evaluate_path() runs it. Checked first, as path_available() accepts both.
+  if (provider_for(name) != nullptr || is_file_path(name)) {
+    throw InputError(fmt::format(
+        "path '{}' has no execution path to build (it is evaluated whole: by its provider or read "
+        "from its file); use one of: {}",
+        name, fmt::join(registered_paths(), ", ")));
+  }
   std::string why;
   if (!path_available(name, dtype, &why)) throw PathUnavailable(fmt::format("{}: {}", name, why));
   return find(name)->make(ck, dtype);
@@ -195,6 +203,7 @@ ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, 
     require_provided(*p, name);
     return p->evaluate(name, scenario, ck);
   }
+  require_memory_for_scenario(scenario, ck.config, scenario.dtype);  // before the path copies the weights
   auto path = make_path(name, ck, scenario.dtype);
   return run_scenario(scenario, *path);
 }

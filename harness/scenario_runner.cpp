@@ -6,11 +6,33 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/errors.h"
+#include "engine/memory_estimate.h"
 #include "engine/safetensors.h"
 
 namespace mambadiff {
 
+void require_memory_for_scenario(const Scenario& scenario, const Mamba2Config& config, torch::ScalarType dtype) {
+  std::vector<int64_t> forward_tokens;
+  size_t longest_op = 0;
+  int64_t longest = -1;
+  for (size_t i = 0; i < scenario.ops.size(); ++i) {
+    const ScenarioOp& op = scenario.ops[i];
+    if (op.kind != OpKind::kForward) continue;
+    forward_tokens.push_back(op.tokens.size(1));
+    if (op.tokens.size(1) > longest) {
+      longest = op.tokens.size(1);
+      longest_op = i;
+    }
+  }
+  const MemoryEstimate need =
+      estimate_run_memory(config, dtype, scenario.batch_size(), forward_tokens, /*keep_outputs=*/true);
+  require_memory(need, longest < 0 ? scenario.file.string()
+                                   : fmt::format("{}: op {} (forward of {} tokens, the longest)", scenario.file.string(),
+                                                 longest_op, longest));
+}
+
 ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path, const CacheOps& cache_ops) {
+  require_memory_for_scenario(scenario, path.config(), path.dtype());
   ScenarioResult result;
   result.path = path.name();
   result.dtype = dtype_string(path.dtype());

@@ -29,6 +29,11 @@ class CacheOps {
   virtual void restore(Mamba2Cache& cache, const Mamba2Cache::Snapshot& snap) const { cache.restore(snap); }
 };
 
+// InputError naming the scenario file and its longest forward op when running it at `dtype` on a
+// model of `config` needs more memory than the limit (engine/memory_estimate.h). Called before
+// anything is allocated: by evaluate_path before it builds the path, and by run_scenario.
+void require_memory_for_scenario(const Scenario& scenario, const Mamba2Config& config, torch::ScalarType dtype);
+
 // Plays every op on a fresh cache of `path`. InputError on a bad op (token id, inject shape,
 // layer), naming the op index.
 ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path, const CacheOps& cache_ops = CacheOps());

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/errors.h"
+#include "engine/memory_estimate.h"
 #include "engine/safetensors.h"
 #include "harness/path_registry.h"
 #include "optimizer/cuda_graph.h"
@@ -73,14 +74,37 @@ void check_options(const Mamba2Config& c, const OptimizeOptions& o) {
   }
 }
 
-// Restores the cache to `snap` whenever the scope is left: normal return, exception, interrupt.
-struct RestoreGuard {
-  Mamba2Cache& cache;
-  const Mamba2Cache::Snapshot& snap;
-  ~RestoreGuard() { cache.restore(snap); }
-};
+// The memory of a batch-1 run that prefills the prompt but its last token, then steps `steps`
+// single tokens (nothing kept per step), checked before anything is allocated.
+void require_memory_for_decode(const Mamba2Config& c, torch::ScalarType dtype, size_t prompt_tokens, int64_t steps,
+                               const char* command) {
+  MemoryEstimate need = estimate_run_memory(c, dtype, 1, {static_cast<int64_t>(prompt_tokens) - 1, 1},
+                                            /*keep_outputs=*/false);
+  need.add(fmt::format("the {} generated token ids", steps), {steps}, sizeof(int64_t));
+  require_memory(need, fmt::format("{} (a prompt of {} tokens, {} steps)", command, prompt_tokens, steps));
+}
 
 }  // namespace
+
+CacheStorage storage_of(const Mamba2Cache& cache) {
+  CacheStorage s;
+  for (const auto& t : cache.conv_states) s.conv_states.push_back(t.data_ptr());
+  for (const auto& t : cache.ssm_states) s.ssm_states.push_back(t.data_ptr());
+  return s;
+}
+
+bool restored_bit_identically(const Mamba2Cache& cache, const Mamba2Cache::Snapshot& snap, const CacheStorage& storage) {
+  const auto same = [](const std::vector<torch::Tensor>& now, const std::vector<torch::Tensor>& saved,
+                       const std::vector<const void*>& where) {
+    if (now.size() != saved.size() || now.size() != where.size()) return false;
+    for (size_t l = 0; l < now.size(); ++l) {
+      if (!bytes_equal(now[l], saved[l]) || now[l].data_ptr() != where[l] || now[l].requires_grad()) return false;
+    }
+    return true;
+  };
+  return cache.seqlen_offset == snap.seqlen_offset && same(cache.conv_states, snap.conv_states, storage.conv_states) &&
+         same(cache.ssm_states, snap.ssm_states, storage.ssm_states);
+}
 
 RankReport deploy_delta(const Mamba2Checkpoint& ck, const std::string& path_name, const std::vector<int64_t>& prompt,
                         const std::vector<int64_t>& target, const std::map<int64_t, torch::Tensor>& delta,
@@ -92,6 +116,8 @@ RankReport deploy_delta(const Mamba2Checkpoint& ck, const std::string& path_name
 RankReport deploy_on(ExecutionPath& deploy, const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
                      const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens,
                      std::vector<int64_t>* generated) {
+  require_memory_for_decode(deploy.config(), deploy.dtype(), prompt.size(), std::max<int64_t>(generate_tokens, 0),
+                            "generate");
   torch::NoGradGuard no_grad;
   ExecutionPath* path = &deploy;
   Mamba2Cache cache = path->new_cache(1);
@@ -129,6 +155,8 @@ OptimizeResult optimize_with_paths(const Mamba2Checkpoint& ck, ExecutionPath& lo
                                    const OptimizeOptions& o, const std::function<void(const StepReport&)>& progress,
                                    const std::atomic<bool>* interrupt) {
   check_options(ck.config, o);
+  require_memory_for_decode(ck.config, loop_path.dtype(), o.prompt.size(), static_cast<int64_t>(o.target.size()),
+                            "optimize");
   // The real cache, prefilled with the prompt but its last token.
   Mamba2Cache cache = loop_path.new_cache(1);
   {
@@ -152,12 +180,14 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
   }
   // The cache's states at entry are the base, and what it is restored to on every way out.
   const Mamba2Cache::Snapshot base = cache.snapshot();
-  std::vector<void*> storage;
-  for (const auto& t : cache.ssm_states) storage.push_back(t.data_ptr());
+  // Where every state lives at entry: a restore writes into the same storage, never a new one.
+  const CacheStorage storage = storage_of(cache);
 
   DeltaLoop loop(*path, cache, base, o);
   {
-    RestoreGuard guard{cache, base};
+    // Restores on every way out: explicitly below on the normal path (a failure there throws),
+    // from its destructor when an exception leaves the scope (a failure there is logged).
+    ScopedCacheRestore guard(cache, base);
 
     // The zero-Δ gate: at Δ = 0 the loop must compute, bitwise on the same path, what deployment
     // computes. The incident had a 173.76 logit gap here and nothing looked.
@@ -226,15 +256,10 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
     torch::NoGradGuard no_grad;
     result.simulated = rank_report(loop.logits(), o.target);
     graph.reset();  // before the cache's tensors it refers to are restored
-  }  // guard: the cache is restored here
-
-  bool identical = cache.seqlen_offset == base.seqlen_offset;
-  for (size_t l = 0; l < cache.ssm_states.size(); ++l) {
-    identical = identical && bytes_equal(cache.ssm_states[l], base.ssm_states[l]) &&
-                bytes_equal(cache.conv_states[l], base.conv_states[l]) && cache.ssm_states[l].data_ptr() == storage[l] &&
-                !cache.ssm_states[l].requires_grad();
+    guard.restore_now();
   }
-  result.restore_bit_identical = identical;
+
+  result.restore_bit_identical = restored_bit_identically(cache, base, storage);
 
   for (const auto& [layer, d] : loop.delta()) {
     result.delta[layer] = d.detach().to(torch::kCPU).clone();

@@ -97,6 +97,15 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& checkpoint, ExecutionPa
                                  const std::function<void(const StepReport&)>& progress = {},
                                  const std::atomic<bool>* interrupt = nullptr);
 
+// Where each of a cache's states lives (data pointers), to prove a restore wrote into the same storage.
+struct CacheStorage {
+  std::vector<const void*> conv_states, ssm_states;
+};
+CacheStorage storage_of(const Mamba2Cache& cache);
+// Whether `cache` holds exactly `snap` (seqlen_offset, every conv and ssm state's bytes) in the
+// storage recorded in `storage`, with no autograd history: the optimizer's restore guarantee.
+bool restored_bit_identically(const Mamba2Cache& cache, const Mamba2Cache::Snapshot& snap, const CacheStorage& storage);
+
 // Deployment on a path object (see deploy_delta).
 RankReport deploy_on(ExecutionPath& path, const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
                      const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens = 0,

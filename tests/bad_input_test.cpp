@@ -77,8 +77,9 @@ class BadInput : public ::testing::Test {
   fs::path dir() const { return dir_; }
   fs::path out_file() const { return dir_ / "out" / "result.safetensors"; }
 
-  CliResult cli(const std::vector<std::string>& args) const {
-    std::string cmd = shell_quote(MAMBADIFF_BINARY);
+  // `env`: NAME=VALUE assignments for the command, e.g. "MAMBADIFF_MEMORY_LIMIT_BYTES=1000".
+  CliResult cli(const std::vector<std::string>& args, const std::string& env = "") const {
+    std::string cmd = env + " " + shell_quote(MAMBADIFF_BINARY);
     for (const auto& a : args) cmd += " " + shell_quote(a);
     const fs::path so = dir_ / "cli.stdout", se = dir_ / "cli.stderr";
     cmd += " >" + shell_quote(so.string()) + " 2>" + shell_quote(se.string());
@@ -92,8 +93,9 @@ class BadInput : public ::testing::Test {
     return r;
   }
 
-  CliResult run_scenario(const fs::path& scenario, const std::string& path = "reference") const {
-    return cli({"run", scenario.string(), "--path", path, "--out", out_file().string()});
+  CliResult run_scenario(const fs::path& scenario, const std::string& path = "reference",
+                         const std::string& env = "") const {
+    return cli({"run", scenario.string(), "--path", path, "--out", out_file().string()}, env);
   }
 
   // A copy of an embedded model in this test's directory.
@@ -504,6 +506,28 @@ TEST_F(BadInput, ValidRunOfAnEmbeddedScenario) {
     EXPECT_EQ(f.entry(n).dtype, torch::kFloat32) << n;
   }
   EXPECT_GT(f.tensor("cache.seqlen_offset").item<int64_t>(), 0);
+}
+
+// ---- runs that would need absurd memory: rejected before anything is allocated -------------------
+
+TEST_F(BadInput, ChunkSizeThatWouldNeedAbsurdMemory) {
+  const fs::path model = copy_model("tiny");
+  nlohmann::json config = nlohmann::json::parse(read_text(model / "config.json"));
+  config["chunk_size"] = 1000000000;  // every forward padded to 10^9 tokens
+  write_text(model / "config.json", config.dump(2));
+  const fs::path s = scenario({fwd(kTokens)}, model);
+  expect_rejected(run_scenario(s, "chunked"), {s.string(), "op 0", "chunk_size=1000000000"});
+}
+
+TEST_F(BadInput, RunOverTheMemoryLimitIsRejected) {
+  // A limit far below the embedded model's run stands in for a token list of millions.
+  const fs::path s = scenario({fwd(kTokens)}, model_dir("tiny"));
+  expect_rejected(run_scenario(s, "chunked", "MAMBADIFF_MEMORY_LIMIT_BYTES=1000"),
+                  {s.string(), "op 0", "MAMBADIFF_MEMORY_LIMIT_BYTES"});
+  expect_rejected(cli({"generate", "--prompt-tokens", "3,1,4", "--tokens", "4"}, "MAMBADIFF_MEMORY_LIMIT_BYTES=1000"),
+                  {"generate", "MAMBADIFF_MEMORY_LIMIT_BYTES"});
+  expect_rejected(run_scenario(s, "chunked", "MAMBADIFF_MEMORY_LIMIT_BYTES=lots"),
+                  {"MAMBADIFF_MEMORY_LIMIT_BYTES", "positive integer"});
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // chunked and reference paths advancing seqlen_offset and recording the dispatch trace.
 #include "engine/mamba2_cache.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -321,6 +322,82 @@ TEST(Mamba2Cache, CopyBytesIsBitExactAndChecksShapes) {
   EXPECT_ANY_THROW(mambadiff::copy_bytes(wrong, src));
   torch::Tensor wrong_dtype = torch::zeros({3, 4}, torch::kFloat64);
   EXPECT_ANY_THROW(mambadiff::copy_bytes(wrong_dtype, src));
+}
+
+TEST(Mamba2Cache, CopyBytesMismatchIsAnInputErrorNamingTheTensorAndBothShapes) {
+  torch::Tensor src = torch::zeros({3, 4});
+  torch::Tensor wrong = torch::zeros({4, 3}, torch::kFloat64);
+  const std::string msg = input_error([&] { mambadiff::copy_bytes(wrong, src, "ssm_states[2]"); });
+  EXPECT_THAT(msg, HasSubstr("'ssm_states[2]'"));
+  EXPECT_THAT(msg, HasSubstr("[4, 3] Double"));
+  EXPECT_THAT(msg, HasSubstr("[3, 4] Float"));
+  // The multi-tensor form names the pair at fault and copies nothing when any pair is wrong.
+  torch::Tensor ok_dst = torch::zeros({2}), ok_src = torch::ones({2});
+  const std::string multi = input_error(
+      [&] { mambadiff::copy_bytes({ok_dst, wrong}, {ok_src, src}, {"conv_states[0]", "conv_states[1]"}); });
+  EXPECT_THAT(multi, HasSubstr("'conv_states[1]'"));
+  EXPECT_EQ(ok_dst.sum().item<float>(), 0.0f);
+}
+
+// A restore from a mismatched snapshot must throw before it touches anything: every state's bytes,
+// storage, dtype, autograd flag and seqlen_offset as they were.
+TEST(Mamba2Cache, MismatchedRestoreLeavesTheCacheUnchanged) {
+  Mamba2Cache cache(small_config(), 2, torch::kFloat32, torch::kFloat32, torch::kCPU);
+  torch::manual_seed(7);
+  for (auto& t : cache.conv_states) t.normal_();
+  for (auto& t : cache.ssm_states) t.normal_();
+  cache.seqlen_offset = 5;
+  Mamba2Cache::Snapshot bad = cache.snapshot();
+  for (auto& t : bad.conv_states) t.fill_(1.0f);
+  for (auto& t : bad.ssm_states) t.fill_(1.0f);
+  bad.seqlen_offset = 9;
+  // The last layer's ssm state has the wrong shape: found only after every other pair was checked.
+  bad.ssm_states.back() = torch::zeros({1, 1, 1, 1});
+  // A state with autograd history (as the optimizer leaves it): restore must not detach it first.
+  torch::Tensor leaf = torch::zeros(cache.ssm_states[0].sizes(), torch::requires_grad());
+  cache.ssm_states[0] = cache.ssm_states[0] + leaf;
+  const Mamba2Cache::Snapshot before = cache.snapshot();
+  const auto ptrs = pointers(cache);
+
+  const std::string msg = input_error([&] { cache.restore(bad); });
+  EXPECT_THAT(msg, HasSubstr(fmt::format("ssm_states[{}]", cache.num_layers() - 1)));
+  EXPECT_EQ(cache.seqlen_offset, 5);
+  EXPECT_EQ(pointers(cache), ptrs);
+  EXPECT_TRUE(cache.ssm_states[0].requires_grad());
+  for (int64_t l = 0; l < cache.num_layers(); ++l) {
+    EXPECT_EQ(bytes_of(cache.conv_states[l]), bytes_of(before.conv_states[l])) << l;
+    EXPECT_EQ(bytes_of(cache.ssm_states[l]), bytes_of(before.ssm_states[l])) << l;
+    EXPECT_EQ(cache.conv_states[l].scalar_type(), torch::kFloat32);
+    EXPECT_EQ(cache.ssm_states[l].sizes(), before.ssm_states[l].sizes());
+  }
+}
+
+// The guard's destructor runs a restore that can throw; it must log, not terminate the process.
+TEST(Mamba2Cache, RestoreGuardNeverThrowsFromItsDestructor) {
+  Mamba2Cache cache(small_config(), 1, torch::kFloat32, torch::kFloat32, torch::kCPU);
+  Mamba2Cache::Snapshot bad = cache.snapshot();
+  bad.conv_states.front() = torch::zeros({2});
+  testing::internal::CaptureStderr();
+  {
+    mambadiff::ScopedCacheRestore guard(cache, bad);
+  }  // before the fix: std::terminate here
+  EXPECT_THAT(testing::internal::GetCapturedStderr(), HasSubstr("conv_states[0]"));
+  // The explicit restore on the normal path throws the InputError, and the destructor stays quiet.
+  testing::internal::CaptureStderr();
+  {
+    mambadiff::ScopedCacheRestore guard(cache, bad);
+    EXPECT_THAT(input_error([&] { guard.restore_now(); }), HasSubstr("conv_states[0]"));
+  }
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  // And a good snapshot is restored by the destructor on an early exit.
+  const Mamba2Cache::Snapshot zeros = cache.snapshot();
+  {
+    mambadiff::ScopedCacheRestore guard(cache, zeros);
+    cache.ssm_states[0].fill_(3.0f);
+    cache.seqlen_offset = 4;
+  }
+  EXPECT_EQ(cache.seqlen_offset, 0);
+  EXPECT_EQ(bytes_of(cache.ssm_states[0]), bytes_of(zeros.ssm_states[0]));
 }
 
 // ---- inject ----------------------------------------------------------------------------------

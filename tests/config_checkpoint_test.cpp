@@ -7,22 +7,26 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/checkpoint.h"
 #include "engine/chunked_path.h"
 #include "engine/config.h"
 #include "engine/errors.h"
+#include "engine/memory_estimate.h"
 #include "engine/safetensors.h"
 #include "tests/test_support.h"
 
@@ -228,6 +232,98 @@ TEST(Mamba2Config, InconsistentHeadsRejectedNamingTheKeys) {
   j = base_config();
   j["expand"] = 3;
   EXPECT_THAT(input_error([&] { Mamba2Config::from_json(j, "c"); }), HasSubstr("hidden_size*expand"));
+}
+
+// Sizes whose products overflow 64 bits are input errors naming the keys; before the checks a
+// wrapped product could even pass the consistency check (32 * (2^59 + 2) wraps to 64 = 4 * 16).
+TEST(Mamba2Config, OverflowingSizesAreRejectedNamingTheKeys) {
+  const int64_t k2to59 = int64_t{1} << 59, k2to62 = int64_t{1} << 62;
+  const std::vector<std::tuple<std::string, nlohmann::json, std::vector<std::string>>> cases = {
+      {"expand", k2to59 + 2, {"'hidden_size' * 'expand'", "overflows"}},
+      {"chunk_size", k2to62, {"'chunk_size'", "overflows"}},
+      {"vocab_size", k2to62, {"'vocab_size'", "overflows"}},
+      {"state_size", k2to62, {"'state_size'", "overflows"}},
+      {"conv_kernel", k2to62, {"'conv_kernel'", "overflows"}},
+  };
+  for (const auto& [key, value, expect] : cases) {
+    SCOPED_TRACE(key);
+    nlohmann::json j = base_config();
+    j[key] = value;
+    const std::string m = input_error([&] { Mamba2Config::from_json(j, "models/o/config.json"); });
+    EXPECT_THAT(m, HasSubstr("models/o/config.json"));
+    for (const auto& sub : expect) EXPECT_THAT(m, HasSubstr(sub));
+  }
+  // The default num_heads (d_inner / head_dim) is computed from an overflowing product too.
+  nlohmann::json j = base_config();
+  j.erase("num_heads");
+  j["expand"] = k2to59 + 2;
+  EXPECT_THAT(input_error([&] { Mamba2Config::from_json(j, "c"); }), HasSubstr("'hidden_size' * 'expand'"));
+}
+
+// ---- the memory estimate ------------------------------------------------------------------------
+
+// Sets an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST(MemoryEstimate, ChunkSizeOfABillionIsRejectedBeforeAllocatingNamingTheKey) {
+  Mamba2Config c = parse_config(config_text("0.1"));
+  // One token padded to a 10^9-token chunk, and its 10^9 x 10^9 segment matrices: far past any machine.
+  c.chunk_size = 1'000'000'000;
+  c.validate("c");  // the config itself is valid: chunk_size^2 * 8 fits 64 bits
+  const mambadiff::MemoryEstimate m = mambadiff::estimate_run_memory(c, torch::kFloat32, 1, {1}, true);
+  EXPECT_THAT(m.largest, HasSubstr("chunk_size=1000000000"));
+  const std::string msg = input_error([&] { mambadiff::require_memory(m, "scenario.json: op 0"); });
+  EXPECT_THAT(msg, HasSubstr("scenario.json: op 0"));
+  EXPECT_THAT(msg, HasSubstr("chunk_size=1000000000"));
+  EXPECT_THAT(msg, HasSubstr("MAMBADIFF_MEMORY_LIMIT_BYTES"));
+}
+
+TEST(MemoryEstimate, GrowsWithTheRunAndHonoursTheLimitVariable) {
+  const Mamba2Config c = parse_config(config_text("0.1"));
+  const auto small = mambadiff::estimate_run_memory(c, torch::kFloat32, 1, {5}, true);
+  const auto longer = mambadiff::estimate_run_memory(c, torch::kFloat32, 1, {5000}, true);
+  const auto wider = mambadiff::estimate_run_memory(c, torch::kFloat32, 8, {5000}, true);
+  const auto more_ops = mambadiff::estimate_run_memory(c, torch::kFloat32, 8, {5000, 5000}, true);
+  const auto not_kept = mambadiff::estimate_run_memory(c, torch::kFloat32, 8, {5000, 5000}, false);
+  EXPECT_LT(small.bytes, longer.bytes);
+  EXPECT_LT(longer.bytes, wider.bytes);
+  EXPECT_LT(wider.bytes, more_ops.bytes);
+  EXPECT_LT(not_kept.bytes, more_ops.bytes);
+  // The kept logits alone are 8 x 10000 x 96 values in fp32 and float64: a lower bound.
+  EXPECT_GE(more_ops.bytes, uint64_t{8} * 10000 * 96 * (4 + 8));
+
+  {
+    const ScopedEnv limit("MAMBADIFF_MEMORY_LIMIT_BYTES", std::to_string(longer.bytes - 1).c_str());
+    EXPECT_EQ(mambadiff::memory_limit_bytes(), longer.bytes - 1);
+    mambadiff::require_memory(small, "fits");  // no throw
+    EXPECT_THAT(input_error([&] { mambadiff::require_memory(longer, "runs.json: op 2"); }),
+                HasSubstr("runs.json: op 2"));
+  }
+  for (const char* bad : {"", "0", "-5", "12GB", "1e9", "99999999999999999999999"}) {
+    SCOPED_TRACE(bad);
+    const ScopedEnv limit("MAMBADIFF_MEMORY_LIMIT_BYTES", bad);
+    EXPECT_THAT(input_error([] { mambadiff::memory_limit_bytes(); }), HasSubstr("MAMBADIFF_MEMORY_LIMIT_BYTES"));
+  }
+  // Without the variable: half the physical memory, which the embedded models' runs fit easily.
+  ::unsetenv("MAMBADIFF_MEMORY_LIMIT_BYTES");
+  EXPECT_GT(mambadiff::memory_limit_bytes(), more_ops.bytes);
 }
 
 TEST(Mamba2Config, HeadsNotDivisibleByGroupsRejectedNamingTheKeys) {
@@ -504,6 +600,67 @@ TEST(Mamba2Checkpoint, TiedModelIgnoresAStoredLmHead) {
                   [](Named& t) { t.emplace_back("lm_head.weight", torch::ones({96, 32})); });
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model);
   EXPECT_TRUE(ck.weights.lm_head.is_same(ck.weights.embeddings));
+}
+
+// A stored lm_head of the wrong shape in a tied model means the file does not match the config:
+// rejected, not silently ignored.
+TEST(Mamba2Checkpoint, TiedModelRejectsAWrongShapedStoredLmHead) {
+  const fs::path model = copy_model("tiny", "tied_wrong_lm_head");
+  rewrite_weights(model / "model.safetensors",
+                  [](Named& t) { t.emplace_back("lm_head.weight", torch::ones({95, 32})); });
+  const std::string m = input_error([&] { Mamba2Checkpoint::load(model); });
+  EXPECT_THAT(m, HasSubstr((model / "model.safetensors").string()));
+  EXPECT_THAT(m, HasSubstr("'lm_head.weight'"));
+  EXPECT_THAT(m, HasSubstr("95x32"));
+}
+
+// A stored tensor the model does not use (a layer beyond num_hidden_layers, another
+// architecture's name) is rejected, naming the file and the tensor.
+TEST(Mamba2Checkpoint, UnknownStoredTensorIsRejected) {
+  for (const std::string extra : {"backbone.layers.2.norm.weight", "model.decoder.weight"}) {
+    SCOPED_TRACE(extra);
+    const fs::path model = copy_model("tiny", "unknown_tensor");
+    rewrite_weights(model / "model.safetensors", [&](Named& t) { t.emplace_back(extra, torch::ones({32})); });
+    const std::string m = input_error([&] { Mamba2Checkpoint::load(model); });
+    EXPECT_THAT(m, HasSubstr((model / "model.safetensors").string()));
+    EXPECT_THAT(m, HasSubstr("'" + extra + "'"));
+    EXPECT_THAT(m, HasSubstr("unknown tensors are rejected"));
+  }
+}
+
+// A sharded index names its shards; each must be a file inside the model folder.
+TEST(Mamba2Checkpoint, ShardOutsideTheModelFolderIsRejected) {
+  const fs::path outside = scratch("shard_outside_target");
+  fs::copy(model_dir("grouped") / "model-00001-of-00003.safetensors", outside / "stolen.safetensors");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"dotdot", "../../shard_outside_target/stolen.safetensors"},
+      {"absolute", (outside / "stolen.safetensors").string()},
+      {"symlink", "link.safetensors"},
+  };
+  for (const auto& [label, shard] : cases) {
+    SCOPED_TRACE(label);
+    const fs::path model = copy_model("grouped", "shard_outside_" + label);
+    fs::create_symlink(outside / "stolen.safetensors", model / "link.safetensors");
+    const fs::path index = model / "model.safetensors.index.json";
+    nlohmann::json j = nlohmann::json::parse(read_text(index));
+    j["weight_map"]["backbone.embeddings.weight"] = shard;
+    write_text(index, j.dump(2));
+    const std::string m = input_error([&] { Mamba2Checkpoint::load(model); });
+    EXPECT_THAT(m, HasSubstr(index.string()));
+    EXPECT_THAT(m, HasSubstr("backbone.embeddings.weight"));
+    EXPECT_THAT(m, HasSubstr("outside the model folder"));
+  }
+  // A shard in a subfolder of the model folder is fine.
+  const fs::path model = copy_model("grouped", "shard_in_subfolder");
+  fs::create_directories(model / "shards");
+  fs::rename(model / "model-00001-of-00003.safetensors", model / "shards" / "model-00001-of-00003.safetensors");
+  const fs::path index = model / "model.safetensors.index.json";
+  nlohmann::json j = nlohmann::json::parse(read_text(index));
+  for (auto& [name, file] : j["weight_map"].items()) {
+    if (file == "model-00001-of-00003.safetensors") file = "shards/model-00001-of-00003.safetensors";
+  }
+  write_text(index, j.dump(2));
+  EXPECT_EQ(Mamba2Checkpoint::load(model).config.n_groups, Mamba2Checkpoint::load(model_dir("grouped")).config.n_groups);
 }
 
 TEST(Mamba2Checkpoint, UntiedModelWithoutLmHeadIsRejected) {

@@ -14,6 +14,8 @@
 #if MAMBADIFF_CUDA_PATH
 #include "cuda_path/cuda_path.h"
 #include "cuda_path/fused_ops.h"
+#include "kernels/fused_kernels.h"
+#include "kernels/guard_region.h"
 #endif
 
 namespace mambadiff {
@@ -253,6 +255,174 @@ TEST_F(FusedOps, GraphReplayEqualsTheEagerLoopBitForBit) {
       EXPECT_GT(d.abs().max().item<double>(), 0.0) << path;
       EXPECT_TRUE(torch::equal(graphed.delta.at(layer), d)) << path << " layer " << layer;
     }
+  }
+}
+
+// ---- guard regions: no kernel writes outside its outputs ------------------------------------------
+
+// A device tensor with guard words before and after it, filled with a pattern (kernels/guard_region.h,
+// the habit of ggml's test-backend-ops): after a kernel ran, any changed guard word is a write out
+// of bounds. Outputs are placed in the middle of the buffer so an overrun in either direction lands
+// in a guard.
+class Guarded {
+ public:
+  static constexpr uint32_t kPattern = 0x7fc0dead;  // a NaN payload no kernel computes
+  static constexpr int64_t kGuardWords = 1024;      // 4 KB each side: more than one block's stride
+
+  Guarded(torch::IntArrayRef shape, torch::ScalarType dtype) {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
+    payload_words_ = (bytes + 3) / 4;
+    words_ = torch::empty({2 * kGuardWords + payload_words_}, torch::TensorOptions().dtype(torch::kInt32).device(torch::kCUDA));
+    EXPECT_EQ(kernels::fill_guard(guard_ptr(0), static_cast<size_t>(words_.numel()), kPattern), 0);
+    tensor_ = words_.narrow(0, kGuardWords, payload_words_).view(torch::kUInt8).narrow(0, 0, bytes).view(dtype).view(shape);
+  }
+  torch::Tensor& tensor() { return tensor_; }
+  void* ptr() { return tensor_.data_ptr(); }
+  float* fptr() { return tensor_.data_ptr<float>(); }
+  // Guard words changed before and after the payload.
+  std::pair<unsigned long long, unsigned long long> damage() {
+    torch::cuda::synchronize();
+    unsigned long long before = 0, after = 0;
+    EXPECT_EQ(kernels::count_guard_mismatches(guard_ptr(0), kGuardWords, kPattern, &before), 0);
+    EXPECT_EQ(kernels::count_guard_mismatches(guard_ptr(kGuardWords + payload_words_), kGuardWords, kPattern, &after), 0);
+    return {before, after};
+  }
+  void expect_intact(const std::string& what) {
+    const auto [before, after] = damage();
+    EXPECT_EQ(before, 0u) << what << ": words written before the output";
+    EXPECT_EQ(after, 0u) << what << ": words written after the output";
+  }
+
+ private:
+  uint32_t* guard_ptr(int64_t word) { return reinterpret_cast<uint32_t*>(words_.data_ptr<int32_t>()) + word; }
+  torch::Tensor words_, tensor_;
+  int64_t payload_words_ = 0;
+};
+
+// The checker itself: a write one element past the payload, or one before it, is seen.
+TEST_F(FusedOps, GuardRegionsSeeAWriteJustOutsideTheOutput) {
+  Guarded g({3, 5}, torch::kFloat32);
+  g.tensor().fill_(1.0f);
+  EXPECT_EQ(g.damage(), std::make_pair(0ull, 0ull));
+  torch::from_blob(g.fptr() + 15, {1}, opts_).fill_(2.0f);
+  EXPECT_EQ(g.damage(), std::make_pair(0ull, 1ull));
+  torch::from_blob(g.fptr() - 1, {1}, opts_).fill_(2.0f);
+  EXPECT_EQ(g.damage(), std::make_pair(1ull, 1ull));
+}
+
+// Every kernel, forward and backward, at odd sizes (not multiples of a warp or block) and both
+// activation dtypes, writes only inside its outputs.
+TEST_F(FusedOps, EveryKernelWritesOnlyInsideItsOutputs) {
+  namespace k = kernels;
+  const int64_t B = 2, T = 5, H = 3, P = 7, G = 1, N = 19, K = 4, D = 37, I = H * P, C = I + 2 * G * N;
+  for (const auto act_dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(act_dtype));
+    const auto act = act_dtype == torch::kFloat32 ? k::Act::kFloat32 : k::Act::kBFloat16;
+    const auto a_opts = opts_.dtype(act_dtype);
+    auto rand_act = [&](torch::IntArrayRef shape) { return torch::randn(shape, a_opts).contiguous(); };
+    auto rand_f32 = [&](torch::IntArrayRef shape) { return torch::randn(shape, opts_).contiguous(); };
+
+    {  // rms_norm forward and backward
+      const torch::Tensor x = rand_act({B * T, D}), w = rand_act({D});
+      Guarded out({B * T, D}, act_dtype), rstd({B * T}, torch::kFloat32), gx({B * T, D}, act_dtype);
+      ASSERT_EQ(k::rms_norm_forward(act, act, x.data_ptr(), w.data_ptr(), out.ptr(), rstd.fptr(), B * T, D, 1e-5f, nullptr), 0);
+      out.expect_intact("rms_norm out");
+      rstd.expect_intact("rms_norm rstd");
+      const torch::Tensor g = rand_act({B * T, D});
+      ASSERT_EQ(k::rms_norm_backward(act, act, x.data_ptr(), w.data_ptr(), rstd.fptr(), g.data_ptr(), gx.ptr(), B * T, D, nullptr), 0);
+      gx.expect_intact("rms_norm grad_x");
+    }
+    {  // gated rms_norm, grouped (groups of 7 channels), gate as a column slice with a wider stride
+      const int64_t group = 7, stride = I + 3;
+      const torch::Tensor y = rand_f32({B * T, I}), gate = rand_act({B * T, stride}), w = rand_act({I});
+      Guarded out({B * T, I}, act_dtype), rstd({B * T, I / group}, torch::kFloat32);
+      ASSERT_EQ(k::gated_rms_norm_forward(act, y.data_ptr<float>(), gate.data_ptr(), stride, w.data_ptr(), out.ptr(), rstd.fptr(),
+                                          B * T, I, group, 1e-5f, nullptr), 0);
+      out.expect_intact("gated_rms_norm out");
+      rstd.expect_intact("gated_rms_norm rstd");
+      Guarded gy({B * T, I}, torch::kFloat32), ggate({B * T, I}, act_dtype);
+      const torch::Tensor g = rand_act({B * T, I});
+      ASSERT_EQ(k::gated_rms_norm_backward(act, y.data_ptr<float>(), gate.data_ptr(), stride, w.data_ptr(), rstd.fptr(),
+                                           g.data_ptr(), gy.fptr(), ggate.ptr(), B * T, I, group, nullptr), 0);
+      gy.expect_intact("gated_rms_norm grad_y");
+      ggate.expect_intact("gated_rms_norm grad_gate");
+    }
+    {  // causal conv1d forward (x a column slice) and backward
+      const int64_t stride = C + 5;
+      const torch::Tensor x = rand_act({B * T, stride}), window = rand_act({B, C, K}), w = rand_act({C, K}),
+                          bias = rand_act({C});
+      Guarded out({B, T, C}, act_dtype), new_window({B, C, K}, act_dtype), pre({B, T, C}, torch::kFloat32);
+      ASSERT_EQ(k::causal_conv1d_forward(act, x.data_ptr(), stride, window.data_ptr(), w.data_ptr(), bias.data_ptr(), out.ptr(),
+                                         new_window.ptr(), pre.fptr(), B, T, C, K, nullptr), 0);
+      out.expect_intact("causal_conv1d out");
+      new_window.expect_intact("causal_conv1d new_window");
+      pre.expect_intact("causal_conv1d pre");
+      Guarded gx({B, T, C}, act_dtype);
+      const torch::Tensor g = rand_act({B, T, C});
+      ASSERT_EQ(k::causal_conv1d_backward(act, g.data_ptr(), pre.fptr(), w.data_ptr(), gx.ptr(), B, T, C, K, nullptr), 0);
+      gx.expect_intact("causal_conv1d grad_x");
+    }
+    {  // dt discretization forward and backward
+      const int64_t stride = H + 2;
+      const torch::Tensor raw = rand_act({B * T, stride}), bias = rand_f32({H});
+      Guarded dt({B, T, H}, torch::kFloat32), graw({B, T, H}, act_dtype);
+      ASSERT_EQ(k::dt_discretize_forward(act, raw.data_ptr(), stride, bias.data_ptr<float>(), dt.fptr(), B * T, H, 0.001f, 0.1f,
+                                         nullptr), 0);
+      dt.expect_intact("dt_discretize dt");
+      const torch::Tensor g = rand_f32({B, T, H});
+      ASSERT_EQ(k::dt_discretize_backward(act, raw.data_ptr(), stride, bias.data_ptr<float>(), g.data_ptr<float>(), graw.ptr(),
+                                          B * T, H, 0.001f, 0.1f, nullptr), 0);
+      graw.expect_intact("dt_discretize grad_raw");
+    }
+    {  // the scan over T tokens and the one-token step backward (x, B, C as slices of one row)
+      for (const int64_t tokens : {T, int64_t{1}}) {
+        SCOPED_TRACE(tokens);
+        const int64_t stride = C + 1;
+        const torch::Tensor xbc = rand_act({B * tokens, stride});
+        const void* x = xbc.data_ptr();
+        const void* Bm = static_cast<const char*>(x) + I * xbc.element_size();
+        const void* Cm = static_cast<const char*>(x) + (I + G * N) * xbc.element_size();
+        const torch::Tensor dt = torch::rand({B, tokens, H}, opts_) * 0.1, A = -torch::rand({H}, opts_), Dp = rand_f32({H}),
+                            initial = rand_f32({B, H, P, N});
+        const k::ScanShape s{B, tokens, H, P, G, N};
+        Guarded y({B, tokens, H, P}, torch::kFloat32), final_state({B, H, P, N}, torch::kFloat32);
+        ASSERT_EQ(k::ssm_scan_forward(act, s, x, Bm, Cm, stride, dt.data_ptr<float>(), A.data_ptr<float>(), Dp.data_ptr<float>(),
+                                      initial.data_ptr<float>(), y.fptr(), final_state.fptr(), nullptr), 0);
+        y.expect_intact("ssm_scan y");
+        final_state.expect_intact("ssm_scan final_state");
+        if (tokens != 1) continue;
+        const torch::Tensor gy = rand_f32({B, H, P}), gs_out = rand_f32({B, H, P, N});
+        Guarded gx({B, H, P}, act_dtype), gdt({B, H}, torch::kFloat32), gB({B, H, N}, torch::kFloat32),
+            gC({B, H, N}, torch::kFloat32), gs({B, H, P, N}, torch::kFloat32);
+        ASSERT_EQ(k::ssm_step_backward(act, s, x, Bm, Cm, stride, dt.data_ptr<float>(), A.data_ptr<float>(), Dp.data_ptr<float>(),
+                                       initial.data_ptr<float>(), gy.data_ptr<float>(), gs_out.data_ptr<float>(), gx.ptr(),
+                                       gdt.fptr(), gB.fptr(), gC.fptr(), gs.fptr(), nullptr), 0);
+        gx.expect_intact("ssm_step_backward grad_x");
+        gdt.expect_intact("ssm_step_backward grad_dt");
+        gB.expect_intact("ssm_step_backward grad_B_head");
+        gC.expect_intact("ssm_step_backward grad_C_head");
+        gs.expect_intact("ssm_step_backward grad_state");
+      }
+    }
+  }
+}
+
+// The fused ops' own checks on a GPU: a tensor on the wrong device or of the wrong dtype is named.
+TEST_F(FusedOps, LaunchChecksNameTheTensorOnTheDevice) {
+  const torch::Tensor x = randn({1, 2, 4, 16}), bc = randn({1, 2, 1, 16}), dt = randn({1, 2, 4}), h = randn({4});
+  try {
+    fused::ssm_scan(x, dt, h, bc, bc.cpu(), h, {});
+    ADD_FAILURE() << "no error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'C' must be on a CUDA device"), std::string::npos) << e.what();
+  }
+  try {
+    fused::ssm_scan(x, dt, h, bc.to(torch::kBFloat16), bc, h, {});
+    ADD_FAILURE() << "no error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'B' must be Float"), std::string::npos) << e.what();
   }
 }
 

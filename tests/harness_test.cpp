@@ -5,10 +5,15 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/errors.h"
+#if MAMBADIFF_CUDA_PATH
+#include "cuda_path/fused_ops.h"
+#endif
 #include "harness/check_suite.h"
 #include "harness/compare.h"
 #include "harness/path_registry.h"
@@ -40,6 +45,86 @@ Comparison against_reference(const std::string& mutant, const std::string& scena
   const std::vector<ErrorBaseline> bl = {measure_baseline(evaluate_path("plain-float32", s, ck), ref)};
   return compare_results(mutants::find_mutant(mutant).evaluate(s, ck), ref, ref, bl);
 }
+
+// A provider's path ("mutant:x") and an external file ("file:PATH") pass path_available(); make_path
+// has no registry entry to build them from and must say so, not dereference the missing entry.
+TEST(PathRegistry, MakePathOnAProviderOrFileNameIsAnInputErrorNamingIt) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kSource / "corpus/models/tiny");
+  install_path_provider({"planted:", [] { return std::vector<std::string>{"planted:x"}; },
+                         [](const std::string&, const Scenario&, const Mamba2Checkpoint&) -> ScenarioResult {
+                           throw std::logic_error("never evaluated here");
+                         }});
+  ASSERT_TRUE(path_available("planted:x", torch::kFloat32));
+  for (const std::string name : {"planted:x", "file:/nonexistent/result.safetensors"}) {
+    try {
+      make_path(name, ck, torch::kFloat32);
+      ADD_FAILURE() << name << ": no error";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + name + "'"), std::string::npos) << e.what();
+    }
+  }
+}
+
+#if MAMBADIFF_CUDA_PATH
+// The fused ops check every tensor before a launch; these checks run on CPU tensors (no GPU
+// needed): a CPU tensor is a clear error naming the op and the tensor, never a launch on a host
+// pointer; a model past a kernel's limit is an InputError naming the config key.
+std::string launch_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const InputError& e) {
+    return std::string("InputError: ") + first_line(e);
+  } catch (const c10::Error& e) {
+    return first_line(e);
+  }
+  return "nothing thrown";
+}
+
+TEST(FusedOpChecks, CpuTensorsAreRejectedNamingTheOpAndTensor) {
+  const auto f32 = torch::kFloat32;
+  const torch::Tensor x3 = torch::zeros({1, 2, 8}), w8 = torch::ones({8});
+  EXPECT_EQ(launch_error([&] { fused::rms_norm(x3, w8, 1e-5); }),
+            "cuda rms_norm: tensor 'x' must be on a CUDA device, got cpu");
+  EXPECT_EQ(launch_error([&] { fused::gated_rms_norm(x3, x3, w8, 1e-5, 8); }),
+            "cuda gated_rms_norm: tensor 'y' must be on a CUDA device, got cpu");
+  EXPECT_EQ(launch_error([&] { fused::causal_conv1d(x3, torch::zeros({1, 8, 4}), torch::ones({8, 4}), {}); }),
+            "cuda causal_conv1d: tensor 'inputs' must be on a CUDA device, got cpu");
+  EXPECT_EQ(launch_error([&] { fused::dt_discretize(torch::zeros({1, 2, 4}), torch::zeros({4}), 0.0, 1.0); }),
+            "cuda dt_discretize: tensor 'dt_raw' must be on a CUDA device, got cpu");
+  const torch::Tensor x = torch::zeros({1, 2, 4, 16}), bc = torch::zeros({1, 2, 1, 16});
+  const torch::Tensor dt = torch::zeros({1, 2, 4}, f32), h = torch::zeros({4}, f32);
+  EXPECT_EQ(launch_error([&] { fused::ssm_scan(x, dt, h, bc, bc, h, {}); }),
+            "cuda ssm_scan: tensor 'x' must be on a CUDA device, got cpu");
+}
+
+TEST(FusedOpChecks, ShapesAndKernelLimitsAreCheckedBeforeTheDevice) {
+  const torch::Tensor dt = torch::zeros({1, 2, 4}), h = torch::zeros({4});
+  // B and C disagree with x on the token count: named, not read out of bounds.
+  EXPECT_EQ(launch_error([&] {
+              fused::ssm_scan(torch::zeros({1, 2, 4, 16}), dt, h, torch::zeros({1, 3, 1, 16}), torch::zeros({1, 3, 1, 16}),
+                              h, {});
+            }),
+            "cuda ssm_scan: tensor 'B' must have shape [1, 2, *, *], got [1, 3, 1, 16]");
+  EXPECT_EQ(launch_error([&] {
+              fused::ssm_scan(torch::zeros({1, 2, 4, 16}), dt, h, torch::zeros({1, 2, 1, 512}),
+                              torch::zeros({1, 2, 1, 512}), h, {});
+            }),
+            "InputError: cuda ssm_scan: config key 'state_size' = 512 exceeds the fused kernel's limit of 256");
+  EXPECT_EQ(launch_error([&] {
+              fused::ssm_scan(torch::zeros({1, 2, 4, 300}), dt, h, torch::zeros({1, 2, 1, 16}),
+                              torch::zeros({1, 2, 1, 16}), h, {});
+            }),
+            "InputError: cuda ssm_scan: config key 'head_dim' = 300 exceeds the fused kernel's limit of 256");
+  EXPECT_EQ(launch_error([&] {
+              fused::causal_conv1d(torch::zeros({1, 2, 8}), torch::zeros({1, 8, 9}), torch::ones({8, 9}), {});
+            }),
+            "InputError: cuda causal_conv1d: config key 'conv_kernel' = 9 exceeds the fused kernel's limit of 8");
+  EXPECT_EQ(launch_error([&] {
+              fused::causal_conv1d(torch::zeros({1, 2, 8}), torch::zeros({1, 8, 4}), torch::ones({7, 4}), {});
+            }),
+            "cuda causal_conv1d: tensor 'weight' must have shape [8, *], got [7, 4]");
+}
+#endif
 
 TEST(PlantedBugs, DecodeWithoutClampDivergesAtFirstDecodeStep) {
   const Comparison c = against_reference("decode-no-dt-clamp", "limited/decode.json");

@@ -129,6 +129,20 @@ TEST_F(PrefilledCache, RestoredBitIdenticallyWhenTheLoopThrows) {
   before.expect_equal_to(cache);
 }
 
+// The restore guarantee covers the conv window as fully as the SSM state: same bytes are not
+// enough, they must be in the same storage (the cache's tensors are what a CUDA graph replays).
+TEST_F(PrefilledCache, BitIdentityCheckCoversConvStatesStorage) {
+  const Mamba2Cache::Snapshot base = cache.snapshot();
+  const CacheStorage storage = storage_of(cache);
+  EXPECT_TRUE(restored_bit_identically(cache, base, storage));
+  cache.conv_states[0] = cache.conv_states[0].clone();  // same bytes, new storage
+  EXPECT_FALSE(restored_bit_identically(cache, base, storage));
+  cache.restore(base);
+  EXPECT_FALSE(restored_bit_identically(cache, base, storage)) << "restore writes into the tensor it finds";
+  cache.conv_states[0] = cache.conv_states[0] + torch::zeros({1}, torch::requires_grad());  // history
+  EXPECT_FALSE(restored_bit_identically(cache, base, storage_of(cache)));
+}
+
 // The incident's optimizer world: a stand-in cache the model dispatches as prefill (no
 // seqlen_offset). Deployment uses the real cache. The zero-Δ gate must refuse to optimize.
 class StandInCacheWorld : public ChunkedPath {

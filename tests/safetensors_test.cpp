@@ -116,6 +116,13 @@ const std::vector<std::pair<torch::ScalarType, std::string>> kDtypes = {
     {torch::kInt16, "I16"},   {torch::kInt8, "I8"},      {torch::kUInt8, "U8"},
     {torch::kBool, "BOOL"}};
 
+struct Malformed {
+  std::string label;
+  std::string header;
+  std::string data;
+  std::vector<std::string> expect;  // substrings of the message besides the file name
+};
+
 class SafetensorsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -428,17 +435,66 @@ TEST_F(SafetensorsTest, ReadsHeaderWithTwoBytesOfSpacePadding) {
   EXPECT_EQ(st::File::open(q).tensor("y").item<int8_t>(), -128);
 }
 
-TEST_F(SafetensorsTest, OverlappingAndUnsortedOffsetsAreAllowed) {
+TEST_F(SafetensorsTest, UnsortedButContiguousOffsetsAreAllowed) {
   const std::string header =
       R"({"hi":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},)"
-      R"("all":{"dtype":"I32","shape":[1],"data_offsets":[0,4]},)"
+      R"("empty":{"dtype":"F32","shape":[0],"data_offsets":[2,2]},)"
       R"("lo":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
-  const fs::path p = file("overlap.safetensors");
+  const fs::path p = file("unsorted.safetensors");
   write_bytes(p, assemble(header, std::string("\x01\x02\x03\x04", 4)));
   const st::File f = st::File::open(p);
   EXPECT_TRUE(torch::equal(f.tensor("lo"), torch::tensor({1, 2}, torch::kUInt8)));
   EXPECT_TRUE(torch::equal(f.tensor("hi"), torch::tensor({3, 4}, torch::kUInt8)));
-  EXPECT_EQ(f.tensor("all").item<int32_t>(), 0x04030201);
+  EXPECT_EQ(f.tensor("empty").numel(), 0);
+}
+
+// The format's own rules for the data section and the header, one case per rule; each message
+// names the file and the tensor (or key) at fault.
+TEST_F(SafetensorsTest, FormatRulesOnOffsetsAndHeaderAreEnforced) {
+  const std::string four("\x01\x02\x03\x04", 4);
+  const std::vector<Malformed> cases = {
+      // Two names for the same bytes: the aliasing the format forbids.
+      {"aliased", R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                  R"("b":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})",
+       four, {"'b'", "overlap", "'a'"}},
+      {"overlapping", R"({"lo":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},)"
+                      R"("hi":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})",
+       four, {"'hi'", "overlap", "'lo'"}},
+      {"gap_at_start", R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})", four,
+       {"'w'", "gap of 2 bytes", "start of the data"}},
+      {"gap_between", R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                      R"("b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}})",
+       four, {"'b'", "gap of 1 bytes", "'a'"}},
+      {"trailing_bytes", R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}})", four,
+       {"1 trailing bytes"}},
+      {"data_without_tensors", R"({})", four, {"4 trailing bytes"}},
+      {"duplicate_tensor", R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                           R"("w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})",
+       four, {"duplicate key 'w'"}},
+      {"duplicate_field", R"({"w":{"dtype":"U8","dtype":"I8","shape":[4],"data_offsets":[0,4]}})", four,
+       {"duplicate key 'dtype'"}},
+      {"duplicate_metadata_key", R"({"__metadata__":{"k":"1","k":"2"}})", "", {"duplicate key 'k'"}},
+      {"header_not_object_start", R"( {"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", four,
+       {"begin with '{'"}},
+      {"deep_nesting", R"({"__metadata__":{"k":[[[[[[[[[[[[1]]]]]]]]]]]]}})", "", {"nests deeper"}},
+  };
+  for (const Malformed& c : cases) {
+    SCOPED_TRACE(c.label);
+    const fs::path p = file(c.label + ".safetensors");
+    write_bytes(p, assemble(c.header, c.data));
+    const std::string msg = open_error(p);
+    expect_names_file(msg, p);
+    for (const std::string& sub : c.expect) EXPECT_THAT(msg, HasSubstr(sub));
+  }
+}
+
+TEST_F(SafetensorsTest, HeaderLengthAboveTheFormatLimitIsRejectedBeforeReading) {
+  // 100 MB + 1: the reference implementation's HeaderTooLarge, whatever the file's size.
+  const fs::path p = file("bighdr.safetensors");
+  write_bytes(p, le64(100'000'001) + std::string(64, ' '));
+  const std::string msg = open_error(p);
+  expect_names_file(msg, p);
+  EXPECT_THAT(msg, HasSubstr("limit of 100000000 bytes"));
 }
 
 TEST_F(SafetensorsTest, UnknownTensorNameIsInputErrorNamingFileAndTensor) {
@@ -493,23 +549,16 @@ TEST_F(SafetensorsTest, HeaderLengthBeyondFileSize) {
   }
 }
 
-struct Malformed {
-  std::string label;
-  std::string header;
-  std::string data;
-  std::vector<std::string> expect;  // substrings of the message besides the file name
-};
-
 TEST_F(SafetensorsTest, MalformedHeadersAreInputErrorsNamingFileAndTensor) {
   const std::string f32x1 = R"("dtype":"F32","shape":[1],"data_offsets":[0,4])";
   const std::string four(4, '\0');
   const std::vector<Malformed> cases = {
       {"not_json", R"({"w": {"dtype": )", four, {"not valid JSON"}},
-      {"empty_header", "", "", {"not valid JSON"}},
+      {"empty_header", "", "", {"begin with '{'"}},
       {"trailing_garbage", R"({} x)", "", {"not valid JSON"}},
       {"invalid_utf8", "{\"\xff\xfe\":1}", "", {"not valid JSON"}},
-      {"array_header", "[1,2]", "", {"JSON object", "array"}},
-      {"string_header", R"("hello")", "", {"JSON object", "string"}},
+      {"array_header", "[1,2]", "", {"JSON object", "begin with '{'"}},
+      {"string_header", R"("hello")", "", {"JSON object", "begin with '{'"}},
       {"entry_not_object", R"({"w":5})", "", {"'w'", "object"}},
       {"missing_dtype", R"({"w":{"shape":[1],"data_offsets":[0,4]}})", four, {"'w'", "dtype"}},
       {"missing_shape", R"({"w":{"dtype":"F32","data_offsets":[0,4]}})", four, {"'w'", "shape"}},
