@@ -17,6 +17,8 @@
 #include <stdexcept>
 
 #include "engine/errors.h"
+#include "engine/input_file.h"
+#include "engine/output_file.h"
 
 namespace mambadiff::safetensors {
 
@@ -227,6 +229,7 @@ File File::open(const std::filesystem::path& path) {
   File file;
   file.path_ = path;
 
+  require_regular_file(path);  // before fopen: opening a FIFO would block
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
   FileCloser closer{f};
@@ -255,12 +258,7 @@ File File::open(const std::filesystem::path& path) {
   file.data_.resize(static_cast<size_t>(data_size));
   read_exact(f, file.data_.data(), data_size, path, "the data section");
 
-  json root;
-  try {
-    root = json::parse(header.begin(), header.end());
-  } catch (const json::exception& e) {
-    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
-  }
+  const json root = parse_input_json(std::string(header.begin(), header.end()), path.string() + ": header");
   if (!root.is_object()) {
     fail(path, fmt::format("header must be a JSON object, got {}", root.type_name()));
   }
@@ -364,47 +362,12 @@ void write(const std::filesystem::path& path,
   uint8_t len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
 
-  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    fail(path, fmt::format("cannot create temporary file {}: {}", tmp.string(),
-                           std::strerror(errno)));
-  }
-  auto abandon = [&](const std::string& what) {
-    const std::string msg = fmt::format("cannot write: {}", what);
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    fail(path, msg);
-  };
-  auto put = [&](const void* p, uint64_t n) {
-    const char* src = static_cast<const char*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd, src, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        const std::string err = std::strerror(errno);
-        ::close(fd);
-        abandon(err);
-      }
-      src += w;
-      n -= static_cast<uint64_t>(w);
-    }
-  };
-  put(len_bytes, 8);
-  put(header_text.data(), header_text.size());
+  std::vector<std::string_view> pieces = {
+      std::string_view(reinterpret_cast<const char*>(len_bytes), sizeof(len_bytes)), header_text};
   for (const torch::Tensor& c : cpu) {
-    if (c.numel() != 0) put(c.data_ptr(), static_cast<uint64_t>(c.numel()) * c.element_size());
+    if (c.numel() != 0) pieces.emplace_back(static_cast<const char*>(c.data_ptr()), c.nbytes());
   }
-  if (::fsync(fd) != 0) {
-    const std::string err = std::strerror(errno);
-    ::close(fd);
-    abandon(fmt::format("fsync: {}", err));
-  }
-  if (::close(fd) != 0) abandon(fmt::format("close: {}", std::strerror(errno)));
-
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) abandon(fmt::format("cannot rename {} over it: {}", tmp.string(), ec.message()));
+  write_output_file(path, pieces);
 }
 
 }  // namespace mambadiff::safetensors
