@@ -61,10 +61,15 @@ void add_repro_command(CLI::App& app, int& exit_code) {
       fmt::print("  recorded:         {} [class {}]{}\n", where_of(*c.first_divergence), c.observed_class,
                  same ? " -- same place" : " -- not where it parts now");
     }
-    const std::optional<bool> tensors_match = same ? c.observed_tensors_match(run) : std::nullopt;
-    if (tensors_match) {
-      fmt::print("  observed tensors: {}\n", *tensors_match ? "bit-identical to the recorded ones"
-                                                             : "differ from the recorded ones (another machine or build?)");
+    bool tensors_compared = false, tensors_identical = false;
+    if (same) {
+      const std::optional<bool> match = c.observed_tensors_match(run);
+      tensors_compared = match.has_value();
+      tensors_identical = match.value_or(false);
+    }
+    if (tensors_compared) {
+      fmt::print("  observed tensors: {}\n", tensors_identical ? "bit-identical to the recorded ones"
+                                                                : "differ from the recorded ones (another machine or build?)");
     }
     fmt::print("{} in {:.2f} s\n", reproduced ? "REPRODUCED" : fmt::format("NOT REPRODUCED: observed {}, expected {}", verdict, c.expected),
                seconds);
@@ -79,7 +84,7 @@ void add_repro_command(CLI::App& app, int& exit_code) {
       j["reproduced"] = reproduced;
       j["recorded_class"] = c.observed_class;
       j["same_first_divergence"] = same;
-      j["observed_tensors_identical"] = tensors_match ? nlohmann::ordered_json(*tensors_match) : nullptr;
+      j["observed_tensors_identical"] = tensors_compared ? nlohmann::ordered_json(tensors_identical) : nullptr;
       j["seconds"] = seconds;
       write_text_atomically(args->json, j.dump(1) + "\n");
     }
