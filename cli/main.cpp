@@ -10,6 +10,9 @@
 int main(int argc, char** argv) {
   CLI::App app{"mambadiff: differential verification and fuzzing harness for Mamba2 models"};
   app.require_subcommand(1);
+  // A usage error is one line naming the option ("--lr: inf is not a finite number > 0"), like
+  // every other error; CLI11's default adds a second "Run with --help" line.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) { return fmt::format("mambadiff: usage: {}\n", e.what()); });
   int exit_code = 0;
   mambadiff::cli::add_run_command(app, exit_code);
   mambadiff::cli::add_diff_command(app, exit_code);

@@ -2,13 +2,16 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <atomic>
-#include <csignal>
 #include <nlohmann/json.hpp>
+#include <limits>
+#include <optional>
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/interrupt.h"
+#include "cli/option_checks.h"
 #include "engine/errors.h"
+#include "engine/output_file.h"
 #include "harness/check_suite.h"
 #include "harness/corpus_location.h"
 #include "harness/path_registry.h"
@@ -17,9 +20,6 @@
 namespace mambadiff::cli {
 
 namespace {
-
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_sigint(int) { g_interrupted.store(true); }
 
 std::vector<int64_t> parse_ids(const std::string& text, const char* option) {
   std::vector<int64_t> ids;
@@ -82,13 +82,14 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--target-text", a->target_text, "Target text (byte-level models)");
   cmd->add_option("--layers", a->layers, "Layers to perturb, comma-separated");
   cmd->add_option("--loss", a->opt.loss, "ce | margin");
-  cmd->add_option("--margin", a->opt.margin, "Required logit margin over the runner-up");
-  cmd->add_option("--budget-l2", a->opt.budget_l2, "L2 budget per layer (0 = none)");
-  cmd->add_option("--budget-linf", a->opt.budget_linf, "L-inf budget (0 = none)");
+  cmd->add_option("--margin", a->opt.margin, "Required logit margin over the runner-up")->check(number_in(0));
+  cmd->add_option("--budget-l2", a->opt.budget_l2, "L2 budget per layer (0 = none)")->check(number_in(0));
+  cmd->add_option("--budget-linf", a->opt.budget_linf, "L-inf budget (0 = none)")->check(number_in(0));
   cmd->add_option("--optimizer", a->opt.optimizer, "adam | pgd");
-  cmd->add_option("--lr", a->opt.lr, "Learning rate / PGD step");
-  cmd->add_option("--steps", a->opt.steps, "Maximum steps");
-  cmd->add_option("--seed", a->opt.seed, "Seed (recorded in the Δ file)");
+  cmd->add_option("--lr", a->opt.lr, "Learning rate / PGD step")
+      ->check(number_in(0, std::numeric_limits<double>::max(), /*min_exclusive=*/true));
+  cmd->add_option("--steps", a->opt.steps, "Maximum steps")->check(number_in(0));
+  cmd->add_option("--seed", a->opt.seed, "Seed (recorded in the Δ file)")->check(number_in(0));
   cmd->add_option("--path", a->opt.path, "Execution path the loop and deployment use (chunked, chunked-gpu)");
   cmd->add_flag("--no-cuda-graph{false}", a->opt.cuda_graph,
                 "On a GPU path, run every iteration eagerly instead of replaying a captured CUDA graph");
@@ -109,8 +110,7 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
     }
     opt.layers = parse_ids(a->layers, "--layers");
     const bool quiet = !a->json.empty();
-    g_interrupted.store(false);
-    auto previous = std::signal(SIGINT, on_sigint);
+    std::optional<InterruptScope> ctrl_c(std::in_place);
     OptimizeResult r;
     try {
       r = optimize_delta(
@@ -121,14 +121,21 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
                          s.rank, s.margin, s.delta_l2);
             }
           },
-          &g_interrupted);
+          ctrl_c->flag_ptr());
     } catch (const ZeroDeltaGateFailed& e) {
-      std::signal(SIGINT, previous);
       fmt::print(stderr, "mambadiff: {}\n", e.what());
       exit_code = 1;
       return;
     }
-    std::signal(SIGINT, previous);
+    ctrl_c.reset();
+    if (r.nonfinite_step >= 0) {
+      fmt::print(stderr,
+                 "mambadiff: optimize failed: the loss or delta became NaN or infinite at step {} (try a smaller --lr "
+                 "or a --budget-l2); no delta written\n",
+                 r.nonfinite_step);
+      exit_code = 1;
+      return;
+    }
     save_delta(a->out, r, opt, ck);
     nlohmann::json by_path = r.deployed_rank_by_path, l2;
     for (const auto& [l, n] : r.delta_l2_by_layer) l2[std::to_string(l)] = n;
@@ -177,20 +184,29 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--prompt-tokens", a->prompt_ids, "Prompt token ids, comma-separated (>= 2)");
   cmd->add_option("--prompt", a->prompt_text, "Prompt text (byte-level models)");
   cmd->add_option("--delta", a->delta, "Δ .safetensors from `optimize` (omit for none)");
-  cmd->add_option("--tokens", a->tokens, "Tokens to generate");
+  cmd->add_option("--tokens", a->tokens, fmt::format("Tokens to generate (at most {}; Ctrl-C stops early)", kMaxGenerateTokens))
+      ->check(number_in(0, kMaxGenerateTokens));
   cmd->add_option("--path", a->path, "Execution path");
   cmd->callback([a, &exit_code] {
     const auto model = a->model.empty() ? default_byte_model() : std::filesystem::path(a->model);
     const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model);
     const auto prompt = a->prompt(ck.config);
     if (prompt.size() < 2) throw InputError("generate: the prompt needs at least 2 tokens");
+    for (int64_t t : prompt) {
+      if (t < 0 || t >= ck.config.vocab_size) {
+        throw InputError(fmt::format("generate: prompt token {} outside [0, vocab_size={})", t, ck.config.vocab_size));
+      }
+    }
     std::map<int64_t, torch::Tensor> delta;
     if (!a->delta.empty()) delta = load_delta(a->delta, ck.config);
     std::vector<int64_t> out;
-    deploy_delta(ck, a->path, prompt, {prompt.back()}, delta, a->tokens, &out);
+    const InterruptScope ctrl_c;
+    deploy_delta(ck, a->path, prompt, {prompt.back()}, delta, a->tokens, &out, ctrl_c.flag_ptr());
     fmt::print("{}\n", fmt::join(out, ","));
     if (ck.config.vocab_size == 256) fmt::print("\"{}\"\n", bytes_to_text(out));
-    exit_code = 0;
+    const bool interrupted = ctrl_c.interrupted() && static_cast<int64_t>(out.size()) < a->tokens;
+    if (interrupted) fmt::print(stderr, "mambadiff: generate interrupted after {} of {} tokens\n", out.size(), a->tokens);
+    exit_code = interrupted ? 1 : 0;
   });
 }
 

@@ -7,7 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/interrupt.h"
+#include "cli/option_checks.h"
 #include "cli/torch_threads.h"
+#include "engine/output_file.h"
 #include "harness/check_suite.h"
 #include "harness/divergence_case.h"
 #include "harness/reduce.h"
@@ -58,6 +61,16 @@ void add_repro_command(CLI::App& app, int& exit_code) {
       fmt::print("  recorded:         {} [class {}]{}\n", where_of(*c.first_divergence), c.observed_class,
                  same ? " -- same place" : " -- not where it parts now");
     }
+    bool tensors_compared = false, tensors_identical = false;
+    if (same) {
+      const std::optional<bool> match = c.observed_tensors_match(run);
+      tensors_compared = match.has_value();
+      tensors_identical = match.value_or(false);
+    }
+    if (tensors_compared) {
+      fmt::print("  observed tensors: {}\n", tensors_identical ? "bit-identical to the recorded ones"
+                                                                : "differ from the recorded ones (another machine or build?)");
+    }
     fmt::print("{} in {:.2f} s\n", reproduced ? "REPRODUCED" : fmt::format("NOT REPRODUCED: observed {}, expected {}", verdict, c.expected),
                seconds);
     if (!args->json.empty()) {
@@ -71,6 +84,7 @@ void add_repro_command(CLI::App& app, int& exit_code) {
       j["reproduced"] = reproduced;
       j["recorded_class"] = c.observed_class;
       j["same_first_divergence"] = same;
+      j["observed_tensors_identical"] = tensors_compared ? nlohmann::ordered_json(tensors_identical) : nullptr;
       j["seconds"] = seconds;
       write_text_atomically(args->json, j.dump(1) + "\n");
     }
@@ -88,8 +102,9 @@ void add_reduce_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("reduce", "Shrink a divergence case while it still diverges the same way");
   cmd->add_option("case", args->case_path, "Case directory (or its case.json)")->required();
   cmd->add_option("-o,--out", args->out, "Directory to write the reduced case to")->required();
-  cmd->add_option("--max-seconds", args->opt.max_seconds, "Wall-clock budget (the best case so far is written)");
-  cmd->add_option("--max-candidates", args->opt.max_candidates, "Replays to try at most");
+  cmd->add_option("--max-seconds", args->opt.max_seconds, "Wall-clock budget (the best case so far is written)")
+      ->check(number_in(0));
+  cmd->add_option("--max-candidates", args->opt.max_candidates, "Replays to try at most")->check(number_in(0));
   add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
     torch::set_num_threads(args->threads);
@@ -100,6 +115,9 @@ void add_reduce_command(CLI::App& app, int& exit_code) {
       fmt::print("{}\n", line);
       std::fflush(stdout);
     };
+    // Ctrl-C stops the search; the best case so far is written (atomically) below.
+    const InterruptScope ctrl_c;
+    opt.interrupt = ctrl_c.flag_ptr();
     const ReduceOutcome r = reduce_case(input, opt);
     if (!r.diverges) {
       fmt::print("reduce: {} does not diverge here ({} vs {} agree): nothing to reduce\n", args->case_path,
@@ -111,10 +129,10 @@ void add_reduce_command(CLI::App& app, int& exit_code) {
     out.origin = input.origin.empty() ? fmt::format("reduced from {}", args->case_path)
                                       : fmt::format("{}; reduced from {}", input.origin, args->case_path);
     out.save(args->out, &r.run);
-    fmt::print("reduce: wrote {}: {} (from {}); {} steps, {} candidates in {:.1f} s\n", args->out,
+    fmt::print("reduce: wrote {}: {} (from {}); {} steps, {} candidates in {:.1f} s{}\n", args->out,
                scenario_size(out.scenario, out.model_layers), scenario_size(input.scenario, input.model_layers),
-               r.steps, r.candidates, r.seconds);
-    exit_code = 0;
+               r.steps, r.candidates, r.seconds, r.interrupted ? " (interrupted: the best case so far)" : "");
+    exit_code = r.interrupted ? 1 : 0;
   });
 }
 
@@ -128,7 +146,7 @@ void add_mutants_command(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("mutants", "Run check's scenario matrix against the mutant catalog; print the kill matrix");
   cmd->add_option("--model", args->models, "Model directory (repeatable); default: the embedded models");
-  cmd->add_option("--seed", args->opt.seed, "Base seed of check's scenario matrix");
+  cmd->add_option("--seed", args->opt.seed, "Base seed of check's scenario matrix")->check(number_in(0));
   cmd->add_option("--mutant", args->opt.only_mutants, "Only this mutant (repeatable)");
   cmd->add_option("--cases-dir", args->cases_dir, "Write each mutant's first kill there as a divergence case");
   cmd->add_option("--json", args->json, "Write the kill matrix as JSON");

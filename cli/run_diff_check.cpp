@@ -4,9 +4,11 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/option_checks.h"
 #include "cli/torch_threads.h"
 #include "engine/checkpoint.h"
 #include "engine/errors.h"
+#include "engine/output_file.h"
 #include "harness/check_suite.h"
 #include "harness/diff_command.h"
 #include "harness/divergence_case.h"
@@ -88,7 +90,8 @@ void add_check_command(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("check", "The pre-merge equivalence suite over the embedded (or given) models");
   cmd->add_option("--model", args->models, "Model directory (repeatable); default: the embedded models");
   cmd->add_option("--paths", args->paths, "Comma-separated paths; default: every available path");
-  cmd->add_option("--seed", args->opt.seed, "Base seed of the scenario matrix (printed; replays the run)");
+  cmd->add_option("--seed", args->opt.seed, "Base seed of the scenario matrix (printed; replays the run)")
+      ->check(number_in(0));
   cmd->add_option("--scenario", args->opt.only_scenario, "Only scenarios whose name contains this");
   cmd->add_option("--json", args->json, "Write the report as JSON");
   cmd->add_option("--junit", args->junit, "Write the report as JUnit XML");

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "engine/errors.h"
+#include "engine/input_file.h"
 #include "engine/safetensors.h"
 
 namespace mambadiff {
@@ -27,13 +28,7 @@ uint64_t fnv1a64(const void* data, size_t size, uint64_t seed) {
 
 namespace {
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(fmt::format("{}: cannot open", path.string()));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_file(const std::filesystem::path& path) { return read_input_file(path); }
 
 // A shard named by the index must be a file inside the model folder: a relative name without
 // "..", whose real path (symlinks resolved) stays under the folder's real path.
@@ -69,12 +64,7 @@ class TensorSource {
     const auto index = dir / "model.safetensors.index.json";
     if (std::filesystem::exists(index)) {
       const std::string text = read_file(index);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(text);
-      } catch (const nlohmann::json::parse_error& e) {
-        throw InputError(fmt::format("{}: not valid JSON: {}", index.string(), e.what()));
-      }
+      const nlohmann::json j = parse_input_json(text, index.string());
       if (!j.contains("weight_map") || !j["weight_map"].is_object()) {
         throw InputError(fmt::format("{}: missing key 'weight_map'", index.string()));
       }
@@ -137,6 +127,7 @@ class TensorSource {
       throw InputError(fmt::format("{}: missing tensor '{}' (listed in the index)", file.path().string(), name));
     }
     torch::Tensor t = file.tensor(name);
+    require_finite_tensor(t, file.path().string(), name);
     if (!t.is_floating_point()) {
       throw InputError(fmt::format("{}: tensor '{}': dtype {} is not a floating type", file.path().string(),
                                    name, safetensors::dtype_name(t.scalar_type())));

@@ -11,6 +11,7 @@
 
 #include "engine/checked_math.h"
 #include "engine/errors.h"
+#include "engine/input_file.h"
 
 namespace mambadiff {
 
@@ -49,11 +50,7 @@ nlohmann::json parse_json_allowing_nonfinite(const std::string& text, const std:
     }
     if (!replaced) out += c;
   }
-  try {
-    return nlohmann::json::parse(out);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw InputError(fmt::format("{}: not valid JSON: {}", source, e.what()));
-  }
+  return parse_input_json(out, source);
 }
 
 double json_to_double(const nlohmann::json& v, const std::string& source, const std::string& key) {
@@ -69,7 +66,7 @@ double json_to_double(const nlohmann::json& v, const std::string& source, const 
     if (t == "NaN" || t == "nan") return std::numeric_limits<double>::quiet_NaN();
   }
   throw InputError(fmt::format("{}: key '{}': expected a number or a spelling of infinity, got {}",
-                               source, key, v.dump()));
+                               source, key, quote_json(v)));
 }
 
 namespace {
@@ -82,7 +79,7 @@ int64_t get_int(const nlohmann::json& j, const std::string& source, const char* 
   }
   const auto& v = j.at(key);
   if (!v.is_number_integer()) {
-    throw InputError(fmt::format("{}: key '{}': expected an integer, got {}", source, key, v.dump()));
+    throw InputError(fmt::format("{}: key '{}': expected an integer, got {}", source, key, quote_json(v)));
   }
   return v.get<int64_t>();
 }
@@ -91,7 +88,7 @@ bool get_bool(const nlohmann::json& j, const std::string& source, const char* ke
   if (!j.contains(key)) return fallback;
   const auto& v = j.at(key);
   if (!v.is_boolean()) {
-    throw InputError(fmt::format("{}: key '{}': expected true or false, got {}", source, key, v.dump()));
+    throw InputError(fmt::format("{}: key '{}': expected true or false, got {}", source, key, quote_json(v)));
   }
   return v.get<bool>();
 }
@@ -121,7 +118,7 @@ Mamba2Config Mamba2Config::from_json(const nlohmann::json& j, const std::string&
     const auto& lim = j.at("time_step_limit");
     if (!lim.is_array() || lim.size() != 2) {
       throw InputError(fmt::format("{}: key 'time_step_limit': expected [min, max], got {}", source,
-                                   lim.dump()));
+                                   quote_json(lim)));
     }
     c.time_step_min = json_to_double(lim[0], source, "time_step_limit[0]");
     c.time_step_max = json_to_double(lim[1], source, "time_step_limit[1]");
@@ -142,7 +139,7 @@ Mamba2Config Mamba2Config::from_json(const nlohmann::json& j, const std::string&
     } else {
       throw InputError(fmt::format(
           "{}: key 'mambadiff_gated_norm': expected \"grouped\" or \"ungrouped\", got {}", source,
-          g.dump()));
+          quote_json(g)));
     }
   }
   c.validate(source);
@@ -217,11 +214,8 @@ void Mamba2Config::validate(const std::string& source) const {
 }
 
 Mamba2Config Mamba2Config::load(const std::filesystem::path& config_json) {
-  std::ifstream in(config_json, std::ios::binary);
-  if (!in) throw InputError(fmt::format("{}: cannot open", config_json.string()));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return from_json(parse_json_allowing_nonfinite(ss.str(), config_json.string()), config_json.string());
+  return from_json(parse_json_allowing_nonfinite(read_input_file(config_json), config_json.string()),
+                   config_json.string());
 }
 
 nlohmann::json Mamba2Config::to_json() const {

@@ -17,6 +17,8 @@
 #include <stdexcept>
 
 #include "engine/errors.h"
+#include "engine/input_file.h"
+#include "engine/output_file.h"
 
 namespace mambadiff::safetensors {
 
@@ -64,42 +66,14 @@ std::string one_line(std::string s) {
 // HeaderTooLarge). Real headers are a few MB at most, and a bound keeps a hostile length from
 // allocating the whole file as JSON.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
-// The header is {name: {dtype, shape: [..], data_offsets: [..]}} (depth 3); deeper nesting is not
-// a safetensors header, and bounding it keeps a hostile header from nesting without end.
-constexpr int kMaxHeaderDepth = 8;
-
-// Parses the header JSON, rejecting duplicate keys in any object (nlohmann keeps one of them
-// silently: two entries for one tensor name would alias) and nesting deeper than kMaxHeaderDepth.
+// The header is one JSON object; parse_input_json (engine/input_file.h) bounds its nesting and
+// rejects duplicate keys (nlohmann would keep one of them silently: two entries for one tensor name
+// would alias).
 json parse_header(const std::filesystem::path& path, const std::vector<uint8_t>& header) {
   if (header.empty() || header[0] != '{') {
     fail(path, "header must begin with '{' (a JSON object; the safetensors format requires it)");
   }
-  std::vector<std::set<std::string>> keys_by_object;  // one set per open object, innermost last
-  std::string duplicate;
-  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth > kMaxHeaderDepth) {
-      fail(path, fmt::format("header nests deeper than {} levels: not a safetensors header", kMaxHeaderDepth));
-    }
-    if (event == json::parse_event_t::object_start) {
-      keys_by_object.emplace_back();
-    } else if (event == json::parse_event_t::object_end) {
-      if (!keys_by_object.empty()) keys_by_object.pop_back();
-    } else if (event == json::parse_event_t::key && !keys_by_object.empty()) {
-      const std::string key = parsed.get<std::string>();
-      if (!keys_by_object.back().insert(key).second && duplicate.empty()) duplicate = key;
-    }
-    return true;
-  };
-  json root;
-  try {
-    root = json::parse(header.begin(), header.end(), check);
-  } catch (const json::exception& e) {
-    fail(path, fmt::format("header is not valid JSON: {}", e.what()));
-  }
-  if (!duplicate.empty()) {
-    fail(path, fmt::format("header: duplicate key {} (each tensor name and key may appear once)", quote(duplicate)));
-  }
-  return root;
+  return parse_input_json(std::string(header.begin(), header.end()), path.string() + ": header");
 }
 
 // The safetensors rule for the data section: the tensors' byte ranges, in order, tile it exactly:
@@ -303,6 +277,7 @@ File File::open(const std::filesystem::path& path) {
   File file;
   file.path_ = path;
 
+  require_regular_file(path);  // before fopen: opening a FIFO would block
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
   FileCloser closer{f};
@@ -439,47 +414,12 @@ void write(const std::filesystem::path& path,
   uint8_t len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
 
-  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    fail(path, fmt::format("cannot create temporary file {}: {}", tmp.string(),
-                           std::strerror(errno)));
-  }
-  auto abandon = [&](const std::string& what) {
-    const std::string msg = fmt::format("cannot write: {}", what);
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    fail(path, msg);
-  };
-  auto put = [&](const void* p, uint64_t n) {
-    const char* src = static_cast<const char*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd, src, static_cast<size_t>(std::min<uint64_t>(n, 1u << 30)));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        const std::string err = std::strerror(errno);
-        ::close(fd);
-        abandon(err);
-      }
-      src += w;
-      n -= static_cast<uint64_t>(w);
-    }
-  };
-  put(len_bytes, 8);
-  put(header_text.data(), header_text.size());
+  std::vector<std::string_view> pieces = {
+      std::string_view(reinterpret_cast<const char*>(len_bytes), sizeof(len_bytes)), header_text};
   for (const torch::Tensor& c : cpu) {
-    if (c.numel() != 0) put(c.data_ptr(), static_cast<uint64_t>(c.numel()) * c.element_size());
+    if (c.numel() != 0) pieces.emplace_back(static_cast<const char*>(c.data_ptr()), c.nbytes());
   }
-  if (::fsync(fd) != 0) {
-    const std::string err = std::strerror(errno);
-    ::close(fd);
-    abandon(fmt::format("fsync: {}", err));
-  }
-  if (::close(fd) != 0) abandon(fmt::format("close: {}", std::strerror(errno)));
-
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) abandon(fmt::format("cannot rename {} over it: {}", tmp.string(), ec.message()));
+  write_output_file(path, pieces);
 }
 
 }  // namespace mambadiff::safetensors

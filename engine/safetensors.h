@@ -55,8 +55,8 @@ class File {
 };
 
 // Writes tensors (any device; made contiguous and copied to CPU) in the order given, with the
-// metadata map as "__metadata__". Atomic: writes PATH.tmp.<pid> and renames it over PATH, so a
-// reader never sees a half-written file and a failure leaves no partial output behind.
+// metadata map as "__metadata__". Through write_output_file (engine/output_file.h): atomic for a
+// regular file, straight through to a device or FIFO.
 void write(const std::filesystem::path& path,
            const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
            const std::map<std::string, std::string>& metadata = {});

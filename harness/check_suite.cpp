@@ -13,6 +13,8 @@
 
 #include "engine/errors.h"
 #include "harness/corpus_location.h"
+#include "engine/input_file.h"
+#include "engine/output_file.h"
 #include "harness/divergence_case.h"
 #include "harness/path_registry.h"
 
@@ -143,11 +145,19 @@ CheckReport run_check(const CheckOptions& opt) {
     for (const auto& p : registered_paths())
       if (path_role(p) != PathRole::kBaseline) paths.push_back(p);
   }
+  // Nothing checked is not a pass: fewer than two paths, a --scenario that matches nothing and a
+  // matrix whose every pair was skipped are usage errors, not "0 cases, all agree".
+  if (paths.size() < 2) {
+    throw InputError(fmt::format("check: --paths needs at least two paths to compare, got {}", paths.size()));
+  }
+  bool any_scenario = false;
+  std::string last_skip;
   for (const auto& model_dir : models) {
     const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir);
     const std::string model = model_dir.filename().string();
     for (const auto& [name, scenario] : check_scenarios(ck, model_dir, opt.seed)) {
       if (!opt.only_scenario.empty() && name.find(opt.only_scenario) == std::string::npos) continue;
+      any_scenario = true;
       const uint64_t seed = case_seed(opt.seed, model, name);
       const std::string dtype = dtype_string(scenario.dtype);
       const ReferenceRun reference = run_reference(scenario, ck);
@@ -186,6 +196,7 @@ CheckReport run_check(const CheckOptions& opt) {
             const auto& why = skip_a != skipped.end() ? *skip_a : *skip_b;
             cc.verdict = "skipped";
             cc.detail = why.first + ": " + why.second;
+            last_skip = cc.detail;
           } else {
             const Comparison cmp = compare_results(results.at(paths[i]), results.at(paths[j]), ref, baselines);
             cc.error = cmp.logits_error;
@@ -213,6 +224,13 @@ CheckReport run_check(const CheckOptions& opt) {
       }
     }
   }
+  if (!any_scenario) {
+    throw InputError(fmt::format("check: --scenario '{}' matches no scenario of the matrix",
+                                 truncate_for_message(opt.only_scenario)));
+  }
+  if (std::all_of(report.cases.begin(), report.cases.end(), [](const CheckCase& c) { return c.verdict == "skipped"; })) {
+    throw InputError(fmt::format("check: nothing was compared: every path pair was skipped ({})", last_skip));
+  }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
 }
@@ -227,21 +245,6 @@ void print_check_table(const CheckReport& r) {
   }
   fmt::print("check: {} cases: {} agree, {} diverge, {}{} skipped in {:.1f} s\n", r.cases.size(), agree, diverge,
              errors ? fmt::format("{} error, ", errors) : "", skipped, r.seconds);
-}
-
-void write_text_atomically(const std::filesystem::path& file, const std::string& text) {
-  const std::string tmp = file.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw InputError(fmt::format("{}: cannot write", file.string()));
-    f << text;
-    f.flush();
-    if (!f) {
-      std::filesystem::remove(tmp);
-      throw InputError(fmt::format("{}: write failed", file.string()));
-    }
-  }
-  std::filesystem::rename(tmp, file);
 }
 
 void write_check_json(const CheckReport& r, const std::filesystem::path& file) {

@@ -61,7 +61,4 @@ void print_check_table(const CheckReport& report);
 void write_check_json(const CheckReport& report, const std::filesystem::path& file);
 void write_check_junit(const CheckReport& report, const std::filesystem::path& file);
 
-// Writes `text` to `file` atomically (temp file + rename). InputError naming the file on failure.
-void write_text_atomically(const std::filesystem::path& file, const std::string& text);
-
 }  // namespace mambadiff

@@ -33,14 +33,17 @@ double scale_of(const torch::Tensor& ref) {
   return s > 0 ? s : 1.0;
 }
 
-// Element errors |a - b| / scale as float64 of a's shape; NaN -> +inf; mismatched infinities
-// -> +inf; matching infinities -> 0.
-torch::Tensor element_errors(const torch::Tensor& a_in, const torch::Tensor& b_in, double scale) {
+// Element errors |a - b| / scale as float64 of a's shape; +inf wherever a, b or the reference
+// holds NaN or an infinity (NaN == NaN must never "agree", nor inf - inf be excused).
+torch::Tensor element_errors(const torch::Tensor& a_in, const torch::Tensor& b_in, const torch::Tensor& ref_in,
+                             double scale) {
   const torch::Tensor a = a_in.to(torch::kCPU, torch::kFloat64), b = b_in.to(torch::kCPU, torch::kFloat64);
-  torch::Tensor err = (a - b).abs() / scale;
-  const torch::Tensor both_inf_same = torch::isinf(a) & torch::isinf(b) & (a.sign() == b.sign());
-  err = err.masked_fill(both_inf_same, 0.0);
-  const torch::Tensor bad = torch::isnan(a) | torch::isnan(b) | ((torch::isinf(a) | torch::isinf(b)) & ~both_inf_same);
+  const torch::Tensor err = (a - b).abs() / scale;
+  torch::Tensor bad = ~torch::isfinite(a) | ~torch::isfinite(b);
+  // The reference normally has a's shape; a `file:` result of another shape is caught by the shape
+  // checks, and then any non-finite reference value poisons the whole tensor.
+  const torch::Tensor ref_bad = ~torch::isfinite(ref_in.to(torch::kCPU));
+  bad = bad | (ref_in.sizes() == a_in.sizes() ? ref_bad : ref_bad.any().expand(a.sizes()));
   return err.masked_fill(bad, kInf);
 }
 
@@ -74,6 +77,13 @@ struct Checker {
     return false;
   }
 
+  // The baseline (plain loops vs reference) is itself NaN or infinite: no tolerance can be derived,
+  // and `inf > inf` is false, so using it would let anything pass.
+  bool fail_tolerance(size_t op, int64_t layer, const std::string& tensor, double tol) {
+    return fail({op, -1, -1, layer, tensor, kInf, tol,
+                 "tolerance not finite: the plain loops computed NaN or an infinity here"});
+  }
+
   // Per-token tensors [B, T, F]: the first (token, row) in time order whose error exceeds tol.
   bool check_tokens(size_t op, int64_t layer, const std::string& tensor, const std::string& key,
                     const torch::Tensor& ta, const torch::Tensor& tb, const torch::Tensor& tref) {
@@ -82,7 +92,8 @@ struct Checker {
                    fmt::format("shape [{}] vs [{}]", fmt::join(ta.sizes().vec(), ","), fmt::join(tb.sizes().vec(), ","))});
     }
     const double tol = tolerance(key);
-    const torch::Tensor per_token = std::get<0>(element_errors(ta, tb, scale_of(tref)).flatten(2).max(2));  // [B, T]
+    if (!std::isfinite(tol)) return fail_tolerance(op, layer, tensor, tol);
+    const torch::Tensor per_token = std::get<0>(element_errors(ta, tb, tref, scale_of(tref)).flatten(2).max(2));  // [B, T]
     if (tensor == "logits") {
       const double worst = per_token.max().item<double>();
       const double n = nmse(ta, tb);
@@ -108,7 +119,8 @@ struct Checker {
                    fmt::format("{} [{}] vs [{}]", tensor, fmt::join(ta.sizes().vec(), ","), fmt::join(tb.sizes().vec(), ","))});
     }
     const double tol = tolerance(key);
-    const torch::Tensor per_row = std::get<0>(element_errors(ta, tb, scale_of(tref)).flatten(1).max(1));  // [B]
+    if (!std::isfinite(tol)) return fail_tolerance(op, layer, tensor, tol);
+    const torch::Tensor per_row = std::get<0>(element_errors(ta, tb, tref, scale_of(tref)).flatten(1).max(1));  // [B]
     const torch::Tensor over = per_row > tol;
     if (!over.any().item<bool>()) return true;
     const int64_t row = over.nonzero()[0].item<int64_t>();
@@ -154,7 +166,7 @@ ErrorBaseline measure_baseline(const ScenarioResult& plain, const ScenarioResult
   ErrorBaseline bl;
   bl.dtype = plain.dtype;
   auto put = [&](const std::string& key, const torch::Tensor& x, const torch::Tensor& r) {
-    bl.error[key] = element_errors(x, r, scale_of(r)).max().item<double>();
+    bl.error[key] = element_errors(x, r, r, scale_of(r)).max().item<double>();
   };
   for (size_t i = 0; i < plain.ops.size() && i < ref.ops.size(); ++i) {
     const auto& p = plain.ops[i];
@@ -179,7 +191,13 @@ Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, con
   out.path_a = a.path;
   out.path_b = b.path;
   Checker ck{a, b, baselines, policy, out};
-  const size_t n = std::min(a.ops.size(), b.ops.size());
+  if (a.ops.size() != b.ops.size() || a.ops.size() != ref.ops.size() || a.ops.empty()) {
+    // Nothing compared is no agreement: a `file:` result of another scenario, or no ops at all.
+    ck.fail({0, -1, -1, -1, "ops", kInf, 0.0,
+             fmt::format("{} ops vs {} ops (reference {})", a.ops.size(), b.ops.size(), ref.ops.size())});
+    return out;
+  }
+  const size_t n = a.ops.size();
   bool ok = true;
   for (size_t i = 0; i < n && ok; ++i) {
     const OpResult& oa = a.ops[i];
@@ -210,7 +228,7 @@ Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, con
   if (ok && a.final_cache.defined() && b.final_cache.defined() && n > 0) {
     ck.check_cache(n - 1, a.final_cache, b.final_cache, ref.final_cache);
   }
-  if (a.ops.front().layer_outputs.empty() || b.ops.front().layer_outputs.empty()) {
+  if (a.ops.front().layer_outputs.empty() || b.ops.front().layer_outputs.empty()) {  // n > 0: checked above
     out.notes.push_back("per-layer outputs not available on one side: logits and final cache compared");
   }
   return out;

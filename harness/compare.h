@@ -10,8 +10,10 @@
 // be off the float64 reference by at most
 //     kMultiplier * (error of the plain dtype-d loops vs the reference, same tensor) + floor(d).
 // Comparing two paths A and B bounds |A - B| by tol(A) + tol(B) (the triangle inequality through
-// the reference); the reference itself has tolerance 0. NaN anywhere fails; infinities must
-// match in position and sign (and are then excluded from the error).
+// the reference); the reference itself has tolerance 0. NaN or an infinity anywhere, in either
+// side or in the reference, is a divergence (error +inf), and so is a tolerance that is not
+// finite (plain loops that computed NaN give no bound). Results with different numbers of ops, or
+// none, diverge at tensor "ops".
 #pragma once
 
 #include <optional>

@@ -8,7 +8,10 @@
 #include <sstream>
 
 #include "engine/errors.h"
+#include "engine/input_file.h"
+#include "engine/output_file.h"
 #include "engine/safetensors.h"
+#include "engine/tensor_bytes.h"
 #include "harness/check_suite.h"
 #include "harness/path_registry.h"
 
@@ -39,11 +42,20 @@ nlohmann::ordered_json index_or_null(int64_t v) { return v < 0 ? nlohmann::order
 template <typename T>
 T require(const nlohmann::json& j, const char* key, const std::string& where) {
   if (!j.is_object() || !j.contains(key)) throw InputError(fmt::format("{}: missing key '{}'", where, key));
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw InputError(fmt::format("{}: key '{}' has the wrong type: {}", where, key, j.at(key).dump()));
+  const nlohmann::json& v = j.at(key);
+  // nlohmann converts 1.5 to the integer 1 silently: an integer key must hold an integer.
+  if (std::is_integral_v<T> && !v.is_number_integer()) {
+    throw InputError(fmt::format("{}: key '{}' must be an integer, got {}", where, key, quote_json(v)));
   }
+  try {
+    return v.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(fmt::format("{}: key '{}' has the wrong type: {}", where, key, quote_json(v)));
+  }
+}
+
+std::string optional_string(const nlohmann::json& j, const char* key, const std::string& where) {
+  return j.contains(key) ? require<std::string>(j, key, where) : std::string();
 }
 
 int64_t optional_index(const nlohmann::json& j, const char* key, const std::string& where) {
@@ -55,7 +67,7 @@ int64_t optional_index(const nlohmann::json& j, const char* key, const std::stri
 std::string verdict_of(const nlohmann::json& j, const char* key, const std::string& where) {
   const auto v = require<std::string>(j, key, where);
   if (v != "diverge" && v != "agree") {
-    throw InputError(fmt::format("{}: key '{}': '{}' is neither \"diverge\" nor \"agree\"", where, key, v));
+    throw InputError(fmt::format("{}: key '{}': '{}' is neither \"diverge\" nor \"agree\"", where, key, truncate_for_message(v)));
   }
   return v;
 }
@@ -140,28 +152,23 @@ nlohmann::ordered_json observation_json(const Comparison& c) {
 
 DivergenceCase DivergenceCase::load(const fs::path& where) {
   const fs::path file = fs::is_directory(where) ? where / kCaseFile : where;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    throw InputError(fs::is_directory(where) ? fmt::format("{}: not a divergence case (no {})", where.string(), kCaseFile)
-                                             : fmt::format("{}: cannot open divergence case", file.string()));
+  if (fs::is_directory(where) && !fs::exists(file)) {
+    throw InputError(fmt::format("{}: not a divergence case (no {})", where.string(), kCaseFile));
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const nlohmann::json j = read_input_json(file);
+  return with_json_errors(file.string(), [&] { return from_json(j, file); });
+}
+
+DivergenceCase DivergenceCase::from_json(const nlohmann::json& j, const fs::path& file) {
   const std::string src = file.string();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw InputError(fmt::format("{}: not valid JSON: {}", src, e.what()));
-  }
   if (!j.is_object()) throw InputError(fmt::format("{}: a divergence case is a JSON object", src));
   const auto format = require<std::string>(j, "format", src);
-  if (format != kCaseFormat) throw InputError(fmt::format("{}: key 'format': '{}' is not '{}'", src, format, kCaseFormat));
+  if (format != kCaseFormat) throw InputError(fmt::format("{}: key 'format': '{}' is not '{}'", src, truncate_for_message(format), kCaseFormat));
 
   DivergenceCase c;
   c.dir = file.parent_path();
-  c.reproduces = j.value("reproduces", std::string());
-  c.origin = j.value("origin", std::string());
+  c.reproduces = optional_string(j, "reproduces", src);
+  c.origin = optional_string(j, "origin", src);
   const auto scenario_file = require<std::string>(j, "scenario", src);
   c.scenario = Scenario::load(c.dir / scenario_file);
   c.model_layers = require<int64_t>(j, "model_layers", src);
@@ -185,6 +192,11 @@ DivergenceCase DivergenceCase::load(const fs::path& where) {
                                    {"floor_float16", &c.tolerance.floor_float16}}) {
     if (!t.contains(key)) throw InputError(fmt::format("{}: missing key '{}'", tsrc, key));
     *field = json_to_double(t[key], tsrc, key);
+    // A NaN tolerance compares false with every error (so everything would "agree"); a negative
+    // or infinite one means nothing either.
+    if (!std::isfinite(*field) || *field < 0) {
+      throw InputError(fmt::format("{}: key '{}': {} is not a finite number >= 0", tsrc, key, *field));
+    }
   }
   c.expected = verdict_of(j, "expected", src);
 
@@ -192,7 +204,7 @@ DivergenceCase DivergenceCase::load(const fs::path& where) {
     const auto& o = j["observed"];
     const std::string osrc = src + ": observed";
     c.observed_verdict = verdict_of(o, "verdict", osrc);
-    c.observed_class = o.value("class", std::string());
+    c.observed_class = optional_string(o, "class", osrc);
     if (o.contains("logits_error")) c.logits_error = json_to_double(o["logits_error"], osrc, "logits_error");
     if (o.contains("logits_tolerance")) c.logits_tolerance = json_to_double(o["logits_tolerance"], osrc, "logits_tolerance");
     if (o.contains("logits_nmse")) c.logits_nmse = json_to_double(o["logits_nmse"], osrc, "logits_nmse");
@@ -207,11 +219,63 @@ DivergenceCase DivergenceCase::load(const fs::path& where) {
       d.tensor = require<std::string>(f, "tensor", fsrc);
       d.error = f.contains("error") ? json_to_double(f["error"], fsrc, "error") : 0.0;
       d.tolerance = f.contains("tolerance") ? json_to_double(f["tolerance"], fsrc, "tolerance") : 0.0;
-      d.detail = f.value("detail", std::string());
+      d.detail = optional_string(f, "detail", fsrc);
       c.first_divergence = d;
     }
   }
+  c.load_observed_tensors(j, src);
   return c;
+}
+
+void DivergenceCase::load_observed_tensors(const nlohmann::json& j, const std::string& src) {
+  // The case writer stores the tensors at every numeric first divergence: without them (or with
+  // a corrupt file) the case is not what it claims to be.
+  const bool expected = first_divergence && numeric_tensor(first_divergence->tensor);
+  if (!j.contains("tensors")) {
+    if (expected) {
+      throw InputError(fmt::format("{}: missing key 'tensors' (the observed tensors of its {} divergence)", src,
+                                   first_divergence->tensor));
+    }
+    return;
+  }
+  const fs::path file = dir / require<std::string>(j, "tensors", src);
+  const safetensors::File f = safetensors::File::open(file);
+  for (const auto& name : f.names()) {
+    if (name != "a" && name != "b" && name != "reference") {
+      throw InputError(fmt::format("{}: tensor '{}': expected only 'a', 'b' and 'reference'", file.string(), name));
+    }
+    observed_tensors[name] = f.tensor(name);
+  }
+  for (const char* side : {"a", "b"}) {
+    if (expected && !observed_tensors.count(side)) {
+      throw InputError(fmt::format("{}: missing tensor '{}' (the {} divergence as path {} computed it)", file.string(),
+                                   side, first_divergence->tensor, side));
+    }
+  }
+  const auto meta = f.metadata().find("tensor");
+  if (first_divergence && meta != f.metadata().end() && meta->second != first_divergence->tensor) {
+    throw InputError(fmt::format("{}: metadata 'tensor' is '{}' but {} records a divergence in '{}'", file.string(),
+                                 truncate_for_message(meta->second), src, first_divergence->tensor));
+  }
+  if (observed_tensors.count("a") && observed_tensors.count("b") &&
+      observed_tensors["a"].sizes() != observed_tensors["b"].sizes()) {
+    throw InputError(fmt::format("{}: tensors 'a' and 'b' differ in shape", file.string()));
+  }
+}
+
+std::optional<bool> DivergenceCase::observed_tensors_match(const CaseRun& run) const {
+  if (!first_divergence || !run.comparison.first_divergence || observed_tensors.empty()) return std::nullopt;
+  const Divergence& d = *run.comparison.first_divergence;
+  bool same = true;
+  for (const auto& [side, result] : {std::pair<const char*, const ScenarioResult*>{"a", &run.a},
+                                     {"b", &run.b},
+                                     {"reference", &run.reference}}) {
+    const auto it = observed_tensors.find(side);
+    if (it == observed_tensors.end()) continue;
+    const torch::Tensor now = tensor_at(*result, d);
+    same = same && now.defined() && bytes_equal(now.detach().cpu().contiguous(), it->second);
+  }
+  return same;
 }
 
 Mamba2Checkpoint DivergenceCase::checkpoint() const {
@@ -294,6 +358,12 @@ void DivergenceCase::save(const fs::path& out, const CaseRun* run) const {
                                                      {"b", run->b.path},
                                                      {"a.dispatch_trace", trace_json(run->a)},
                                                      {"b.dispatch_trace", trace_json(run->b)}};
+    safetensors::write(out / kObservedFile, tensors, meta);
+    j["tensors"] = kObservedFile;
+  } else if (!run && !observed_tensors.empty()) {  // a loaded case saved again: its tensors go with it
+    std::vector<std::pair<std::string, torch::Tensor>> tensors(observed_tensors.begin(), observed_tensors.end());
+    std::map<std::string, std::string> meta;
+    if (first_divergence) meta = {{"divergence", describe(*first_divergence)}, {"tensor", first_divergence->tensor}};
     safetensors::write(out / kObservedFile, tensors, meta);
     j["tensors"] = kObservedFile;
   } else {

@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -84,9 +85,19 @@ struct DivergenceCase {
   std::string observed_class;
   double logits_error = 0.0, logits_tolerance = 0.0, logits_nmse = 0.0;
   std::optional<Divergence> first_divergence;
+  // CASE/observed.safetensors as read ("a", "b", "reference"): the first diverging tensor as each
+  // side computed it when the case was written. Required for a numeric first divergence.
+  std::map<std::string, torch::Tensor> observed_tensors;
 
   // `where` is the case directory or its case.json. InputError naming the file and key at fault.
+  // The observed tensors are read and checked (a missing or corrupt file is an InputError); a
+  // tolerance that is negative, infinite or NaN is one too.
   static DivergenceCase load(const std::filesystem::path& where);
+  static DivergenceCase from_json(const nlohmann::json& j, const std::filesystem::path& file);
+
+  // Whether `run` (a replay of this case) computed the recorded observed tensors bit for bit at
+  // its first divergence; nullopt when there is nothing to compare (no divergence on one side).
+  std::optional<bool> observed_tensors_match(const CaseRun& run) const;
 
   // The checkpoint this case runs on: the scenario's model, truncated to model_layers.
   // InputError when model_layers exceeds the model's layer count.
@@ -101,6 +112,9 @@ struct DivergenceCase {
   // Writes the case into directory `out` (created; files replaced): case.json, scenario.json
   // (+ deltas), observed.safetensors from `run` when given, and copies of `file:` inputs.
   void save(const std::filesystem::path& out, const CaseRun* run = nullptr) const;
+
+ private:
+  void load_observed_tensors(const nlohmann::json& j, const std::string& source);
 };
 
 // A case for a comparison just made (by diff, check, mutants): `scenario` on `checkpoint`'s model

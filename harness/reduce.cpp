@@ -74,7 +74,11 @@ class Reducer {
         progress |= pass_tokens();
         progress |= pass_values();
       }
-      if (out_of_budget()) say(fmt::format("reduce: budget spent after {} candidates; keeping the best so far", tried_));
+      if (interrupted()) {
+        say(fmt::format("reduce: interrupted after {} candidates; keeping the best so far", tried_));
+      } else if (out_of_budget()) {
+        say(fmt::format("reduce: budget spent after {} candidates; keeping the best so far", tried_));
+      }
     }
     out.reduced = input_;
     out.reduced.scenario = with_ops(best_.ops);
@@ -83,6 +87,7 @@ class Reducer {
     out.run = best_run_;
     out.steps = steps_;
     out.candidates = tried_;
+    out.interrupted = interrupted();
     out.seconds = std::chrono::duration<double>(Clock::now() - t0_).count();
     return out;
   }
@@ -106,8 +111,10 @@ class Reducer {
     return run_paths(with_ops(c.ops), checkpoint(c.layers), input_.path_a, input_.path_b, input_.tolerance);
   }
 
+  bool interrupted() const { return opt_.interrupt && opt_.interrupt->load(); }
+
   bool out_of_budget() const {
-    return tried_ >= opt_.max_candidates ||
+    return interrupted() || tried_ >= opt_.max_candidates ||
            std::chrono::duration<double>(Clock::now() - t0_).count() >= opt_.max_seconds;
   }
 

@@ -16,6 +16,7 @@
 // executable (`file:` results cannot be re-run on a smaller scenario).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -29,6 +30,9 @@ struct ReduceOptions {
   double max_seconds = 300.0;     // wall-clock budget; the best case so far is kept
   // Called with one line for each accepted step (and the start); default: nothing.
   std::function<void(const std::string&)> report;
+  // Polled before every candidate (may be null): when set (Ctrl-C), the reduction stops like a
+  // spent budget and the best case so far is returned, marked interrupted.
+  const std::atomic<bool>* interrupt = nullptr;
 };
 
 struct ReduceOutcome {
@@ -38,6 +42,7 @@ struct ReduceOutcome {
   CaseRun run;                // its replay
   int64_t steps = 0;          // accepted steps
   int64_t candidates = 0;     // replays tried
+  bool interrupted = false;   // stopped by ReduceOptions::interrupt
   double seconds = 0.0;
 };
 

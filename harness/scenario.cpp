@@ -9,6 +9,8 @@
 #include <sstream>
 
 #include "engine/errors.h"
+#include "engine/input_file.h"
+#include "engine/output_file.h"
 #include "engine/safetensors.h"
 
 namespace mambadiff {
@@ -80,12 +82,23 @@ torch::Tensor parse_tokens(const nlohmann::json& j, const std::string& where) {
 
 template <typename T>
 T require(const nlohmann::json& j, const char* key, const std::string& where) {
-  if (!j.contains(key)) throw InputError(fmt::format("{}: missing key '{}'", where, key));
-  try {
-    return j.at(key).get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw InputError(fmt::format("{}: key '{}' has the wrong type: {}", where, key, j.at(key).dump()));
+  if (!j.is_object() || !j.contains(key)) throw InputError(fmt::format("{}: missing key '{}'", where, key));
+  const nlohmann::json& v = j.at(key);
+  // nlohmann converts 1.5 to the integer 1 silently: an integer key must hold an integer.
+  if (std::is_integral_v<T> && !v.is_number_integer()) {
+    throw InputError(fmt::format("{}: key '{}' must be an integer, got {}", where, key, quote_json(v)));
   }
+  try {
+    return v.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(fmt::format("{}: key '{}' has the wrong type: {}", where, key, quote_json(v)));
+  }
+}
+
+// An optional string key; its default when absent.
+std::string optional_string(const nlohmann::json& j, const char* key, const std::string& fallback,
+                            const std::string& where) {
+  return j.contains(key) ? require<std::string>(j, key, where) : fallback;
 }
 
 }  // namespace
@@ -95,14 +108,14 @@ Scenario Scenario::from_json(const nlohmann::json& j, const std::filesystem::pat
   if (!j.is_object()) throw InputError(fmt::format("{}: a scenario is a JSON object", src));
   const auto format = require<std::string>(j, "format", src);
   if (format != kScenarioFormat) {
-    throw InputError(fmt::format("{}: key 'format': '{}' is not '{}'", src, format, kScenarioFormat));
+    throw InputError(fmt::format("{}: key 'format': '{}' is not '{}'", src, truncate_for_message(format), kScenarioFormat));
   }
   Scenario s;
   s.file = file;
   s.model = require<std::string>(j, "model", src);
   const auto base = file.parent_path();
   s.model_dir = std::filesystem::path(s.model).is_absolute() ? std::filesystem::path(s.model) : base / s.model;
-  s.dtype = parse_dtype(j.value("dtype", std::string("float32")), src + ": key 'dtype'");
+  s.dtype = parse_dtype(optional_string(j, "dtype", "float32", src), src + ": key 'dtype'");
   if (!j.contains("ops") || !j["ops"].is_array()) throw InputError(fmt::format("{}: missing key 'ops' (an array)", src));
 
   std::set<std::string> snapshots;
@@ -136,6 +149,7 @@ Scenario Scenario::from_json(const nlohmann::json& j, const std::filesystem::pat
         throw InputError(fmt::format("{}: missing tensor '{}' (op {} inject)", path, op.delta_tensor, i));
       }
       op.delta = it->second.tensor(op.delta_tensor);
+      require_finite_tensor(op.delta, path, op.delta_tensor);
       if (!op.delta.is_floating_point() || (op.delta.dim() != 3 && op.delta.dim() != 4)) {
         throw InputError(fmt::format("{}: tensor '{}' (op {} inject): expected a float [B,H,P,N] or [H,P,N] tensor",
                                      path, op.delta_tensor, i));
@@ -150,15 +164,18 @@ Scenario Scenario::from_json(const nlohmann::json& j, const std::filesystem::pat
       if (op.kind == OpKind::kSnapshot) {
         snapshots.insert(op.name);
       } else if (!snapshots.count(op.name)) {
-        throw InputError(fmt::format("{} (restore): unknown snapshot '{}'", where, op.name));
+        throw InputError(fmt::format("{} (restore): unknown snapshot '{}'", where, truncate_for_message(op.name)));
       }
     } else if (kind == "reset") {
       op.kind = OpKind::kReset;
     } else {
-      throw InputError(fmt::format("{}: unknown op '{}'", where, kind));
+      throw InputError(fmt::format("{}: unknown op '{}'", where, truncate_for_message(kind)));
     }
     s.ops.push_back(std::move(op));
   }
+  // Every command compares or writes what forward ops compute: without one there is nothing to
+  // check, and `diff` would report "agree" on nothing.
+  if (batch < 0) throw InputError(fmt::format("{}: key 'ops': no forward op (a scenario needs at least one)", src));
   // A [B,H,P,N] delta before the first forward must agree with the later forwards too.
   for (size_t i = 0; i < s.ops.size(); ++i) {
     const auto& op = s.ops[i];
@@ -171,17 +188,8 @@ Scenario Scenario::from_json(const nlohmann::json& j, const std::filesystem::pat
 }
 
 Scenario Scenario::load(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw InputError(fmt::format("{}: cannot open scenario", file.string()));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw InputError(fmt::format("{}: not valid JSON: {}", file.string(), e.what()));
-  }
-  return from_json(j, file);
+  const nlohmann::json j = read_input_json(file);
+  return with_json_errors(file.string(), [&] { return from_json(j, file); });
 }
 
 void Scenario::save(const std::filesystem::path& out) const {
@@ -222,14 +230,7 @@ void Scenario::save(const std::filesystem::path& out) const {
   nlohmann::json j = {{"format", kScenarioFormat}, {"model", model_rel.string()}, {"dtype", dtype_string(dtype)},
                       {"ops", ops_json}};
   if (!deltas.empty()) safetensors::write(base / delta_name, deltas);
-  const auto tmp = out.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw InputError(fmt::format("{}: cannot write", out.string()));
-    f << j.dump(1) << "\n";
-    if (!f) throw InputError(fmt::format("{}: write failed", out.string()));
-  }
-  std::filesystem::rename(tmp, out);
+  write_text_atomically(out, j.dump(1) + "\n");
 }
 
 }  // namespace mambadiff

@@ -96,8 +96,11 @@ void DeltaLoop::iterate() {
     for (size_t k = 0; k < options_.target.size(); ++k) {
       const torch::Tensor l = rows[k].detach().to(torch::kFloat64);
       const int64_t t = options_.target[k];
-      // rank 1 = argmax; ties count against the target.
-      rank = torch::maximum(rank, 1 + (l > l[t]).sum().to(torch::kFloat64));
+      // rank 1 = argmax; ties count against the target; non-finite logits rank V + 1 (NaN compares
+      // false with everything and would make the target "rank 1"). Device ops only.
+      const torch::Tensor finite_rank = 1 + (l > l[t]).sum().to(torch::kFloat64);
+      const torch::Tensor no_rank = torch::full({}, static_cast<double>(l.size(0) + 1), stats_.options());
+      rank = torch::maximum(rank, torch::where(torch::isfinite(l).all(), finite_rank, no_rank));
       margin = torch::minimum(margin, l[t] - others(l, t).max());
     }
     torch::Tensor norm2 = torch::zeros({}, stats_.options());

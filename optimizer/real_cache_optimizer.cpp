@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/errors.h"
 #include "engine/memory_estimate.h"
+#include "engine/input_file.h"
 #include "engine/safetensors.h"
+#include "engine/tensor_bytes.h"
 #include "harness/path_registry.h"
 #include "optimizer/cuda_graph.h"
 #include "optimizer/delta_loop.h"
@@ -25,9 +28,12 @@ torch::Tensor tokens_tensor(const std::vector<int64_t>& ids) {
   return torch::tensor(ids, torch::kInt64).view({1, static_cast<int64_t>(ids.size())});
 }
 
-// rank 1 = argmax; ties count against the target.
+// rank 1 = argmax; ties count against the target. Logits holding NaN or an infinity rank no
+// token: V + 1, worse than any real rank (NaN compares false with everything, which would make
+// the target "rank 1").
 int64_t rank_of(const torch::Tensor& logits, int64_t target) {
   const torch::Tensor l = logits.detach().to(torch::kCPU, torch::kFloat64);
+  if (!torch::isfinite(l).all().item<bool>()) return l.numel() + 1;
   return 1 + (l > l[target]).sum().item<int64_t>() ;
 }
 
@@ -49,12 +55,6 @@ RankReport rank_report(const std::vector<torch::Tensor>& logits, const std::vect
   return r;
 }
 
-bool bytes_equal(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  return torch::equal(a.detach().contiguous().view({-1}).view(torch::kUInt8),
-                      b.detach().contiguous().view({-1}).view(torch::kUInt8));
-}
-
 void check_options(const Mamba2Config& c, const OptimizeOptions& o) {
   if (o.prompt.size() < 2) throw InputError("optimize: --prompt-tokens needs at least 2 tokens (prefill all but the last, then step it)");
   if (o.target.empty()) throw InputError("optimize: --target needs at least one token");
@@ -67,7 +67,15 @@ void check_options(const Mamba2Config& c, const OptimizeOptions& o) {
     if (l < 0 || l >= c.num_hidden_layers) throw InputError(fmt::format("optimize: layer {} out of range [0, {})", l, c.num_hidden_layers));
   if (o.loss != "ce" && o.loss != "margin") throw InputError(fmt::format("optimize: --loss '{}' is not ce or margin", o.loss));
   if (o.optimizer != "adam" && o.optimizer != "pgd") throw InputError(fmt::format("optimize: --optimizer '{}' is not adam or pgd", o.optimizer));
-  if (o.steps < 0 || !(o.lr > 0)) throw InputError("optimize: --steps must be >= 0 and --lr > 0");
+  if (o.steps < 0) throw InputError(fmt::format("optimize: --steps {} is negative", o.steps));
+  // An infinite step sends Δ to NaN at once (issue 14: `--lr inf` was reported as rank 1).
+  if (!std::isfinite(o.lr) || !(o.lr > 0)) throw InputError(fmt::format("optimize: --lr {} is not a finite number > 0", o.lr));
+  if (!std::isfinite(o.margin)) throw InputError(fmt::format("optimize: --margin {} is not finite", o.margin));
+  for (const auto& [option, budget] : {std::pair<const char*, double>{"--budget-l2", o.budget_l2}, {"--budget-linf", o.budget_linf}}) {
+    if (!std::isfinite(budget) || budget < 0) {
+      throw InputError(fmt::format("optimize: {} {} is not a finite number >= 0", option, budget));
+    }
+  }
   if (const PathRole role = path_role(o.path); role != PathRole::kDifferentiable) {
     throw InputError(fmt::format("optimize: --path {} is not differentiable (its role: {}); use one of {}", o.path,
                                  role_name(role), fmt::join(registered_paths(PathRole::kDifferentiable), ", ")));
@@ -108,14 +116,14 @@ bool restored_bit_identically(const Mamba2Cache& cache, const Mamba2Cache::Snaps
 
 RankReport deploy_delta(const Mamba2Checkpoint& ck, const std::string& path_name, const std::vector<int64_t>& prompt,
                         const std::vector<int64_t>& target, const std::map<int64_t, torch::Tensor>& delta,
-                        int64_t generate_tokens, std::vector<int64_t>* generated) {
+                        int64_t generate_tokens, std::vector<int64_t>* generated, const std::atomic<bool>* interrupt) {
   auto path = make_path(path_name, ck, torch::kFloat32);
-  return deploy_on(*path, prompt, target, delta, generate_tokens, generated);
+  return deploy_on(*path, prompt, target, delta, generate_tokens, generated, interrupt);
 }
 
 RankReport deploy_on(ExecutionPath& deploy, const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
                      const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens,
-                     std::vector<int64_t>* generated) {
+                     std::vector<int64_t>* generated, const std::atomic<bool>* interrupt) {
   require_memory_for_decode(deploy.config(), deploy.dtype(), prompt.size(), std::max<int64_t>(generate_tokens, 0),
                             "generate");
   torch::NoGradGuard no_grad;
@@ -134,7 +142,7 @@ RankReport deploy_on(ExecutionPath& deploy, const std::vector<int64_t>& prompt, 
     cache.restore(after_delta);
     generated->clear();
     token = prompt.back();
-    for (int64_t i = 0; i < generate_tokens; ++i) {
+    for (int64_t i = 0; i < generate_tokens && !(interrupt && interrupt->load()); ++i) {
       token = path->forward(one_token(token), cache).logits[0][0].argmax().item<int64_t>();
       generated->push_back(token);
     }
@@ -206,6 +214,13 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
         max_diff = std::max(max_diff, (dep.to(torch::kFloat64) - loop_logits[k].to(torch::kFloat64)).abs().max().item<double>());
         token = o.target[k];
       }
+      // NaN logits are bitwise equal to themselves: a gate that passes on them proves nothing.
+      bool finite = true;
+      for (const auto& l : loop_logits) finite = finite && torch::isfinite(l).all().item<bool>();
+      if (!finite) {
+        throw ZeroDeltaGateFailed(fmt::format("zero-delta gate failed: the loop's logits ({}) at delta = 0 hold NaN or an infinity",
+                                              loop_path.name()));
+      }
       result.zero_delta_gate_passed = equal;
       result.zero_delta_gate_max_diff = max_diff;
       if (!equal) {
@@ -239,6 +254,10 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
       step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       result.final_loss = rep.loss;
       if (progress) progress(rep);
+      if (!std::isfinite(rep.loss) || !std::isfinite(rep.delta_l2)) {  // nothing can come back from NaN
+        result.nonfinite_step = step;
+        break;
+      }
       if (rep.rank == 1 && rep.margin >= o.margin) {  // goal reached with the Δ before this update
         loop.undo_last_update();
         break;
@@ -315,6 +334,7 @@ std::map<int64_t, torch::Tensor> load_delta(const std::string& file, const Mamba
       throw InputError(fmt::format("{}: tensor '{}': layer {} out of range [0, {})", file, name, layer, c.num_hidden_layers));
     }
     out[layer] = f.tensor(name);
+    require_finite_tensor(out[layer], file, name);
   }
   if (out.empty()) throw InputError(fmt::format("{}: no delta.<layer> tensors", file));
   return out;

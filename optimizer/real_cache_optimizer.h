@@ -39,13 +39,13 @@ struct OptimizeOptions {
 struct StepReport {
   int64_t step = 0;
   double loss = 0.0;
-  int64_t rank = 0;     // worst rank over the target tokens
+  int64_t rank = 0;     // worst rank over the target tokens (V + 1 when the logits are not finite)
   double margin = 0.0;  // worst (target logit - best other logit)
   double delta_l2 = 0.0;
 };
 
 struct RankReport {
-  int64_t rank = 0;          // worst over target tokens (1 = all targets argmax)
+  int64_t rank = 0;          // worst over target tokens (1 = all targets argmax; V + 1 = logits not finite)
   double probability = 0.0;  // of target[0]
   double margin = 0.0;       // worst (target logit - runner-up)
 };
@@ -63,6 +63,8 @@ struct OptimizeResult {
   double zero_delta_gate_max_diff = 0.0;
   bool restore_bit_identical = false;
   bool interrupted = false;
+  // The step whose loss or Δ was NaN or infinite (the loop stopped there; a failure), or -1.
+  int64_t nonfinite_step = -1;
   double seconds_per_step = 0.0;
   bool cuda_graph = false;  // whether the iterations after the first two were graph replays
   std::vector<int64_t> generated_without_delta, generated_with_delta;
@@ -109,14 +111,16 @@ bool restored_bit_identically(const Mamba2Cache& cache, const Mamba2Cache::Snaps
 // Deployment on a path object (see deploy_delta).
 RankReport deploy_on(ExecutionPath& path, const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
                      const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens = 0,
-                     std::vector<int64_t>* generated = nullptr);
+                     std::vector<int64_t>* generated = nullptr, const std::atomic<bool>* interrupt = nullptr);
 
 // Deployment: a fresh cache on `path`, prefill prompt[:-1], add Δ, step; ranks of the targets
-// (teacher-forced). Also the greedy continuation of `generate_tokens` tokens after the prompt.
+// (teacher-forced). Also the greedy continuation of `generate_tokens` tokens after the prompt;
+// `interrupt` (may be null) is polled before each generated token: when set, generation stops
+// and `generated` holds the tokens so far.
 RankReport deploy_delta(const Mamba2Checkpoint& checkpoint, const std::string& path,
                         const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
                         const std::map<int64_t, torch::Tensor>& delta, int64_t generate_tokens = 0,
-                        std::vector<int64_t>* generated = nullptr);
+                        std::vector<int64_t>* generated = nullptr, const std::atomic<bool>* interrupt = nullptr);
 
 // Δ files (SPEC §8): one tensor per layer, `delta.<layer>` [1, H, P, N] fp32 (adds unchanged to a
 // HuggingFace cache's recurrent_states), with prompt, target, model hash and settings in the

@@ -4,8 +4,10 @@
 // pass on the embedded models and write its JSON and JUnit reports.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -152,29 +154,52 @@ TEST(PlantedBugs, StandInCacheIsCaughtAsDispatchDifference) {
   EXPECT_NE(c.first_divergence->detail.find("prefill"), std::string::npos) << c.first_divergence->detail;
 }
 
-TEST(Compare, NanFailsAndMatchingInfinitiesPass) {
+// NaN or an infinity in either side or the reference is a divergence, wherever it is (issue 14:
+// NaN logits on both paths used to "agree with error 0", and so did matching infinities).
+TEST(Compare, NanOrInfinityInAnyComparedTensorDiverges) {
   const Scenario s = Scenario::load(kSource / "corpus/scenarios/tiny/full.json");
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
   const ScenarioResult ref = evaluate_path("reference", s, ck);
-  ScenarioResult a = ref, b = ref;
+  const double kInf = std::numeric_limits<double>::infinity(), kNan = std::numeric_limits<double>::quiet_NaN();
+  struct Plant {
+    const char* what;
+    double a, b, reference;  // planted at logits[0][3][1]; 0 = leave the reference's value
+  };
+  for (const Plant& p : {Plant{"the same infinity on both sides", kInf, kInf, 0}, Plant{"infinities of opposite sign", kInf, -kInf, 0},
+                         Plant{"NaN on both sides", kNan, kNan, 0}, Plant{"NaN on one side", kNan, 0, 0},
+                         Plant{"NaN in the reference only", 0, 0, kNan}, Plant{"NaN everywhere", kNan, kNan, kNan}}) {
+    SCOPED_TRACE(p.what);
+    ScenarioResult a = ref, b = ref, r = ref;
+    a.path = "chunked";
+    a.dtype = "float32";
+    for (const auto& [result, value] : {std::pair<ScenarioResult*, double>{&a, p.a}, {&b, p.b}, {&r, p.reference}}) {
+      result->ops[0].logits = ref.ops[0].logits.clone();
+      if (value != 0) result->ops[0].logits[0][3][1] = value;
+    }
+    const Comparison c = compare_results(a, b, r, {});
+    ASSERT_FALSE(c.agree);
+    EXPECT_EQ(c.first_divergence->batch, 0);
+    EXPECT_EQ(c.first_divergence->token, 3);
+    EXPECT_EQ(c.first_divergence->tensor, "logits");
+    EXPECT_FALSE(std::isfinite(c.first_divergence->error));
+  }
+}
+
+// A tolerance derived from a NaN baseline is never used: `inf > inf` is false.
+TEST(Compare, NonFiniteToleranceDiverges) {
+  const Scenario s = Scenario::load(kSource / "corpus/scenarios/tiny/full.json");
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(s.model_dir);
+  const ScenarioResult ref = evaluate_path("reference", s, ck);
+  ScenarioResult a = ref;
   a.path = "chunked";
   a.dtype = "float32";
-  a.ops[0].logits = ref.ops[0].logits.clone();
-  b.ops[0].logits = ref.ops[0].logits.clone();
-  a.ops[0].logits[0][3][1] = std::numeric_limits<double>::infinity();
-  b.ops[0].logits[0][3][1] = std::numeric_limits<double>::infinity();
-  EXPECT_TRUE(compare_results(a, b, ref, {}).agree);
-  b.ops[0].logits[0][3][1] = -std::numeric_limits<double>::infinity();
-  const Comparison sign = compare_results(a, b, ref, {});
-  ASSERT_FALSE(sign.agree);
-  EXPECT_EQ(sign.first_divergence->token, 3);
-  a.ops[0].logits = ref.ops[0].logits.clone();
-  b.ops[0].logits = ref.ops[0].logits.clone();
-  a.ops[0].logits[1][5][2] = std::numeric_limits<double>::quiet_NaN();
-  const Comparison nan = compare_results(a, b, ref, {});
-  ASSERT_FALSE(nan.agree);
-  EXPECT_EQ(nan.first_divergence->batch, 1);
-  EXPECT_EQ(nan.first_divergence->token, 5);
+  ErrorBaseline nan_baseline;
+  nan_baseline.dtype = "float32";
+  nan_baseline.error["op0.logits"] = std::numeric_limits<double>::quiet_NaN();
+  const Comparison c = compare_results(a, ref, ref, {nan_baseline});
+  ASSERT_FALSE(c.agree);
+  EXPECT_EQ(c.first_divergence->tensor, "logits");
+  EXPECT_NE(c.first_divergence->detail.find("tolerance not finite"), std::string::npos) << describe(*c.first_divergence);
 }
 
 TEST(Check, EmbeddedModelsAgreeOnEveryPathPairAndReportsAreWritten) {

@@ -32,6 +32,7 @@
 #include "engine/config.h"
 #include "engine/execution_path.h"
 #include "engine/mamba2_cache.h"
+#include "engine/tensor_bytes.h"
 #include "harness/compare.h"
 #include "harness/scenario.h"
 #include "oracles/reference_path.h"
@@ -362,10 +363,7 @@ inline std::vector<uint8_t> raw_bytes(const torch::Tensor& t) {
   return out;
 }
 
-// Same dtype, shape and bytes (NaN payloads and signed zeros included).
-inline bool bytes_equal(const torch::Tensor& a, const torch::Tensor& b) {
-  return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() && raw_bytes(a) == raw_bytes(b);
-}
+using mambadiff::bytes_equal;  // engine/tensor_bytes.h: same dtype, shape and bytes
 
 inline std::string shape_str(const torch::Tensor& t) {
   std::ostringstream os;
