@@ -189,6 +189,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace mambadiff;
   using namespace mambadiff::fuzz;
+  // No autograd: the paths' forwards need no graph, and each ATen op skips its bookkeeping.
+  c10::InferenceMode no_autograd;
   ByteReader in(data, size);
   const ModelSpec spec = decode_spec(in);
   const int64_t batch = in.in_range(1, 2);
