@@ -1,5 +1,6 @@
 // RMSNorm, gated RMSNorm and dt discretization: forward and backward, one block per row (group).
 #include "kernels/device_math.cuh"
+#include "kernels/kernel_coverage.cuh"
 
 namespace mambadiff::kernels {
 
@@ -18,6 +19,7 @@ __global__ void rms_norm_forward_kernel(const TX* x, const T* w, T* out, float* 
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const TX* xr = x + row * dim;
+  MAMBADIFF_COVER(kNormThreadTail, threadIdx.x == 0 && dim % blockDim.x != 0);
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
     const float v = load(xr, i);
@@ -55,6 +57,8 @@ __global__ void gated_norm_forward_kernel(const float* y, const T* gate, int64_t
                                           float* rstd, int64_t channels, int64_t group_size, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x, group = blockIdx.y, c0 = group * group_size;
+  MAMBADIFF_COVER(kGatedNormGrouped, threadIdx.x == 0 && gridDim.y > 1);
+  MAMBADIFF_COVER(kNormThreadTail, threadIdx.x == 0 && group_size % blockDim.x != 0);
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
     const int64_t c = c0 + i;
@@ -102,7 +106,12 @@ __global__ void dt_forward_kernel(const T* raw, int64_t stride, const float* bia
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= rows * heads) return;
   const int64_t row = i / heads, h = i % heads;
-  dt[i] = fminf(fmaxf(softplus(load(raw, row * stride + h) + bias[h]), lo), hi);
+  const float u = load(raw, row * stride + h) + bias[h], sp = softplus(u);
+  MAMBADIFF_COVER(kDtClampLow, sp < lo);
+  MAMBADIFF_COVER(kDtClampHigh, sp > hi);
+  MAMBADIFF_COVER(kDtSoftplusLinear, u > 20.0f);
+  MAMBADIFF_COVER(kDtNoUpperLimit, i == 0 && isinf(hi));
+  dt[i] = fminf(fmaxf(sp, lo), hi);
 }
 
 template <typename T>
@@ -204,3 +213,5 @@ int dt_discretize_backward(Act act, const void* dt_raw, int64_t token_stride, co
 }
 
 }  // namespace mambadiff::kernels
+
+MAMBADIFF_COVERAGE_TAKER(take_fused_norms)
