@@ -388,7 +388,9 @@ class TargetCampaign {
     fs::create_directories(work_ / "artifacts", ec);
     fs::create_directories(o_.out_dir / "findings", ec);
     fuzz();
-    merge();
+    // A stopped-at-first-finding run (the kill matrix's) has its answer; its corpus, full of inputs
+    // that crash the mutant, would cost a restart of the merge per input.
+    if (!(o_.stop_at_first_finding && stats_.first_finding_s)) merge();
     collect_findings();
     result_.targets.push_back(stats_);
     fs::remove_all(work_, ec);
