@@ -45,7 +45,7 @@ class TensorSource {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(text);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
         throw InputError(fmt::format("{}: not valid JSON: {}", index.string(), e.what()));
       }
       if (!j.contains("weight_map") || !j["weight_map"].is_object()) {

@@ -50,7 +50,7 @@ nlohmann::json parse_json_allowing_nonfinite(const std::string& text, const std:
   }
   try {
     return nlohmann::json::parse(out);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     throw InputError(fmt::format("{}: not valid JSON: {}", source, e.what()));
   }
 }

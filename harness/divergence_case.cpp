@@ -152,7 +152,7 @@ DivergenceCase DivergenceCase::load(const fs::path& where) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     throw InputError(fmt::format("{}: not valid JSON: {}", src, e.what()));
   }
   if (!j.is_object()) throw InputError(fmt::format("{}: a divergence case is a JSON object", src));

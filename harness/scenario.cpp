@@ -178,7 +178,7 @@ Scenario Scenario::load(const std::filesystem::path& file) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     throw InputError(fmt::format("{}: not valid JSON: {}", file.string(), e.what()));
   }
   return from_json(j, file);

@@ -50,6 +50,29 @@ template <> constexpr torch::ScalarType kDtype<c10::BFloat16> = torch::kBFloat16
 }  // namespace
 
 template <typename S>
+void ssm_token_step(const SsmShape& shape, const S* xs, const S* Bv, const S* Cv, const S* dt_raw,
+                    const S* dt_bias, const S* A_log, const S* D, S* state, S* y) {
+  const int64_t H = shape.heads, P = shape.head_dim, N = shape.state_size, hpg = shape.heads / shape.groups;
+  for (int64_t hh = 0; hh < H; ++hh) {
+    const int64_t g = hh / hpg;  // head hh reads group hh / (H/G)
+    const S dt = S(std::clamp(static_cast<double>(s_softplus(S(dt_raw[hh] + dt_bias[hh]))), shape.time_step_min,
+                              shape.time_step_max));
+    const S A = S(-std::exp(static_cast<double>(A_log[hh])));
+    const S decay = s_exp(S(dt * A));
+    for (int64_t p = 0; p < P; ++p) {
+      S* s = state + (hh * P + p) * N;
+      const S xv = xs[hh * P + p];
+      S acc(0);
+      for (int64_t n = 0; n < N; ++n) {
+        s[n] = decay * s[n] + dt * xv * Bv[g * N + n];
+        acc = acc + Cv[g * N + n] * s[n];
+      }
+      y[hh * P + p] = acc + D[hh] * xv;
+    }
+  }
+}
+
+template <typename S>
 SequentialScanPath<S>::SequentialScanPath(const Mamba2Checkpoint& ck)
     : ExecutionPath(ck.config, kDtype<S>, torch::kCPU), w_(ck.weights.to(kDtype<S>, torch::kCPU)) {
   // Mamba2Weights::to keeps dt_bias, A_log and D in fp32 below fp64; the plain loops want S.
@@ -77,8 +100,7 @@ ForwardOutput SequentialScanPath<S>::run(const torch::Tensor& tokens, Mamba2Cach
   const auto& c = config_;
   const int64_t Bsz = tokens.size(0), T = tokens.size(1), Dm = c.hidden_size, V = c.vocab_size,
                 H = c.num_heads, P = c.head_dim, G = c.n_groups, N = c.state_size, I = c.d_inner(),
-                Cd = c.conv_dim(), K = c.conv_kernel, hpg = c.heads_per_group(),
-                gsize = c.gated_norm_group_size();
+                Cd = c.conv_dim(), K = c.conv_kernel, gsize = c.gated_norm_group_size();
   const double eps = c.layer_norm_epsilon;
   const int64_t* ids = tokens.data_ptr<int64_t>();
 
@@ -122,23 +144,8 @@ ForwardOutput SequentialScanPath<S>::run(const torch::Tensor& tokens, Mamba2Cach
         const S* xs = xbc.data();              // [H, P]
         const S* Bv = xbc.data() + I;          // [G, N]
         const S* Cv = xbc.data() + I + G * N;  // [G, N]
-        for (int64_t hh = 0; hh < H; ++hh) {
-          const int64_t g = hh / hpg;  // head hh reads group hh / (H/G)
-          const S dt = S(std::clamp(static_cast<double>(s_softplus(S(dt_raw[hh] + ptr<S>(lw.dt_bias)[hh]))),
-                                    c.time_step_min, c.time_step_max));
-          const S A = S(-std::exp(static_cast<double>(ptr<S>(lw.A_log)[hh])));
-          const S decay = s_exp(S(dt * A));
-          for (int64_t p = 0; p < P; ++p) {
-            S* s = state + ((b * H + hh) * P + p) * N;
-            const S xv = xs[hh * P + p];
-            S acc(0);
-            for (int64_t n = 0; n < N; ++n) {
-              s[n] = decay * s[n] + dt * xv * Bv[g * N + n];
-              acc = acc + Cv[g * N + n] * s[n];
-            }
-            y[hh * P + p] = acc + ptr<S>(lw.D)[hh] * xv;
-          }
-        }
+        ssm_token_step<S>({H, P, N, G, c.time_step_min, c.time_step_max}, xs, Bv, Cv, dt_raw, ptr<S>(lw.dt_bias),
+                          ptr<S>(lw.A_log), ptr<S>(lw.D), state + b * H * P * N, y.data());
         // Gated RMSNorm over groups of `gsize` channels (gsize == I: the HF, ungrouped form).
         for (int64_t i = 0; i < I; ++i) z[i] = y[i] * s_silu(gate[i]);
         for (int64_t g0 = 0; g0 < I; g0 += gsize) {
@@ -160,6 +167,14 @@ ForwardOutput SequentialScanPath<S>::run(const torch::Tensor& tokens, Mamba2Cach
   out.logits = logits;
   return out;
 }
+
+#define MAMBADIFF_SSM_TOKEN_STEP(S)                                                                          \
+  template void ssm_token_step<S>(const SsmShape&, const S*, const S*, const S*, const S*, const S*, const S*, \
+                                  const S*, S*, S*);
+MAMBADIFF_SSM_TOKEN_STEP(double)
+MAMBADIFF_SSM_TOKEN_STEP(float)
+MAMBADIFF_SSM_TOKEN_STEP(c10::BFloat16)
+#undef MAMBADIFF_SSM_TOKEN_STEP
 
 template class SequentialScanPath<double>;
 template class SequentialScanPath<float>;

@@ -8,6 +8,22 @@
 
 namespace mambadiff {
 
+// The shape of one token's SSM update; G divides H (Mamba2Config::validate checks it).
+struct SsmShape {
+  int64_t heads = 1, head_dim = 1, state_size = 1, groups = 1;  // H, P, N, G
+  double time_step_min = 0.0, time_step_max = 0.0;              // the dt clamp (time_step_limit)
+};
+
+// The oracle's recurrence for one token of one batch row, in Scalar (every operation rounded to
+// it): dt = clamp(softplus(dt_raw + dt_bias)), s = exp(dt * A) * s + dt * x B, y = C.s + D x with
+// A = -exp(A_log); head h reads group h / (H/G). The reference path runs it per token; the
+// fuzz target scan_diff runs it on raw scan inputs. Instantiated for double, float, BFloat16.
+//   xs: [H, P]   Bv, Cv: [G, N]   dt_raw, dt_bias, A_log, D: [H]   state: [H, P, N] (updated)   y: [H, P]
+template <typename Scalar>
+void ssm_token_step(const SsmShape& shape, const Scalar* xs, const Scalar* Bv, const Scalar* Cv,
+                    const Scalar* dt_raw, const Scalar* dt_bias, const Scalar* A_log, const Scalar* D,
+                    Scalar* state, Scalar* y);
+
 //
 // The same loops instantiated in float32 or bfloat16 (every operation rounded to that type, the
 // accumulators too) are the "plain low-precision implementation of the same math" whose error

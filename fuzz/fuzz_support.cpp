@@ -1,0 +1,148 @@
+#include "fuzz/fuzz_support.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+
+#include "engine/errors.h"
+#include "engine/safetensors.h"
+#include "harness/check_suite.h"
+#include "tests/mutants/catalog.h"
+
+namespace mambadiff::fuzz {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path make_scratch_dir() {
+  const fs::path shm = "/dev/shm";
+  std::error_code ec;
+  const fs::path base = fs::is_directory(shm, ec) && access(shm.c_str(), W_OK) == 0 ? shm : fs::temp_directory_path();
+  std::string templ = (base / "mambadiff-fuzz-XXXXXX").string();
+  if (!mkdtemp(templ.data())) {
+    std::fprintf(stderr, "fuzz: cannot create a scratch folder under %s\n", base.c_str());
+    std::exit(3);
+  }
+  return templ;
+}
+
+void remove_scratch_dir() {
+  std::error_code ec;
+  fs::remove_all(scratch_dir(), ec);
+}
+
+}  // namespace
+
+const fs::path& scratch_dir() {
+  static const fs::path dir = [] {
+    fs::path d = make_scratch_dir();
+    std::atexit(remove_scratch_dir);
+    return d;
+  }();
+  return dir;
+}
+
+void write_bytes(const fs::path& file, const uint8_t* data, size_t size) {
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
+  if (!out) {
+    std::fprintf(stderr, "fuzz: cannot write %s\n", file.c_str());
+    std::exit(3);
+  }
+}
+
+const std::optional<std::string>& fuzz_mutant() {
+  static const std::optional<std::string> name = []() -> std::optional<std::string> {
+    const char* env = std::getenv("MAMBADIFF_FUZZ_MUTANT");
+    if (!env || !*env) return std::nullopt;
+    try {
+      return mutants::find_mutant(env).path_name();
+    } catch (const InputError& e) {
+      std::fprintf(stderr, "MAMBADIFF_FUZZ_MUTANT: %s\n", first_line(e).c_str());
+      std::exit(2);
+    }
+  }();
+  return name;
+}
+
+void write_checkpoint(const Mamba2Checkpoint& ck, const fs::path& dir) {
+  fs::create_directories(dir);
+  write_text_atomically(dir / "config.json", ck.config.to_json().dump(1) + "\n");
+  const Mamba2Config& c = ck.config;
+  const auto& w = ck.weights;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  tensors.emplace_back("backbone.embeddings.weight", w.embeddings);
+  tensors.emplace_back("backbone.norm_f.weight", w.norm_f_weight);
+  if (!c.tie_word_embeddings) tensors.emplace_back("lm_head.weight", w.lm_head);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LayerWeights& l = w.layers[i];
+    const std::string p = fmt::format("backbone.layers.{}.", i);
+    auto put = [&](const std::string& name, const torch::Tensor& t) {
+      if (t.defined()) tensors.emplace_back(p + name, t);
+    };
+    put("norm.weight", l.norm_weight);
+    put("mixer.in_proj.weight", l.in_proj_weight);
+    put("mixer.in_proj.bias", l.in_proj_bias);
+    put("mixer.conv1d.weight", l.conv1d_weight.reshape({c.conv_dim(), 1, c.conv_kernel}));  // HF's [C, 1, K]
+    put("mixer.conv1d.bias", l.conv1d_bias);
+    put("mixer.dt_bias", l.dt_bias);
+    put("mixer.A_log", l.A_log);
+    put("mixer.D", l.D);
+    put("mixer.norm.weight", l.gated_norm_weight);
+    put("mixer.out_proj.weight", l.out_proj_weight);
+    put("mixer.out_proj.bias", l.out_proj_bias);
+  }
+  safetensors::write(dir / "model.safetensors", tensors);
+}
+
+namespace {
+
+// Writes the case; returns where, or an empty path (with the reason on stderr) when it could not.
+fs::path write_case(const Signature& sig, const Scenario& scenario, const Mamba2Checkpoint& ck, const CaseRun& run) {
+  const char* env = std::getenv("MAMBADIFF_FUZZ_CASE_DIR");
+  if (!env || !*env) return {};
+  static std::atomic<int> serial{0};
+  const fs::path root = env;
+  const std::string name = fmt::format("{}-{}-{}", case_dir_name(sig.line()), getpid(), serial++);
+  const fs::path tmp = root / ("." + name + ".tmp");  // hidden until complete
+  const fs::path dst = root / name;
+  try {
+    fs::create_directories(root);
+    fs::remove_all(tmp);
+    write_checkpoint(ck, tmp / "model");
+    Scenario s = scenario;
+    s.model_dir = tmp / "model";
+    s.model = "model";
+    const DivergenceCase c =
+        make_case(s, ck, run, TolerancePolicy{}, "agree", fmt::format("fuzz {}: {}", sig.target, sig.line()));
+    c.save(tmp, &run);
+    fs::rename(tmp, dst);
+    return dst;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mambadiff-fuzz: cannot write the case into %s: %s\n", root.c_str(), first_line(e).c_str());
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    return {};
+  }
+}
+
+}  // namespace
+
+void report_finding(const Signature& sig, const std::string& detail, const Scenario* scenario,
+                    const Mamba2Checkpoint* ck, const CaseRun* run) {
+  fs::path written;
+  if (scenario && ck && run) written = write_case(sig, *scenario, *ck, *run);
+  std::fprintf(stderr, "mambadiff-fuzz-signature: %s\n", sig.line().c_str());
+  std::fprintf(stderr, "mambadiff-fuzz: %s\n", detail.c_str());
+  if (!written.empty()) std::fprintf(stderr, "mambadiff-fuzz-case: %s\n", written.c_str());
+  std::fflush(stderr);
+  __builtin_trap();
+}
+
+}  // namespace mambadiff::fuzz

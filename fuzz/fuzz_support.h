@@ -1,0 +1,79 @@
+// What the fuzz targets share (docs/fuzz.md, "Targets and speed"): decoding fuzzer bytes, a
+// scratch folder for the parsers' files, the environment of the differential targets
+// (MAMBADIFF_FUZZ_MUTANT, MAMBADIFF_FUZZ_CASE_DIR) and the report of a finding (a
+// mambadiff.case.v1 case, the signature line, then a trap so libFuzzer keeps the input).
+//
+// Every target is a thin entry: decode bytes, filter (each early return says why), call the
+// library code the product runs. The same entry links into a libFuzzer binary (build-fuzz/) and
+// into a plain replay main (fuzz/replay_main.cpp, the ordinary build, run by CTest).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint.h"
+#include "harness/compare.h"
+#include "harness/divergence_case.h"
+#include "harness/scenario.h"
+
+namespace mambadiff::fuzz {
+
+// Reads the fuzzer's bytes front to back; past the end every read gives 0, so any input decodes.
+class ByteReader {
+ public:
+  ByteReader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  uint8_t byte() { return pos_ < size_ ? data_[pos_++] : 0; }
+  // An integer in [lo, hi] (lo <= hi), from one byte.
+  int64_t in_range(int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(byte()) % (hi - lo + 1); }
+  uint32_t u32() {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v = (v << 8) | byte();
+    return v;
+  }
+  // One of `choices` (not empty).
+  template <typename T>
+  const T& pick(const std::vector<T>& choices) {
+    return choices[byte() % choices.size()];
+  }
+  size_t remaining() const { return pos_ < size_ ? size_ - pos_ : 0; }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+// A folder of this process for the files a parser target hands the product (created once, removed
+// at exit). /dev/shm when there is one: a write there costs no disk I/O.
+const std::filesystem::path& scratch_dir();
+
+// Writes bytes to `file` (replacing it).
+void write_bytes(const std::filesystem::path& file, const uint8_t* data, size_t size);
+
+// The mutant named by MAMBADIFF_FUZZ_MUTANT, or nullopt. Read once; an unknown name prints one
+// line and exits 2 (called from each differential target's LLVMFuzzerInitialize).
+const std::optional<std::string>& fuzz_mutant();
+
+// Writes a HuggingFace Mamba2 checkpoint directory (config.json, model.safetensors) that
+// Mamba2Checkpoint::load reads back as `ck` (the inverse of the loader's naming).
+void write_checkpoint(const Mamba2Checkpoint& ck, const std::filesystem::path& dir);
+
+// The finding's numeric signature: `target|op|layer|tensor|branch` (COMMON fuzz interface).
+struct Signature {
+  std::string target, op, layer, tensor, branch;
+  std::string line() const { return target + "|" + op + "|" + layer + "|" + tensor + "|" + branch; }
+};
+
+// A divergence found by a differential target: when MAMBADIFF_FUZZ_CASE_DIR is set, writes the
+// case (the model written beside it, `scenario` run on `run`'s two paths; expected "agree", so
+// `repro` exits 1 while the bug is there) into a new subfolder of it, atomically (written under a
+// hidden name, then renamed); then prints `mambadiff-fuzz-signature: <sig>` and the divergence on
+// stderr and traps. Never returns.
+[[noreturn]] void report_finding(const Signature& sig, const std::string& detail, const Scenario* scenario,
+                                 const Mamba2Checkpoint* ck, const CaseRun* run);
+
+}  // namespace mambadiff::fuzz
