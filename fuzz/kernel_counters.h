@@ -18,4 +18,12 @@ namespace mambadiff::fuzz {
 
 void publish_kernel_coverage();
 
+// Declared first in a differential target's LLVMFuzzerTestOneInput: publishes on every return.
+struct PublishKernelCoverageOnReturn {
+  PublishKernelCoverageOnReturn() = default;
+  PublishKernelCoverageOnReturn(const PublishKernelCoverageOnReturn&) = delete;
+  PublishKernelCoverageOnReturn& operator=(const PublishKernelCoverageOnReturn&) = delete;
+  ~PublishKernelCoverageOnReturn() { publish_kernel_coverage(); }
+};
+
 }  // namespace mambadiff::fuzz

@@ -7,7 +7,8 @@
 #
 # The GPU machine has no clang, so the fuzz targets are built there with g++ and nvcc
 # (-DMAMBADIFF_FUZZ_CUDA=ON -DMAMBADIFF_KERNEL_COVERAGE=ON), host coverage from g++'s
-# -fsanitize-coverage=trace-pc through fuzz/gcc_trace_pc_counters.cpp, and linked against
+# -fsanitize-coverage=trace-pc through fuzz/gcc_trace_pc_counters.cpp (linked into every program,
+# CMake's compiler check included, since every instrumented program calls it), and linked against
 # libFuzzer's runtime carried from this machine (.device/fuzz/libFuzzer-gcc.a: Debian's
 # libclang_rt.fuzzer-x86_64.a with its __sanitizer_cov_trace_pc made weak). No sanitizers there.
 # Then, all at once for FUZZ_GPU_SECONDS (default 150) each, one process each (no fork mode, so the
@@ -44,8 +45,8 @@ g++ -O2 -c fuzz/gcc_trace_pc_counters.cpp -o /tmp/trace_pc_counters.o
 COMMON=(-DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 -DCMAKE_PREFIX_PATH="$PREFIX"
         -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" -DMAMBADIFF_KERNEL_COVERAGE=ON)
 ( cmake -S . -B "$F" "${COMMON[@]}" -DMAMBADIFF_FUZZ=ON -DMAMBADIFF_FUZZ_CUDA=ON -DMAMBADIFF_FUZZ_SANITIZE=OFF \
-    -DCMAKE_CXX_FLAGS="-fsanitize-coverage=trace-pc" \
-    -DMAMBADIFF_FUZZ_ENGINE="/tmp/trace_pc_counters.o;$PWD/.device/fuzz/libFuzzer-gcc.a;-lpthread" \
+    -DCMAKE_CXX_FLAGS="-fsanitize-coverage=trace-pc" -DCMAKE_EXE_LINKER_FLAGS=/tmp/trace_pc_counters.o \
+    -DMAMBADIFF_FUZZ_ENGINE="$PWD/.device/fuzz/libFuzzer-gcc.a;-lpthread" \
   && cmake --build "$F" -j10 --target scan_diff model_script ) > /tmp/build_fuzz.txt 2>&1 &
 fuzz_build=$!
 ( cmake -S . -B "$T" "${COMMON[@]}" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
