@@ -25,8 +25,9 @@ TORCH_PREFIX=$("$PYTHON" -c 'import torch; print(torch.utils.cmake_prefix_path)'
 CXXFLAGS=${CXXFLAGS//-stdlib=libc++/}
 export CXXFLAGS
 
+# No CMAKE_BUILD_TYPE: the optimisation level is the builder's ($CFLAGS/$CXXFLAGS), as OSS-Fuzz expects.
 BUILD=${WORK:-/tmp}/mambadiff-build-fuzz
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE= \
   -DCMAKE_C_COMPILER="$CC" -DCMAKE_CXX_COMPILER="$CXX" \
   -DMAMBADIFF_FUZZ=ON -DMAMBADIFF_FUZZ_SANITIZE=OFF -DMAMBADIFF_FUZZ_ENGINE="$LIB_FUZZING_ENGINE" \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DMAMBADIFF_PYTHON="$PYTHON" \

@@ -12,6 +12,7 @@
 #include "engine/errors.h"
 #include "engine/safetensors.h"
 #include "harness/check_suite.h"
+#include "harness/path_registry.h"
 #include "tests/mutants/catalog.h"
 
 namespace mambadiff::fuzz {
@@ -69,6 +70,22 @@ const std::optional<std::string>& fuzz_mutant() {
     }
   }();
   return name;
+}
+
+void init_differential_target() {
+  torch::set_num_threads(1);
+  fuzz_mutant();
+  mutants::install_mutant_paths();
+}
+
+std::vector<std::string> paths_under_test(torch::ScalarType dtype) {
+  if (fuzz_mutant()) return {*fuzz_mutant()};
+  std::vector<std::string> names = {"chunked"};
+  if (torch::cuda::is_available()) {
+    for (const char* gpu : {"chunked-gpu", "cuda"})
+      if (path_available(gpu, dtype)) names.push_back(gpu);
+  }
+  return names;
 }
 
 void write_checkpoint(const Mamba2Checkpoint& ck, const fs::path& dir) {

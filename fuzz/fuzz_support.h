@@ -58,6 +58,15 @@ void write_bytes(const std::filesystem::path& file, const uint8_t* data, size_t 
 // line and exits 2 (called from each differential target's LLVMFuzzerInitialize).
 const std::optional<std::string>& fuzz_mutant();
 
+// What a differential target's LLVMFuzzerInitialize does: one intra-op thread (tensors of tens of
+// elements: threads cost more than they give), MAMBADIFF_FUZZ_MUTANT read (exit 2 if unknown), the
+// mutant catalog plugged into evaluate_path().
+void init_differential_target();
+
+// The paths a differential target tests: MAMBADIFF_FUZZ_MUTANT's mutant alone, else `chunked` and,
+// with a CUDA device, whichever of `chunked-gpu` and `cuda` run `dtype` here.
+std::vector<std::string> paths_under_test(torch::ScalarType dtype);
+
 // Writes a HuggingFace Mamba2 checkpoint directory (config.json, model.safetensors) that
 // Mamba2Checkpoint::load reads back as `ck` (the inverse of the loader's naming).
 void write_checkpoint(const Mamba2Checkpoint& ck, const std::filesystem::path& dir);

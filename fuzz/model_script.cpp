@@ -27,7 +27,6 @@
 #include "fuzz/fuzz_support.h"
 #include "fuzz/kernel_counters.h"
 #include "harness/path_registry.h"
-#include "tests/mutants/catalog.h"
 #include "tests/random_model.h"
 
 namespace mambadiff::fuzz {
@@ -160,16 +159,6 @@ std::optional<RestoreMismatch> restore_mismatch(const Scenario& sc, const Scenar
   return std::nullopt;
 }
 
-std::vector<std::string> paths_under_test(torch::ScalarType dtype) {
-  if (fuzz_mutant()) return {*fuzz_mutant()};
-  std::vector<std::string> names = {"chunked"};
-  if (torch::cuda::is_available()) {
-    for (const char* gpu : {"chunked-gpu", "cuda"})
-      if (path_available(gpu, dtype)) names.push_back(gpu);
-  }
-  return names;
-}
-
 // The branch the reference dispatched at (op, layer), or "-" when the op is not a forward.
 std::string branch_at(const ScenarioResult& ref, size_t op, int64_t layer) {
   const OpResult& o = ref.ops.at(op);
@@ -181,9 +170,7 @@ std::string branch_at(const ScenarioResult& ref, size_t op, int64_t layer) {
 }  // namespace mambadiff::fuzz
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  torch::set_num_threads(1);  // tensors of tens of elements: threads cost more than they give
-  mambadiff::fuzz::fuzz_mutant();
-  mambadiff::mutants::install_mutant_paths();
+  mambadiff::fuzz::init_differential_target();
   return 0;
 }
 

@@ -234,16 +234,6 @@ Scenario case_scenario(const ScanCase& c) {
   }
 }
 
-std::vector<std::string> paths_under_test() {
-  if (fuzz_mutant()) return {*fuzz_mutant()};
-  std::vector<std::string> names = {"chunked"};
-  if (torch::cuda::is_available()) {
-    for (const char* gpu : {"chunked-gpu", "cuda"})
-      if (path_available(gpu, torch::kFloat32)) names.push_back(gpu);
-  }
-  return names;
-}
-
 std::unique_ptr<ExecutionPath> build(const std::string& name, const Mamba2Checkpoint& ck) {
   if (name.rfind(mutants::kMutantPrefix, 0) == 0) return mutants::find_mutant(name).make_path(ck, torch::kFloat32);
   return make_path(name, ck, torch::kFloat32);
@@ -253,9 +243,7 @@ std::unique_ptr<ExecutionPath> build(const std::string& name, const Mamba2Checkp
 }  // namespace mambadiff::fuzz
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  torch::set_num_threads(1);  // tensors of tens of elements: threads cost more than they give
-  mambadiff::fuzz::fuzz_mutant();
-  mambadiff::mutants::install_mutant_paths();
+  mambadiff::fuzz::init_differential_target();
   return 0;
 }
 
@@ -276,7 +264,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const ScenarioResult ref = sequential<double>(c, "reference", "float64");
   const ScenarioResult plain = sequential<float>(c, "plain-float32", "float32");
   const std::vector<ErrorBaseline> baselines = {measure_baseline(plain, ref)};
-  for (const std::string& name : paths_under_test()) {
+  for (const std::string& name : paths_under_test(torch::kFloat32)) {
     ScenarioResult got;
     try {
       auto path = build(name, ck);
