@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 struct ChildResult {
   int exit_code = -1;   // exit status, or 128 + signal
   bool timed_out = false;
+  double cpu_s = 0;     // user + system CPU time of the child and the descendants it waited for
   std::string output;   // the last kOutputKept bytes of stdout and stderr
 };
 constexpr std::size_t kOutputKept = 1 << 20;  // a sanitizer report is a few KiB; a long campaign's log is not kept
@@ -133,8 +135,11 @@ ChildResult run_child(const std::vector<std::string>& argv, const std::vector<st
   ::close(fds[0]);
   result.output += pending;
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  rusage usage{};
+  while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
   }
+  result.cpu_s = usage.ru_utime.tv_sec + usage.ru_utime.tv_usec * 1e-6 + usage.ru_stime.tv_sec +
+                 usage.ru_stime.tv_usec * 1e-6;
   ::kill(-pid, SIGKILL);  // a fork-mode job left behind, if any
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return result;
@@ -417,10 +422,14 @@ class TargetCampaign {
   }
 
   void fuzz() {
-    std::vector<std::string> argv = {bin_.string(), fmt::format("-fork={}", o_.jobs),
-                                     fmt::format("-max_total_time={}", std::max(1L, std::lround(share_s_))),
+    // One job stopping at its first finding (the kill matrix) runs libFuzzer in one process: fork
+    // mode's start (a crash-resistant pass over the seeds, restarted at every seed that crashes the
+    // mutant) would be most of the time to find.
+    const bool one_process = o_.jobs == 1 && o_.stop_at_first_finding;
+    std::vector<std::string> argv = {bin_.string(), fmt::format("-max_total_time={}", std::max(1L, std::lround(share_s_))),
                                      "-artifact_prefix=" + (work_ / "artifacts").string() + "/",
                                      "-print_final_stats=1"};
+    if (!one_process) argv.insert(argv.begin() + 1, fmt::format("-fork={}", o_.jobs));
     if (!o_.stop_at_first_finding) {
       argv.insert(argv.end(), {"-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"});
     }
@@ -431,6 +440,15 @@ class TargetCampaign {
     const auto start = Clock::now();
     auto last_report = Clock::now() - std::chrono::hours(1);
     auto on_line = [&](std::string_view line) {
+      if (const auto n = number_after(line, "stat::number_of_executed_units:")) stats_.execs = std::max(stats_.execs, *n);
+      const bool crash_report = line.find(kSignaturePrefix) != std::string_view::npos ||
+                                line.find("ERROR: libFuzzer: ") != std::string_view::npos ||
+                                line.find("ERROR: AddressSanitizer: ") != std::string_view::npos ||
+                                line.find("ERROR: LeakSanitizer: ") != std::string_view::npos ||
+                                line.find(": runtime error: ") != std::string_view::npos;
+      if (one_process && crash_report && !stats_.first_finding_s) {
+        stats_.first_finding_s = seconds_since(start);  // executions: the final count, once it comes
+      }
       const auto p = parse_libfuzzer_progress(line);
       if (!p) return;
       stats_.execs = std::max(stats_.execs, p->execs);
@@ -452,7 +470,9 @@ class TargetCampaign {
     // libFuzzer stops itself at -max_total_time; the margin covers its start and the last job.
     const auto child = run_child(argv, {}, share_s_ + 60 + o_.timeout_s, on_line, o_.interrupted);
     stats_.fuzz_time_s = seconds_since(start);
+    stats_.fuzz_cpu_s = child.cpu_s;
     stats_.execs_per_sec = stats_.fuzz_time_s > 0 ? stats_.execs / stats_.fuzz_time_s : 0;
+    if (one_process && stats_.first_finding_s) stats_.first_finding_execs = stats_.execs;  // it stopped there
     if (o_.stop_at_first_finding && !stats_.first_finding_s && child.exit_code != 0 && !child.timed_out &&
         !(o_.interrupted && o_.interrupted->load())) {
       // Without -ignore_crashes fork mode exits at the first crash, possibly before a progress line.
@@ -562,7 +582,7 @@ class TargetCampaign {
     fs::create_directories(tmp);
     const bool interrupted = o_.interrupted && o_.interrupted->load();
     const bool replayable = crash.kind != "timeout" && crash.kind != "out-of-memory" && crash.kind != "slow unit";
-    if (replayable && !interrupted) {
+    if (replayable && !interrupted && o_.minimize_s > 0) {
       // Minimized, and kept only if it is still the same finding.
       const fs::path minimized = tmp / "input.min";
       run_child({bin_.string(), "-minimize_crash=1", fmt::format("-max_total_time={}", std::lround(o_.minimize_s)),
@@ -646,6 +666,7 @@ nlohmann::json fuzz_campaign_json(const FuzzCampaignResult& r, const FuzzCampaig
                        {"execs", t.execs},
                        {"execs_per_sec", t.execs_per_sec},
                        {"fuzz_time_s", t.fuzz_time_s},
+                       {"fuzz_cpu_s", t.fuzz_cpu_s},
                        {"corpus", t.corpus},
                        {"coverage", t.coverage},
                        {"crash_inputs", t.crash_inputs},

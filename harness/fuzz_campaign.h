@@ -74,7 +74,7 @@ struct FuzzCampaignOptions {
   std::optional<std::string> target;  // one target; all of fuzz_target_names() when empty
   std::filesystem::path targets_dir;  // where <target> binaries are
   std::filesystem::path seeds_dir;    // corpus/fuzz: <target>/ seeds and <target>.dict, if present
-  double minimize_s = 10;   // -minimize_crash budget per finding
+  double minimize_s = 10;   // -minimize_crash budget per finding; 0: findings are kept unminimized
   int timeout_s = 25;       // libFuzzer -timeout: a single input running longer is a finding
   std::size_t max_reruns = 48;  // crash inputs re-run per target to classify them, smallest first
   bool stop_at_first_finding = false;  // kill matrix: the target stops at its first crash
@@ -89,6 +89,8 @@ struct FuzzTargetStats {
   std::uint64_t execs = 0;
   double execs_per_sec = 0;
   double fuzz_time_s = 0;
+  // CPU seconds libFuzzer and its fork-mode jobs used: the time "on one core" on a shared machine.
+  double fuzz_cpu_s = 0;
   std::uint64_t corpus = 0;     // inputs in OUT/corpus/<target> after the merge
   std::uint64_t coverage = 0;   // libFuzzer's last "cov:"
   std::uint64_t crash_inputs = 0;  // crash inputs libFuzzer saved (before deduplication)
