@@ -90,7 +90,7 @@ class LaunchCheck {
   mutable std::optional<torch::Device> device_;
 };
 
-// The kernels' limits (kernels/fused_scan.cu, kernels/fused_conv1d.cu).
+// The kernels' limits (kernels/ssd_chunk_scan.cu, kernels/causal_conv1d.cu).
 constexpr int64_t kMaxStateSize = 256;  // 8 state values per lane of a warp
 constexpr int64_t kMaxHeadDim = 256;    // the step backward's shared-memory row
 constexpr int64_t kMaxConvKernel = 8;   // the conv's register window

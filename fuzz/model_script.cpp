@@ -25,6 +25,7 @@
 
 #include "engine/errors.h"
 #include "fuzz/fuzz_support.h"
+#include "fuzz/kernel_counters.h"
 #include "harness/path_registry.h"
 #include "tests/random_model.h"
 
@@ -174,6 +175,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const mambadiff::fuzz::PublishKernelCoverageOnReturn kernel_coverage;  // fuzz/kernel_counters.h
   using namespace mambadiff;
   using namespace mambadiff::fuzz;
   // No autograd: the paths' forwards need no graph, and each ATen op skips its bookkeeping.

@@ -2,6 +2,7 @@
 // the tokens with the K most recent inputs in registers (prefill, continue and the decode update
 // alike: the update is T = 1).
 #include "kernels/device_math.cuh"
+#include "kernels/kernel_coverage.cuh"
 
 namespace mambadiff::kernels {
 
@@ -18,8 +19,13 @@ __global__ void causal_conv1d_forward_kernel(const T* x, int64_t x_stride, const
                                     T* new_window, float* pre, int64_t batch, int64_t tokens, int64_t channels,
                                     int kernel_size) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  MAMBADIFF_COVER(kConvThreadTail, threadIdx.x == 0 && (int64_t(blockIdx.x) + 1) * blockDim.x > batch * channels);
   if (i >= batch * channels) return;
   const int64_t b = i / channels, c = i % channels;
+  // Counted once per (batch, channel).
+  MAMBADIFF_COVER(kConvShortSegment, tokens > 0 && tokens < kernel_size - 1);
+  MAMBADIFF_COVER(kConvZeroTokens, tokens == 0);
+  MAMBADIFF_COVER(kConvNoBias, bias == nullptr);
   float recent[kMaxKernel];  // recent[k]: the input k steps before the newest, oldest at kernel_size - 1
   float weight[kMaxKernel];
   for (int k = 0; k < kernel_size; ++k) {
@@ -86,3 +92,5 @@ int causal_conv1d_backward(Act act, const void* grad_out, const float* pre, cons
 }
 
 }  // namespace mambadiff::kernels
+
+MAMBADIFF_COVERAGE_TAKER(take_causal_conv1d)

@@ -1,6 +1,7 @@
 // discretize_dt: dt = clamp(softplus(dt_raw + dt_bias), lo, hi), forward and backward, one thread
 // per (row, head).
 #include "kernels/device_math.cuh"
+#include "kernels/kernel_coverage.cuh"
 
 namespace mambadiff::kernels {
 
@@ -17,7 +18,12 @@ __global__ void discretize_dt_forward_kernel(const T* raw, int64_t stride, const
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= rows * heads) return;
   const int64_t row = i / heads, h = i % heads;
-  dt[i] = fminf(fmaxf(softplus(load(raw, row * stride + h) + bias[h]), lo), hi);
+  const float u = load(raw, row * stride + h) + bias[h], sp = softplus(u);
+  MAMBADIFF_COVER(kDtClampLow, sp < lo);
+  MAMBADIFF_COVER(kDtClampHigh, sp > hi);
+  MAMBADIFF_COVER(kDtSoftplusLinear, u > 20.0f);
+  MAMBADIFF_COVER(kDtNoUpperLimit, i == 0 && isinf(hi));
+  dt[i] = fminf(fmaxf(sp, lo), hi);
 }
 
 template <typename T>
@@ -59,3 +65,5 @@ int discretize_dt_backward(Act act, const void* dt_raw, int64_t token_stride, co
 }
 
 }  // namespace mambadiff::kernels
+
+MAMBADIFF_COVERAGE_TAKER(take_discretize_dt)

@@ -1,5 +1,6 @@
 // rms_norm and gated_rms_norm: forward and backward, one block per row (group).
 #include "kernels/device_math.cuh"
+#include "kernels/kernel_coverage.cuh"
 
 namespace mambadiff::kernels {
 
@@ -18,6 +19,7 @@ __global__ void rms_norm_forward_kernel(const TX* x, const T* w, T* out, float* 
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const TX* xr = x + row * dim;
+  MAMBADIFF_COVER(kNormThreadTail, threadIdx.x == 0 && dim % blockDim.x != 0);
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
     const float v = load(xr, i);
@@ -55,6 +57,8 @@ __global__ void gated_rms_norm_forward_kernel(const float* y, const T* gate, int
                                           float* rstd, int64_t channels, int64_t group_size, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x, group = blockIdx.y, c0 = group * group_size;
+  MAMBADIFF_COVER(kGatedNormGrouped, threadIdx.x == 0 && gridDim.y > 1);
+  MAMBADIFF_COVER(kNormThreadTail, threadIdx.x == 0 && group_size % blockDim.x != 0);
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
     const int64_t c = c0 + i;
@@ -157,3 +161,5 @@ int gated_rms_norm_backward(Act act, const float* y, const void* gate, int64_t g
 }
 
 }  // namespace mambadiff::kernels
+
+MAMBADIFF_COVERAGE_TAKER(take_rms_norm)

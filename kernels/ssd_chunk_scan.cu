@@ -7,6 +7,7 @@
 // sum (deterministic). Sequential in time: a chunked (SSD) formulation would be faster for long
 // prompts; the product's hot loop (the optimizer, generation) is the T = 1 decode.
 #include "kernels/device_math.cuh"
+#include "kernels/kernel_coverage.cuh"
 
 namespace mambadiff::kernels {
 
@@ -24,8 +25,17 @@ __global__ void ssd_chunk_scan_forward_kernel(ScanShape s, const T* x, const T* 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
   const int64_t p = int64_t(blockIdx.y) * kWarpsPerBlock + warp;
+  MAMBADIFF_COVER(kScanHeadDimTail, threadIdx.x == 0 && (int64_t(blockIdx.y) + 1) * kWarpsPerBlock > s.head_dim);
   if (p >= s.head_dim) return;
   const int64_t g = h / (s.heads / s.groups), N = s.state_size, P = s.head_dim, H = s.heads;
+  // Counted once per warp (one (batch, head, p) row).
+  MAMBADIFF_COVER(kScanStateTail, lane == 0 && N % 32 != 0);
+  MAMBADIFF_COVER(kScanStateManyRounds, lane == 0 && N > 32);
+  MAMBADIFF_COVER(kScanInitialState, lane == 0 && initial != nullptr);
+  MAMBADIFF_COVER(kScanZeroState, lane == 0 && initial == nullptr);
+  MAMBADIFF_COVER(kScanGroupBroadcast, lane == 0 && s.heads / s.groups > 1);
+  MAMBADIFF_COVER(kScanOneToken, lane == 0 && s.tokens == 1);
+  MAMBADIFF_COVER(kScanZeroTokens, lane == 0 && s.tokens == 0);
   const int64_t state_base = ((b * H + h) * P + p) * N;
   float state[kMaxStatePerLane];
   for (int i = 0; i < kMaxStatePerLane; ++i) {
@@ -38,6 +48,8 @@ __global__ void ssd_chunk_scan_forward_kernel(ScanShape s, const T* x, const T* 
     const float xv = load(x, row + h * P + p);
     const float dtv = dt[(b * s.tokens + t) * H + h];
     const float decay = expf(dtv * a_h);
+    MAMBADIFF_COVER(kScanDecayUnderflow, lane == 0 && decay == 0.0f);
+    MAMBADIFF_COVER(kScanDecayOne, lane == 0 && decay == 1.0f);
     float acc = 0.0f;
     for (int i = 0; i < kMaxStatePerLane; ++i) {
       const int64_t n = lane + 32 * i;
@@ -73,6 +85,8 @@ __global__ void selective_state_update_backward_kernel(ScanShape s, const T* x, 
   const int64_t row = b * stride;  // T == 1: batch b's only row
   const float dtv = dt[b * H + h], a_h = A[h], decay = expf(dtv * a_h);
   float gdt_acc = 0.0f;
+  MAMBADIFF_COVER(kStepBackwardStateGrad, threadIdx.x == 0 && gs_out != nullptr);
+  MAMBADIFF_COVER(kStepBackwardStateTail, threadIdx.x == 0 && N % blockDim.x != 0);
   for (int64_t n0 = 0; n0 < N; n0 += blockDim.x) {  // (N + blockDim - 1) / blockDim rounds, all threads
     const int64_t n = n0 + threadIdx.x;
     const bool live = n < N;
@@ -139,3 +153,5 @@ int selective_state_update_backward(Act act, const ScanShape& s, const void* x, 
 }
 
 }  // namespace mambadiff::kernels
+
+MAMBADIFF_COVERAGE_TAKER(take_ssd_chunk_scan)

@@ -14,6 +14,11 @@ PY_REQUIREMENTS=(torch==2.11.0 transformers==5.17.0 safetensors==0.8.0 numpy)
 APT_PACKAGES=(build-essential cmake ninja-build python3-venv googletest libgtest-dev librapidcheck-dev
               libfmt-dev nlohmann-json3-dev libcli11-dev)
 
+# `setup.sh --fuzz` (make fuzz): also clang and its libFuzzer/sanitizer runtimes for build-fuzz/.
+if [ "${1:-}" = "--fuzz" ]; then
+  APT_PACKAGES=(clang-14 libclang-rt-14-dev)
+fi
+
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +29,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+[ "${1:-}" = "--fuzz" ] && exit 0  # the venv is `make setup`'s
 
 stamp="$VENV/.mambadiff-requirements"
 want="${PY_REQUIREMENTS[*]}"
