@@ -48,9 +48,9 @@ const std::vector<float> kPokeValues = {0.0f, -0.0f, 1e-30f, 1.0f, -1.0f, 10.0f,
 // A pointer to a protected member named through a derived class is a pointer to the base's member,
 // and calling through it dispatches virtually, so a mutant's override is what runs.
 struct KernelAccess : ChunkedPath {
-  static auto dt_discretize_fn() { return &KernelAccess::dt_discretize; }
-  static auto chunk_scan_fn() { return &KernelAccess::chunk_scan; }
-  static auto state_update_fn() { return &KernelAccess::state_update; }
+  static auto discretize_dt_fn() { return &KernelAccess::discretize_dt; }
+  static auto chunk_scan_fn() { return &KernelAccess::ssd_chunk_scan; }
+  static auto state_update_fn() { return &KernelAccess::selective_state_update; }
 };
 
 struct ScanCase {
@@ -161,7 +161,7 @@ ScenarioResult on_path(ChunkedPath& path, const ScanCase& c) {
     r.ops.push_back(std::move(o));
   };
   {
-    const torch::Tensor dt = (path.*KernelAccess::dt_discretize_fn())(0, dt_raw, Branch::kContinue);  // [B, T, H]
+    const torch::Tensor dt = (path.*KernelAccess::discretize_dt_fn())(0, dt_raw, Branch::kContinue);  // [B, T, H]
     auto [y, state] = (path.*KernelAccess::chunk_scan_fn())(0, x, dt, Bm, Cm, init);
     op_result(0, y, state);
   }
@@ -169,7 +169,7 @@ ScenarioResult on_path(ChunkedPath& path, const ScanCase& c) {
     torch::Tensor state = init.clone();
     std::vector<torch::Tensor> ys;
     for (int64_t t = 0; t < T; ++t) {
-      const torch::Tensor dt = (path.*KernelAccess::dt_discretize_fn())(0, dt_raw.narrow(1, t, 1), Branch::kStep);
+      const torch::Tensor dt = (path.*KernelAccess::discretize_dt_fn())(0, dt_raw.narrow(1, t, 1), Branch::kStep);
       auto [y, next] = (path.*KernelAccess::state_update_fn())(0, x.select(1, t), dt.squeeze(1), Bm.select(1, t),
                                                                Cm.select(1, t), state);
       ys.push_back(y);  // [B, H, P]
@@ -282,7 +282,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const Divergence& d = *cmp.first_divergence;
     const bool scan = d.op == 0;
     const std::string tensor = d.tensor == "logits" ? "y" : d.tensor == "cache.ssm_states" ? "state" : d.tensor;
-    finding(c, name, {"scan_diff", scan ? "chunk_scan" : "state_update", "0", tensor, scan ? "continue" : "step"},
+    finding(c, name, {"scan_diff", scan ? "ssd_chunk_scan" : "selective_state_update", "0", tensor, scan ? "continue" : "step"},
             fmt::format("{} vs reference: {}", name, describe(d)));
   }
   return 0;

@@ -13,7 +13,7 @@
 namespace mambadiff::kernels {
 
 enum class KernelBranch : int {
-  // ssm_scan_forward
+  // ssd_chunk_scan_forward
   kScanHeadDimTail,       // a block's last warps have no head_dim row (head_dim % 4 != 0)
   kScanStateTail,         // the state's last round leaves lanes idle (state_size % 32 != 0)
   kScanStateManyRounds,   // state_size > 32: a lane holds several state entries
@@ -24,10 +24,10 @@ enum class KernelBranch : int {
   kScanZeroTokens,        // a zero-length segment: the state passes through unchanged
   kScanDecayUnderflow,    // exp(dt A) == 0: the state is forgotten within one token
   kScanDecayOne,          // exp(dt A) == 1: dt A == 0 (dt clamped to 0, or A == 0)
-  // ssm_step_backward
+  // selective_state_update_backward
   kStepBackwardStateGrad,  // a gradient on the new state flows in (gs_out given)
   kStepBackwardStateTail,  // the state's last round leaves threads idle
-  // dt_discretize_forward / backward
+  // discretize_dt_forward / backward
   kDtClampLow,           // softplus(dt + bias) < lo: clamped up
   kDtClampHigh,          // softplus(dt + bias) > hi: clamped down
   kDtSoftplusLinear,     // dt + bias > 20: softplus is the identity

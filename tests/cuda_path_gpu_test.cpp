@@ -368,13 +368,13 @@ TEST_F(FusedOps, EveryKernelWritesOnlyInsideItsOutputs) {
       const int64_t stride = H + 2;
       const torch::Tensor raw = rand_act({B * T, stride}), bias = rand_f32({H});
       Guarded dt({B, T, H}, torch::kFloat32), graw({B, T, H}, act_dtype);
-      ASSERT_EQ(k::dt_discretize_forward(act, raw.data_ptr(), stride, bias.data_ptr<float>(), dt.fptr(), B * T, H, 0.001f, 0.1f,
+      ASSERT_EQ(k::discretize_dt_forward(act, raw.data_ptr(), stride, bias.data_ptr<float>(), dt.fptr(), B * T, H, 0.001f, 0.1f,
                                          nullptr), 0);
-      dt.expect_intact("dt_discretize dt");
+      dt.expect_intact("discretize_dt dt");
       const torch::Tensor g = rand_f32({B, T, H});
-      ASSERT_EQ(k::dt_discretize_backward(act, raw.data_ptr(), stride, bias.data_ptr<float>(), g.data_ptr<float>(), graw.ptr(),
+      ASSERT_EQ(k::discretize_dt_backward(act, raw.data_ptr(), stride, bias.data_ptr<float>(), g.data_ptr<float>(), graw.ptr(),
                                           B * T, H, 0.001f, 0.1f, nullptr), 0);
-      graw.expect_intact("dt_discretize grad_raw");
+      graw.expect_intact("discretize_dt grad_raw");
     }
     {  // the scan over T tokens and the one-token step backward (x, B, C as slices of one row)
       for (const int64_t tokens : {T, int64_t{1}}) {
@@ -388,22 +388,22 @@ TEST_F(FusedOps, EveryKernelWritesOnlyInsideItsOutputs) {
                             initial = rand_f32({B, H, P, N});
         const k::ScanShape s{B, tokens, H, P, G, N};
         Guarded y({B, tokens, H, P}, torch::kFloat32), final_state({B, H, P, N}, torch::kFloat32);
-        ASSERT_EQ(k::ssm_scan_forward(act, s, x, Bm, Cm, stride, dt.data_ptr<float>(), A.data_ptr<float>(), Dp.data_ptr<float>(),
+        ASSERT_EQ(k::ssd_chunk_scan_forward(act, s, x, Bm, Cm, stride, dt.data_ptr<float>(), A.data_ptr<float>(), Dp.data_ptr<float>(),
                                       initial.data_ptr<float>(), y.fptr(), final_state.fptr(), nullptr), 0);
-        y.expect_intact("ssm_scan y");
-        final_state.expect_intact("ssm_scan final_state");
+        y.expect_intact("ssd_chunk_scan y");
+        final_state.expect_intact("ssd_chunk_scan final_state");
         if (tokens != 1) continue;
         const torch::Tensor gy = rand_f32({B, H, P}), gs_out = rand_f32({B, H, P, N});
         Guarded gx({B, H, P}, act_dtype), gdt({B, H}, torch::kFloat32), gB({B, H, N}, torch::kFloat32),
             gC({B, H, N}, torch::kFloat32), gs({B, H, P, N}, torch::kFloat32);
-        ASSERT_EQ(k::ssm_step_backward(act, s, x, Bm, Cm, stride, dt.data_ptr<float>(), A.data_ptr<float>(), Dp.data_ptr<float>(),
+        ASSERT_EQ(k::selective_state_update_backward(act, s, x, Bm, Cm, stride, dt.data_ptr<float>(), A.data_ptr<float>(), Dp.data_ptr<float>(),
                                        initial.data_ptr<float>(), gy.data_ptr<float>(), gs_out.data_ptr<float>(), gx.ptr(),
                                        gdt.fptr(), gB.fptr(), gC.fptr(), gs.fptr(), nullptr), 0);
-        gx.expect_intact("ssm_step_backward grad_x");
-        gdt.expect_intact("ssm_step_backward grad_dt");
-        gB.expect_intact("ssm_step_backward grad_B_head");
-        gC.expect_intact("ssm_step_backward grad_C_head");
-        gs.expect_intact("ssm_step_backward grad_state");
+        gx.expect_intact("selective_state_update_backward grad_x");
+        gdt.expect_intact("selective_state_update_backward grad_dt");
+        gB.expect_intact("selective_state_update_backward grad_B_head");
+        gC.expect_intact("selective_state_update_backward grad_C_head");
+        gs.expect_intact("selective_state_update_backward grad_state");
       }
     }
   }
@@ -413,13 +413,13 @@ TEST_F(FusedOps, EveryKernelWritesOnlyInsideItsOutputs) {
 TEST_F(FusedOps, LaunchChecksNameTheTensorOnTheDevice) {
   const torch::Tensor x = randn({1, 2, 4, 16}), bc = randn({1, 2, 1, 16}), dt = randn({1, 2, 4}), h = randn({4});
   try {
-    fused::ssm_scan(x, dt, h, bc, bc.cpu(), h, {});
+    fused::ssd_chunk_scan(x, dt, h, bc, bc.cpu(), h, {});
     ADD_FAILURE() << "no error";
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("tensor 'C' must be on a CUDA device"), std::string::npos) << e.what();
   }
   try {
-    fused::ssm_scan(x, dt, h, bc.to(torch::kBFloat16), bc, h, {});
+    fused::ssd_chunk_scan(x, dt, h, bc.to(torch::kBFloat16), bc, h, {});
     ADD_FAILURE() << "no error";
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("tensor 'B' must be Float"), std::string::npos) << e.what();

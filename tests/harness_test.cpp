@@ -91,32 +91,32 @@ TEST(FusedOpChecks, CpuTensorsAreRejectedNamingTheOpAndTensor) {
             "cuda gated_rms_norm: tensor 'y' must be on a CUDA device, got cpu");
   EXPECT_EQ(launch_error([&] { fused::causal_conv1d(x3, torch::zeros({1, 8, 4}), torch::ones({8, 4}), {}); }),
             "cuda causal_conv1d: tensor 'inputs' must be on a CUDA device, got cpu");
-  EXPECT_EQ(launch_error([&] { fused::dt_discretize(torch::zeros({1, 2, 4}), torch::zeros({4}), 0.0, 1.0); }),
-            "cuda dt_discretize: tensor 'dt_raw' must be on a CUDA device, got cpu");
+  EXPECT_EQ(launch_error([&] { fused::discretize_dt(torch::zeros({1, 2, 4}), torch::zeros({4}), 0.0, 1.0); }),
+            "cuda discretize_dt: tensor 'dt_raw' must be on a CUDA device, got cpu");
   const torch::Tensor x = torch::zeros({1, 2, 4, 16}), bc = torch::zeros({1, 2, 1, 16});
   const torch::Tensor dt = torch::zeros({1, 2, 4}, f32), h = torch::zeros({4}, f32);
-  EXPECT_EQ(launch_error([&] { fused::ssm_scan(x, dt, h, bc, bc, h, {}); }),
-            "cuda ssm_scan: tensor 'x' must be on a CUDA device, got cpu");
+  EXPECT_EQ(launch_error([&] { fused::ssd_chunk_scan(x, dt, h, bc, bc, h, {}); }),
+            "cuda ssd_chunk_scan: tensor 'x' must be on a CUDA device, got cpu");
 }
 
 TEST(FusedOpChecks, ShapesAndKernelLimitsAreCheckedBeforeTheDevice) {
   const torch::Tensor dt = torch::zeros({1, 2, 4}), h = torch::zeros({4});
   // B and C disagree with x on the token count: named, not read out of bounds.
   EXPECT_EQ(launch_error([&] {
-              fused::ssm_scan(torch::zeros({1, 2, 4, 16}), dt, h, torch::zeros({1, 3, 1, 16}), torch::zeros({1, 3, 1, 16}),
+              fused::ssd_chunk_scan(torch::zeros({1, 2, 4, 16}), dt, h, torch::zeros({1, 3, 1, 16}), torch::zeros({1, 3, 1, 16}),
                               h, {});
             }),
-            "cuda ssm_scan: tensor 'B' must have shape [1, 2, *, *], got [1, 3, 1, 16]");
+            "cuda ssd_chunk_scan: tensor 'B' must have shape [1, 2, *, *], got [1, 3, 1, 16]");
   EXPECT_EQ(launch_error([&] {
-              fused::ssm_scan(torch::zeros({1, 2, 4, 16}), dt, h, torch::zeros({1, 2, 1, 512}),
+              fused::ssd_chunk_scan(torch::zeros({1, 2, 4, 16}), dt, h, torch::zeros({1, 2, 1, 512}),
                               torch::zeros({1, 2, 1, 512}), h, {});
             }),
-            "InputError: cuda ssm_scan: config key 'state_size' = 512 exceeds the fused kernel's limit of 256");
+            "InputError: cuda ssd_chunk_scan: config key 'state_size' = 512 exceeds the fused kernel's limit of 256");
   EXPECT_EQ(launch_error([&] {
-              fused::ssm_scan(torch::zeros({1, 2, 4, 300}), dt, h, torch::zeros({1, 2, 1, 16}),
+              fused::ssd_chunk_scan(torch::zeros({1, 2, 4, 300}), dt, h, torch::zeros({1, 2, 1, 16}),
                               torch::zeros({1, 2, 1, 16}), h, {});
             }),
-            "InputError: cuda ssm_scan: config key 'head_dim' = 300 exceeds the fused kernel's limit of 256");
+            "InputError: cuda ssd_chunk_scan: config key 'head_dim' = 300 exceeds the fused kernel's limit of 256");
   EXPECT_EQ(launch_error([&] {
               fused::causal_conv1d(torch::zeros({1, 2, 8}), torch::zeros({1, 8, 9}), torch::ones({8, 9}), {});
             }),

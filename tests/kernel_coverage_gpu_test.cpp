@@ -48,7 +48,7 @@ class KernelCoverage : public testing::Test {
     auto y = torch::empty({s.batch, std::max<int64_t>(s.tokens, 1), s.heads, s.head_dim}, f);
     auto final_state = torch::empty_like(initial);
     const float* base = xbc.data_ptr<float>();
-    ASSERT_EQ(kernels::ssm_scan_forward(kernels::Act::kFloat32, s, base, base + s.heads * s.head_dim,
+    ASSERT_EQ(kernels::ssd_chunk_scan_forward(kernels::Act::kFloat32, s, base, base + s.heads * s.head_dim,
                                         base + s.heads * s.head_dim + s.groups * s.state_size, row,
                                         dt.data_ptr<float>(), A.data_ptr<float>(), D.data_ptr<float>(),
                                         with_initial ? initial.data_ptr<float>() : nullptr, y.data_ptr<float>(),
@@ -98,7 +98,7 @@ TEST_F(KernelCoverage, DtClampHitsCountedPerElement) {
   const auto raw = torch::tensor({-5.0f, 0.0f, 3.0f, 30.0f}, f).reshape({1, 4});
   const auto bias = torch::zeros({4}, f);
   auto dt = torch::empty({1, 4}, f);
-  ASSERT_EQ(kernels::dt_discretize_forward(kernels::Act::kFloat32, raw.data_ptr<float>(), 4, bias.data_ptr<float>(),
+  ASSERT_EQ(kernels::discretize_dt_forward(kernels::Act::kFloat32, raw.data_ptr<float>(), 4, bias.data_ptr<float>(),
                                            dt.data_ptr<float>(), 1, 4, 0.01f, 1.0f, nullptr),
             0);
   auto c = take();
@@ -106,7 +106,7 @@ TEST_F(KernelCoverage, DtClampHitsCountedPerElement) {
   EXPECT_EQ(of(c, KernelBranch::kDtClampHigh), 2u);
   EXPECT_EQ(of(c, KernelBranch::kDtSoftplusLinear), 1u);
   EXPECT_EQ(of(c, KernelBranch::kDtNoUpperLimit), 0u);
-  ASSERT_EQ(kernels::dt_discretize_forward(kernels::Act::kFloat32, raw.data_ptr<float>(), 4, bias.data_ptr<float>(),
+  ASSERT_EQ(kernels::discretize_dt_forward(kernels::Act::kFloat32, raw.data_ptr<float>(), 4, bias.data_ptr<float>(),
                                            dt.data_ptr<float>(), 1, 4, 0.0f,
                                            std::numeric_limits<float>::infinity(), nullptr),
             0);
