@@ -27,7 +27,9 @@ configure: setup $(BUILD)/build.ninja
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+# `run` builds only the program it runs (not the test suite).
+run: configure
+	cmake --build $(BUILD) -j $(JOBS) --target mambadiff
 	$(BUILD)/mambadiff check
 
 test: build

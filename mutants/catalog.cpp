@@ -108,6 +108,11 @@ std::vector<Mutant> build_catalog() {
                   "padded tail of the last chunk decays the state",
                   "the last chunk's padding repeats the last dt instead of 0",
                   path_of<BuggyScan>(ScanBug::kPaddedDtLeaks)),
+      path_mutant("bf16-run-state-truncated",
+                  "vLLM/SGLang's bf16 SSM cache (--mamba-ssm-cache-dtype; SGLang PR #10258, default on TPU since "
+                  "tpu-inference PR #2482) written with a truncating fp32->bf16 conversion (rtz, not round-to-nearest)",
+                  "bf16 runs only: the SSM state is truncated to bfloat16 every 2 tokens and after every decode step",
+                  path_of<Bf16RunStateTruncatedToBf16>()),
   };
 }
 

@@ -1,5 +1,6 @@
 #include "mutants/path_mutants.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -83,6 +84,11 @@ std::pair<torch::Tensor, torch::Tensor> ContinueDropsInitialState::ssd_chunk_sca
 
 namespace {
 torch::Tensor round_to_bf16(const torch::Tensor& state) { return state.to(torch::kBFloat16).to(state.scalar_type()); }
+// fp32 -> bf16 by dropping the low 16 bits (round toward zero) instead of round-to-nearest-even.
+torch::Tensor truncate_to_bf16(const torch::Tensor& state) {
+  constexpr int32_t kBf16Bits = static_cast<int32_t>(0xFFFF0000u);  // sign, exponent, 7 mantissa bits
+  return state.to(torch::kFloat32).contiguous().view(torch::kInt32).bitwise_and(kBf16Bits).view(torch::kFloat32);
+}
 }  // namespace
 
 std::pair<torch::Tensor, torch::Tensor> StateRoundedToBf16::ssd_chunk_scan(int64_t l, const torch::Tensor& x,
@@ -99,6 +105,36 @@ std::pair<torch::Tensor, torch::Tensor> StateRoundedToBf16::selective_state_upda
                                                                          const torch::Tensor& state) {
   auto [y, new_state] = ChunkedPath::selective_state_update(l, x, dt, Bm, Cm, state);
   return {y, round_to_bf16(new_state)};  // MUTANT(bf16-state): the state is stored in bf16
+}
+
+std::pair<torch::Tensor, torch::Tensor> Bf16RunStateTruncatedToBf16::ssd_chunk_scan(int64_t l, const torch::Tensor& x,
+                                                                             const torch::Tensor& dt,
+                                                                             const torch::Tensor& Bm,
+                                                                             const torch::Tensor& Cm,
+                                                                             const torch::Tensor& initial_state) {
+  if (dtype_ != torch::kBFloat16) return ChunkedPath::ssd_chunk_scan(l, x, dt, Bm, Cm, initial_state);
+  // x: [B, T, H, P], dt: [B, T, H], Bm, Cm: [B, T, G, N]; y pieces: [B, piece, H, P]
+  const int64_t T = x.size(1);
+  std::vector<torch::Tensor> ys;
+  torch::Tensor state = initial_state;
+  for (int64_t t0 = 0; t0 < T; t0 += kTokensPerStore) {
+    const int64_t len = std::min(kTokensPerStore, T - t0);
+    auto [y, s] = ChunkedPath::ssd_chunk_scan(l, x.narrow(1, t0, len), dt.narrow(1, t0, len), Bm.narrow(1, t0, len),
+                                          Cm.narrow(1, t0, len), state);
+    ys.push_back(y);
+    state = truncate_to_bf16(s);  // MUTANT(bf16-run-state-truncated): the state stored in bf16, truncated
+  }
+  return {torch::cat(ys, 1), state};
+}
+
+std::pair<torch::Tensor, torch::Tensor> Bf16RunStateTruncatedToBf16::selective_state_update(int64_t l, const torch::Tensor& x,
+                                                                               const torch::Tensor& dt,
+                                                                               const torch::Tensor& Bm,
+                                                                               const torch::Tensor& Cm,
+                                                                               const torch::Tensor& state) {
+  auto [y, new_state] = ChunkedPath::selective_state_update(l, x, dt, Bm, Cm, state);
+  if (dtype_ != torch::kBFloat16) return {y, new_state};
+  return {y, truncate_to_bf16(new_state)};  // MUTANT(bf16-run-state-truncated): the state stored in bf16, truncated
 }
 
 std::pair<torch::Tensor, torch::Tensor> BuggyScan::ssd_chunk_scan(int64_t l, const torch::Tensor& x, const torch::Tensor& dt,

@@ -13,75 +13,91 @@ const S* ptr(const torch::Tensor& t) {
   return t.defined() ? t.data_ptr<S>() : nullptr;
 }
 
-// Transcendentals are evaluated in double and rounded once to S (the best an S library gives).
-template <typename S> S s_exp(S v) { return S(std::exp(static_cast<double>(v))); }
-template <typename S> S s_sqrt(S v) { return S(std::sqrt(static_cast<double>(v))); }
-template <typename S> S s_silu(S v) { return S(static_cast<double>(v) / (1.0 + std::exp(-static_cast<double>(v)))); }
+// What an instance computes in: sums, norms, the scan and its state. float64 and float32 compute in
+// themselves (every operation rounded to that type, the accumulators too); bfloat16 computes in
+// float32 and stores in bfloat16, as every real bf16 kernel does (tensor-core matmuls accumulate in
+// fp32 and round the output once; norms reduce in fp32; mamba_ssm keeps the SSM state in fp32).
+template <typename S> struct Arithmetic { using Acc = S; };
+template <> struct Arithmetic<c10::BFloat16> { using Acc = float; };
+
+// A value computed in Acc, stored as an activation of dtype S and read back (identity when S == Acc).
+template <typename S, typename Acc> Acc store(Acc v) { return static_cast<Acc>(S(v)); }
+
+// Transcendentals are evaluated in double and rounded once to A (the best an A library gives).
+template <typename A> A s_exp(A v) { return A(std::exp(static_cast<double>(v))); }
+template <typename A> A s_sqrt(A v) { return A(std::sqrt(static_cast<double>(v))); }
+template <typename A> A s_silu(A v) { return A(static_cast<double>(v) / (1.0 + std::exp(-static_cast<double>(v)))); }
 // torch.nn.functional.softplus with its default threshold 20 (linear above), as HF uses.
-template <typename S> S s_softplus(S v) {
+template <typename A> A s_softplus(A v) {
   const double d = static_cast<double>(v);
-  return S(d > 20.0 ? d : std::log1p(std::exp(d)));
+  return A(d > 20.0 ? d : std::log1p(std::exp(d)));
 }
 
-// out[o] = sum_i W[o, i] * in[i] + bias[o]   (W row-major [rows, cols])
-template <typename S>
-void matvec(const S* W, const S* bias, const S* in, int64_t rows, int64_t cols, S* out) {
+// out[o] = store(sum_i W[o, i] * in[i] + bias[o])   (W row-major [rows, cols]; summed in A)
+template <typename S, typename A>
+void matvec(const A* W, const A* bias, const A* in, int64_t rows, int64_t cols, A* out) {
   for (int64_t o = 0; o < rows; ++o) {
-    S acc = bias ? bias[o] : S(0);
-    const S* row = W + o * cols;
+    A acc = bias ? bias[o] : A(0);
+    const A* row = W + o * cols;
     for (int64_t i = 0; i < cols; ++i) acc = acc + row[i] * in[i];
-    out[o] = acc;
+    out[o] = store<S>(acc);
   }
 }
 
-// out = weight * in / sqrt(mean(in^2) + eps) over `n` values (in and out may alias)
-template <typename S>
-void rmsnorm(const S* in, const S* weight, int64_t n, double eps, S* out) {
-  S ss(0);
+// out = weight * in / sqrt(mean(in^2) + eps) over `n` values (in and out may alias), reduced in A;
+// the normalized value is stored, then scaled by the (stored) weight and stored again, as
+// `weight * normed.to(weight.dtype)` does.
+template <typename S, typename A>
+void rmsnorm(const A* in, const A* weight, int64_t n, double eps, A* out) {
+  A ss(0);
   for (int64_t i = 0; i < n; ++i) ss = ss + in[i] * in[i];
-  const S scale = S(1) / s_sqrt(S(ss / S(static_cast<float>(n)) + S(eps)));
-  for (int64_t i = 0; i < n; ++i) out[i] = weight[i] * (in[i] * scale);
+  const A scale = A(1) / s_sqrt(A(ss / A(static_cast<float>(n)) + A(eps)));
+  for (int64_t i = 0; i < n; ++i) out[i] = store<S>(weight[i] * store<S>(in[i] * scale));
 }
 
 template <typename S> constexpr torch::ScalarType kDtype = torch::kFloat64;
 template <> constexpr torch::ScalarType kDtype<float> = torch::kFloat32;
 template <> constexpr torch::ScalarType kDtype<c10::BFloat16> = torch::kBFloat16;
 
+// One token of the SSM recurrence for one batch row, computed in A; y stored as an activation of
+// dtype S (the state stays in A, as real kernels keep it in fp32).
+template <typename S, typename A>
+void token_step(const SsmShape& shape, const A* xs, const A* Bv, const A* Cv, const A* dt_raw, const A* dt_bias,
+                const A* A_log, const A* D, A* state, A* y) {
+  const int64_t H = shape.heads, P = shape.head_dim, N = shape.state_size, hpg = shape.heads / shape.groups;
+  for (int64_t hh = 0; hh < H; ++hh) {
+    const int64_t g = hh / hpg;  // head hh reads group hh / (H/G)
+    const A dt = A(std::clamp(static_cast<double>(s_softplus(A(dt_raw[hh] + dt_bias[hh]))), shape.time_step_min,
+                              shape.time_step_max));
+    const A Ah = A(-std::exp(static_cast<double>(A_log[hh])));
+    const A decay = s_exp(A(dt * Ah));
+    for (int64_t p = 0; p < P; ++p) {
+      A* s = state + (hh * P + p) * N;
+      const A xv = xs[hh * P + p];
+      A acc(0);
+      for (int64_t n = 0; n < N; ++n) {
+        s[n] = decay * s[n] + dt * xv * Bv[g * N + n];
+        acc = acc + Cv[g * N + n] * s[n];
+      }
+      y[hh * P + p] = store<S>(acc + D[hh] * xv);
+    }
+  }
+}
+
 }  // namespace
 
 template <typename S>
 void ssm_token_step(const SsmShape& shape, const S* xs, const S* Bv, const S* Cv, const S* dt_raw,
                     const S* dt_bias, const S* A_log, const S* D, S* state, S* y) {
-  const int64_t H = shape.heads, P = shape.head_dim, N = shape.state_size, hpg = shape.heads / shape.groups;
-  for (int64_t hh = 0; hh < H; ++hh) {
-    const int64_t g = hh / hpg;  // head hh reads group hh / (H/G)
-    const S dt = S(std::clamp(static_cast<double>(s_softplus(S(dt_raw[hh] + dt_bias[hh]))), shape.time_step_min,
-                              shape.time_step_max));
-    const S A = S(-std::exp(static_cast<double>(A_log[hh])));
-    const S decay = s_exp(S(dt * A));
-    for (int64_t p = 0; p < P; ++p) {
-      S* s = state + (hh * P + p) * N;
-      const S xv = xs[hh * P + p];
-      S acc(0);
-      for (int64_t n = 0; n < N; ++n) {
-        s[n] = decay * s[n] + dt * xv * Bv[g * N + n];
-        acc = acc + Cv[g * N + n] * s[n];
-      }
-      y[hh * P + p] = acc + D[hh] * xv;
-    }
-  }
+  token_step<S, S>(shape, xs, Bv, Cv, dt_raw, dt_bias, A_log, D, state, y);
 }
 
 template <typename S>
 SequentialScanPath<S>::SequentialScanPath(const Mamba2Checkpoint& ck)
-    : ExecutionPath(ck.config, kDtype<S>, torch::kCPU), w_(ck.weights.to(kDtype<S>, torch::kCPU)) {
-  // Mamba2Weights::to keeps dt_bias, A_log and D in fp32 below fp64; the plain loops want S.
-  for (auto& l : w_.layers) {
-    l.dt_bias = l.dt_bias.to(kDtype<S>);
-    l.A_log = l.A_log.to(kDtype<S>);
-    l.D = l.D.to(kDtype<S>);
-  }
-}
+    : ExecutionPath(ck.config, kDtype<S>, torch::kCPU),
+      // The weights as stored in S (Mamba2Weights::to keeps dt_bias, A_log and D in fp32 below
+      // fp64, as every implementation does), held in Acc for the loops.
+      w_(ck.weights.to(kDtype<S>, torch::kCPU).to(kDtype<typename Arithmetic<S>::Acc>, torch::kCPU)) {}
 
 template <typename S>
 std::string SequentialScanPath<S>::name() const {
@@ -92,26 +108,32 @@ std::string SequentialScanPath<S>::name() const {
 
 template <typename S>
 Mamba2Cache SequentialScanPath<S>::new_cache(int64_t batch_size) const {
-  return Mamba2Cache(config_, batch_size, kDtype<S>, kDtype<S>, torch::kCPU);
+  // The conv window holds stored (S) inputs; the SSM state is kept in Acc.
+  return Mamba2Cache(config_, batch_size, kDtype<S>, kDtype<typename Arithmetic<S>::Acc>, torch::kCPU);
 }
 
 template <typename S>
 ForwardOutput SequentialScanPath<S>::run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch branch) {
+  using A = typename Arithmetic<S>::Acc;
   const auto& c = config_;
   const int64_t Bsz = tokens.size(0), T = tokens.size(1), Dm = c.hidden_size, V = c.vocab_size,
                 H = c.num_heads, P = c.head_dim, G = c.n_groups, N = c.state_size, I = c.d_inner(),
                 Cd = c.conv_dim(), K = c.conv_kernel, gsize = c.gated_norm_group_size();
   const double eps = c.layer_norm_epsilon;
   const int64_t* ids = tokens.data_ptr<int64_t>();
+  // The residual stream stays in Acc when the config says residual_in_fp32 (as the chunked path and
+  // HF do), else it is stored in S after every addition.
+  const bool residual_in_acc = c.residual_in_fp32;
+  auto residual = [&](A v) { return residual_in_acc ? v : store<S>(v); };
 
   // x: the residual stream [B, T, D]
-  std::vector<S> x(static_cast<size_t>(Bsz * T * Dm));
+  std::vector<A> x(static_cast<size_t>(Bsz * T * Dm));
   for (int64_t b = 0; b < Bsz; ++b)
     for (int64_t t = 0; t < T; ++t)
-      std::copy_n(ptr<S>(w_.embeddings) + ids[b * T + t] * Dm, Dm, x.data() + (b * T + t) * Dm);
+      std::copy_n(ptr<A>(w_.embeddings) + ids[b * T + t] * Dm, Dm, x.data() + (b * T + t) * Dm);
 
   ForwardOutput out;
-  std::vector<S> h(Dm), proj(c.in_proj_dim()), xbc(Cd), y(I), z(I), o(Dm);
+  std::vector<A> xin(Dm), h(Dm), proj(c.in_proj_dim()), xbc(Cd), y(I), z(I), o(Dm);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = w_.layers[static_cast<size_t>(l)];
     torch::Tensor& conv_t = cache.conv_states[static_cast<size_t>(l)];  // [B, C, K]
@@ -121,50 +143,53 @@ ForwardOutput SequentialScanPath<S>::run(const torch::Tensor& tokens, Mamba2Cach
       ssm_t.zero_();
     }
     S* window = conv_t.data_ptr<S>();
-    S* state = ssm_t.data_ptr<S>();
-    const S* conv_w = ptr<S>(lw.conv1d_weight);  // [C, K]
-    const S* conv_b = ptr<S>(lw.conv1d_bias);
+    A* state = ssm_t.data_ptr<A>();
+    const A* conv_w = ptr<A>(lw.conv1d_weight);  // [C, K]
+    const A* conv_b = ptr<A>(lw.conv1d_bias);
     for (int64_t b = 0; b < Bsz; ++b) {
       for (int64_t t = 0; t < T; ++t) {
-        S* xt = x.data() + (b * T + t) * Dm;
-        rmsnorm(xt, ptr<S>(lw.norm_weight), Dm, eps, h.data());
-        matvec(ptr<S>(lw.in_proj_weight), ptr<S>(lw.in_proj_bias), h.data(), c.in_proj_dim(), Dm, proj.data());
-        const S* gate = proj.data();              // [I]
-        const S* xbc_raw = proj.data() + I;       // [C]
-        const S* dt_raw = proj.data() + I + Cd;   // [H]
+        A* xt = x.data() + (b * T + t) * Dm;
+        // The block's norm reads the residual as an activation (HF: hidden_states.to(norm dtype)).
+        for (int64_t d = 0; d < Dm; ++d) xin[d] = store<S>(xt[d]);
+        rmsnorm<S>(xin.data(), ptr<A>(lw.norm_weight), Dm, eps, h.data());
+        matvec<S>(ptr<A>(lw.in_proj_weight), ptr<A>(lw.in_proj_bias), h.data(), c.in_proj_dim(), Dm, proj.data());
+        const A* gate = proj.data();              // [I]
+        const A* xbc_raw = proj.data() + I;       // [C]
+        const A* dt_raw = proj.data() + I + Cd;   // [H]
         // Causal conv: shift the window left by one, append this token's input, dot with the kernel.
         for (int64_t ch = 0; ch < Cd; ++ch) {
           S* win = window + (b * Cd + ch) * K;
           std::copy(win + 1, win + K, win);
-          win[K - 1] = xbc_raw[ch];
-          S acc = conv_b ? conv_b[ch] : S(0);
-          for (int64_t k = 0; k < K; ++k) acc = acc + conv_w[ch * K + k] * win[k];
-          xbc[ch] = s_silu(acc);
+          win[K - 1] = S(xbc_raw[ch]);  // exact: xbc_raw is already stored in S
+          A acc = conv_b ? conv_b[ch] : A(0);
+          for (int64_t k = 0; k < K; ++k) acc = acc + conv_w[ch * K + k] * static_cast<A>(win[k]);
+          xbc[ch] = store<S>(s_silu(acc));
         }
-        const S* xs = xbc.data();              // [H, P]
-        const S* Bv = xbc.data() + I;          // [G, N]
-        const S* Cv = xbc.data() + I + G * N;  // [G, N]
-        ssm_token_step<S>({H, P, N, G, c.time_step_min, c.time_step_max}, xs, Bv, Cv, dt_raw, ptr<S>(lw.dt_bias),
-                          ptr<S>(lw.A_log), ptr<S>(lw.D), state + b * H * P * N, y.data());
+        const A* xs = xbc.data();              // [H, P]
+        const A* Bv = xbc.data() + I;          // [G, N]
+        const A* Cv = xbc.data() + I + G * N;  // [G, N]
+        token_step<S, A>({H, P, N, G, c.time_step_min, c.time_step_max}, xs, Bv, Cv, dt_raw, ptr<A>(lw.dt_bias),
+                         ptr<A>(lw.A_log), ptr<A>(lw.D), state + b * H * P * N, y.data());
         // Gated RMSNorm over groups of `gsize` channels (gsize == I: the HF, ungrouped form).
         for (int64_t i = 0; i < I; ++i) z[i] = y[i] * s_silu(gate[i]);
         for (int64_t g0 = 0; g0 < I; g0 += gsize) {
-          rmsnorm(z.data() + g0, ptr<S>(lw.gated_norm_weight) + g0, gsize, eps, z.data() + g0);
+          rmsnorm<S>(z.data() + g0, ptr<A>(lw.gated_norm_weight) + g0, gsize, eps, z.data() + g0);
         }
-        matvec(ptr<S>(lw.out_proj_weight), ptr<S>(lw.out_proj_bias), z.data(), Dm, I, o.data());
-        for (int64_t d = 0; d < Dm; ++d) xt[d] = xt[d] + o[d];
+        matvec<S>(ptr<A>(lw.out_proj_weight), ptr<A>(lw.out_proj_bias), z.data(), Dm, I, o.data());
+        for (int64_t d = 0; d < Dm; ++d) xt[d] = residual(xt[d] + o[d]);
       }
     }
-    out.layer_outputs.push_back(torch::from_blob(x.data(), {Bsz, T, Dm}, kDtype<S>).clone());
+    out.layer_outputs.push_back(torch::from_blob(x.data(), {Bsz, T, Dm}, kDtype<A>)
+                                    .to(residual_in_acc ? kDtype<A> : kDtype<S>, /*non_blocking=*/false, /*copy=*/true));
     out.trace.push_back({l, branch, logical_kernels(branch)});
   }
-  torch::Tensor logits = torch::empty({Bsz, T, V}, kDtype<S>);
-  S* lg = logits.data_ptr<S>();
+  std::vector<A> logits(static_cast<size_t>(Bsz * T * V));
   for (int64_t bt = 0; bt < Bsz * T; ++bt) {
-    rmsnorm(x.data() + bt * Dm, ptr<S>(w_.norm_f_weight), Dm, eps, h.data());
-    matvec(ptr<S>(w_.lm_head), static_cast<const S*>(nullptr), h.data(), V, Dm, lg + bt * V);
+    rmsnorm<S>(x.data() + bt * Dm, ptr<A>(w_.norm_f_weight), Dm, eps, h.data());
+    matvec<S>(ptr<A>(w_.lm_head), static_cast<const A*>(nullptr), h.data(), V, Dm, logits.data() + bt * V);
   }
-  out.logits = logits;
+  // Every logit is stored in S already: the conversion is exact.
+  out.logits = torch::from_blob(logits.data(), {Bsz, T, V}, kDtype<A>).to(kDtype<S>, false, /*copy=*/true);
   return out;
 }
 

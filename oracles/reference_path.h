@@ -25,10 +25,15 @@ void ssm_token_step(const SsmShape& shape, const Scalar* xs, const Scalar* Bv, c
                     Scalar* state, Scalar* y);
 
 //
-// The same loops instantiated in float32 or bfloat16 (every operation rounded to that type, the
-// accumulators too) are the "plain low-precision implementation of the same math" whose error
-// against the float64 oracle sets the tolerance of a path computing in that dtype (SPEC §7,
-// FlashAttention's rule). Those instances are named "plain-float32" and "plain-bfloat16".
+// The same loops instantiated in float32 or bfloat16 are the "plain low-precision implementation of
+// the same math" whose error against the float64 oracle sets the tolerance of a path computing in
+// that dtype (SPEC §7, FlashAttention's rule). Those instances are named "plain-float32" and
+// "plain-bfloat16". float32 rounds every operation, the accumulators too. bfloat16 does what every
+// real bf16 kernel does: activations, weights and the conv window STORED in bf16 (each matmul,
+// norm, conv and scan output rounded once), everything ACCUMULATED in fp32 (sums, norms' reductions,
+// the scan), the SSM state and dt_bias, A_log, D kept in fp32. (Rounding the accumulators to bf16
+// too, as an earlier version did, put the bf16 tolerance ~8x above a correct kernel's error, where a
+// bf16-only bug of a few percent passed: docs/mutants.md.)
 template <typename Scalar>
 class SequentialScanPath : public ExecutionPath {
  public:
@@ -41,7 +46,7 @@ class SequentialScanPath : public ExecutionPath {
   ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch branch) override;
 
  private:
-  Mamba2Weights w_;  // Scalar, CPU, contiguous
+  Mamba2Weights w_;  // values stored in Scalar, held in its accumulation type (float for bfloat16); CPU
 };
 
 using ReferencePath = SequentialScanPath<double>;

@@ -113,6 +113,9 @@ TEST(KillMatrix, CheckKillsEveryMutant) {
   EXPECT_TRUE(killed_on_model("segsum-exp-before-mask", "fastdecay"));
   EXPECT_FALSE(kills("padded-tail-leaks", "tiny/prefill_16")) << "no padding when T is a multiple of the chunk";
   EXPECT_TRUE(kills("snapshot-aliases-storage", "tiny/snapshot_restore"));
+  for (const auto& m : km.mutants)
+    if (m.name == "bf16-run-state-truncated")
+      for (const auto& c : m.killed_by) EXPECT_NE(c.find("/bf16_"), std::string::npos) << "a bf16-only bug at " << c;
 
   const auto j = nlohmann::json::parse(kill_matrix_json(km));
   EXPECT_EQ(j["kill_rate"], 1.0);
@@ -120,6 +123,19 @@ TEST(KillMatrix, CheckKillsEveryMutant) {
   for (const char* key : {"name", "reproduces", "killed_by", "seconds_to_first_kill"}) {
     EXPECT_TRUE(j["mutants"][0].contains(key)) << key;
   }
+}
+
+// A bf16-only bug (issue 14 §7): the state truncated to bf16 in bf16 runs. The bf16 checks kill
+// it, and only they (float32 runs are untouched). Before the plain bf16 loops accumulated in fp32,
+// its tolerance was ~8x a correct kernel's error and every check passed it (docs/mutants.md).
+TEST(KillMatrix, Bf16OnlyBugIsKilledByTheBf16ChecksAlone) {
+  KillOptions options;
+  options.models = {fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models" / "tiny"};
+  options.only_mutants = {"bf16-run-state-truncated"};
+  const KillMatrix km = run_kill_matrix(options);
+  ASSERT_EQ(km.mutants.size(), 1u);
+  EXPECT_TRUE(km.mutants[0].killed()) << kill_matrix_text(km);
+  for (const auto& check : km.mutants[0].killed_by) EXPECT_NE(check.find("/bf16_"), std::string::npos) << check;
 }
 
 TEST(MutantsCommand, WritesTheKillMatrixAndEachFirstKillAsACase) {
