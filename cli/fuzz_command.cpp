@@ -16,7 +16,7 @@
 #include "engine/errors.h"
 #include "harness/check_suite.h"
 #include "harness/fuzz_campaign.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 
 namespace mambadiff::cli {
 namespace {

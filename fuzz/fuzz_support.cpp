@@ -13,7 +13,7 @@
 #include "engine/safetensors.h"
 #include "harness/check_suite.h"
 #include "harness/path_registry.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 
 namespace mambadiff::fuzz {
 

@@ -28,7 +28,7 @@
 #include "fuzz/kernel_counters.h"
 #include "harness/path_registry.h"
 #include "oracles/reference_path.h"
-#include "tests/mutants/catalog.h"
+#include "mutants/catalog.h"
 #include "tests/random_model.h"
 
 namespace mambadiff::fuzz {
