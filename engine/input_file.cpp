@@ -26,7 +26,7 @@ const char* file_kind(mode_t mode) {
 // Where the parser is in the document, for messages: "ops[0].tokens[1]".
 class KeyPath {
  public:
-  void open(bool is_array) { frames_.push_back({is_array, "", 0}); }
+  void open(bool is_array) { frames_.push_back({is_array, "", 0, {}}); }
   void close() {
     if (!frames_.empty()) frames_.pop_back();
     next_element();
