@@ -12,7 +12,6 @@
 #include "engine/output_file.h"
 #include "engine/safetensors.h"
 #include "engine/tensor_bytes.h"
-#include "harness/check_suite.h"
 #include "harness/path_registry.h"
 
 namespace mambadiff {
