@@ -140,7 +140,7 @@ CheckReport run_check(const CheckOptions& opt) {
   std::vector<std::string> paths = opt.paths;
   if (paths.empty()) {
     for (const auto& p : registered_paths())
-      if (p.rfind("plain-", 0) != 0) paths.push_back(p);
+      if (path_role(p) != PathRole::kBaseline) paths.push_back(p);
   }
   for (const auto& model_dir : models) {
     const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir);
@@ -156,7 +156,7 @@ CheckReport run_check(const CheckOptions& opt) {
       std::map<std::string, std::string> skipped, failed;
       for (const auto& p : paths) {
         std::string why;
-        if (p == "reference") {
+        if (is_oracle(p)) {
           results.emplace(p, ref);
         } else if (!path_available(p, scenario.dtype, &why)) {
           skipped[p] = why;

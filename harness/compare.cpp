@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "harness/path_registry.h"
+
 namespace mambadiff {
 
 double TolerancePolicy::floor(const std::string& dtype) const {
@@ -23,8 +25,6 @@ double ErrorBaseline::at(const std::string& key) const {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-bool is_oracle(const std::string& path) { return path == "reference"; }
 
 double scale_of(const torch::Tensor& ref) {
   const torch::Tensor r = ref.to(torch::kFloat64).abs();
@@ -125,7 +125,7 @@ struct Checker {
                    fmt::format("{} vs {} layers", ca.ssm_states.size(), cb.ssm_states.size())});
     }
     const bool same_kind = !is_oracle(a.path) && !is_oracle(b.path) && a.dtype == b.dtype &&
-                           !is_file_path_name(a.path) && !is_file_path_name(b.path);
+                           !is_file_path(a.path) && !is_file_path(b.path);
     for (size_t l = 0; l < ca.ssm_states.size(); ++l) {
       const auto L = static_cast<int64_t>(l);
       if (same_kind && (ca.ssm_states[l].scalar_type() != cb.ssm_states[l].scalar_type() ||
@@ -146,7 +146,6 @@ struct Checker {
     return true;
   }
 
-  static bool is_file_path_name(const std::string& p) { return p.rfind("file:", 0) == 0; }
 };
 
 }  // namespace

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "harness/scenario_runner.h"
+#include "harness/scenario_result.h"
 
 namespace mambadiff {
 
@@ -66,8 +66,8 @@ struct ErrorBaseline {
 };
 ErrorBaseline measure_baseline(const ScenarioResult& plain, const ScenarioResult& reference);
 
-// Compares a and b. `reference` provides the scale; baselines (by dtype) the tolerances: a path
-// named "reference" gets tolerance 0, any other path the baseline of its dtype.
+// Compares a and b. `reference` provides the scale; baselines (by dtype) the tolerances: the
+// oracle (harness/path_registry.h is_oracle) gets tolerance 0, any other path the baseline of its dtype.
 Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, const ScenarioResult& reference,
                            const std::vector<ErrorBaseline>& baselines, const TolerancePolicy& policy = {});
 

@@ -77,8 +77,8 @@ torch::Tensor tensor_at(const ScenarioResult& r, const Divergence& d) {
 // "file:X" with X relative to `base` (unless absolute); other names unchanged.
 std::string resolve_file_path(const std::string& name, const fs::path& base) {
   if (!is_file_path(name)) return name;
-  const fs::path p = name.substr(5);
-  return "file:" + (p.is_absolute() ? p : base / p).string();
+  const fs::path p = file_path_target(name);
+  return file_path_name(p.is_absolute() ? p : base / p);
 }
 
 }  // namespace
@@ -97,10 +97,9 @@ std::string case_dir_name(const std::string& text) {
 
 ReferenceRun run_reference(const Scenario& scenario, const Mamba2Checkpoint& ck) {
   ReferenceRun r;
-  r.reference = evaluate_path("reference", scenario, ck);
+  r.reference = evaluate_path(oracle_path(), scenario, ck);
   // The same choice as `check` and `diff`: bf16 runs are bounded by the bf16 loops, others by fp32's.
-  const std::string plain = scenario.dtype == torch::kBFloat16 ? "plain-bfloat16" : "plain-float32";
-  r.baselines = {measure_baseline(evaluate_path(plain, scenario, ck), r.reference)};
+  r.baselines = {measure_baseline(evaluate_path(baseline_path(scenario.dtype), scenario, ck), r.reference)};
   return r;
 }
 
@@ -110,8 +109,8 @@ CaseRun run_paths(const Scenario& scenario, const Mamba2Checkpoint& ck, const st
   ReferenceRun ref = run_reference(scenario, ck);
   run.reference = std::move(ref.reference);
   const std::vector<ErrorBaseline>& baselines = ref.baselines;
-  run.a = path_a == "reference" ? run.reference : evaluate_path(path_a, scenario, ck);
-  run.b = path_b == "reference" ? run.reference : evaluate_path(path_b, scenario, ck);
+  run.a = is_oracle(path_a) ? run.reference : evaluate_path(path_a, scenario, ck);
+  run.b = is_oracle(path_b) ? run.reference : evaluate_path(path_b, scenario, ck);
   run.comparison = compare_results(run.a, run.b, run.reference, baselines, policy);
   run.path_a = path_a;
   run.path_b = path_b;
@@ -244,14 +243,14 @@ void DivergenceCase::save(const fs::path& out, const CaseRun* run) const {
   // A `file:` input is copied in beside case.json, so the case travels as one directory.
   auto keep_file = [&](const std::string& name, const char* side) -> std::string {
     if (!is_file_path(name)) return name;
-    const fs::path src = name.substr(5);
+    const fs::path src = file_path_target(name);
     const std::string local = fmt::format("{}.safetensors", side);
     const fs::path dst = out / local;
     if (!fs::exists(dst) || !fs::equivalent(src, dst, ec)) {
       fs::copy_file(src, dst, fs::copy_options::overwrite_existing, ec);
       if (ec) throw InputError(fmt::format("{}: cannot copy into {}: {}", src.string(), dst.string(), ec.message()));
     }
-    return "file:" + local;
+    return file_path_name(local);
   };
   const std::string a = keep_file(path_a, "a"), b = keep_file(path_b, "b");
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <stdexcept>
 
 #include "engine/chunked_path.h"
 #include "engine/errors.h"
@@ -20,6 +21,9 @@ namespace {
 
 struct Entry {
   const char* name;
+  PathRole role;
+  // kBaseline: the dtype its loops compute in (the runs it bounds); kUndefined for other roles.
+  torch::ScalarType baseline_dtype;
   // Empty string when the path can run here at `dtype`, else the reason it cannot.
   std::function<std::string(torch::ScalarType)> unavailable;
   std::function<std::unique_ptr<ExecutionPath>(const Mamba2Checkpoint&, torch::ScalarType)> make;
@@ -49,21 +53,21 @@ std::unique_ptr<ExecutionPath> make_cuda_path(const Mamba2Checkpoint& ck, torch:
 
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> kEntries = {
-      {"reference", always,
+      {"reference", PathRole::kOracle, torch::ScalarType::Undefined, always,
        [](const Mamba2Checkpoint& ck, torch::ScalarType) { return std::make_unique<ReferencePath>(ck); }},
-      {"plain-float32", always,
+      {"plain-float32", PathRole::kBaseline, torch::kFloat32, always,
        [](const Mamba2Checkpoint& ck, torch::ScalarType) { return std::make_unique<PlainFloat32Path>(ck); }},
-      {"plain-bfloat16", always,
+      {"plain-bfloat16", PathRole::kBaseline, torch::kBFloat16, always,
        [](const Mamba2Checkpoint& ck, torch::ScalarType) { return std::make_unique<PlainBFloat16Path>(ck); }},
-      {"chunked", always,
+      {"chunked", PathRole::kDifferentiable, torch::ScalarType::Undefined, always,
        [](const Mamba2Checkpoint& ck, torch::ScalarType dt) {
          return std::make_unique<ChunkedPath>(ck, dt, torch::kCPU);
        }},
-      {"chunked-gpu", no_gpu,
+      {"chunked-gpu", PathRole::kDifferentiable, torch::ScalarType::Undefined, no_gpu,
        [](const Mamba2Checkpoint& ck, torch::ScalarType dt) {
          return std::make_unique<ChunkedPath>(ck, dt, torch::Device(torch::kCUDA, 0));
        }},
-      {"cuda", no_cuda_path, make_cuda_path},
+      {"cuda", PathRole::kDifferentiable, torch::ScalarType::Undefined, no_cuda_path, make_cuda_path},
   };
   return kEntries;
 }
@@ -102,11 +106,67 @@ void install_path_provider(PathProvider provider) {
   all.push_back(std::move(provider));
 }
 
-bool is_file_path(const std::string& name) { return name.rfind("file:", 0) == 0; }
+constexpr const char* kFilePrefix = "file:";
+
+bool is_file_path(const std::string& name) { return name.rfind(kFilePrefix, 0) == 0; }
+
+std::filesystem::path file_path_target(const std::string& name) {
+  return name.substr(std::char_traits<char>::length(kFilePrefix));
+}
+
+std::string file_path_name(const std::filesystem::path& file) { return kFilePrefix + file.string(); }
+
+const char* role_name(PathRole role) {
+  switch (role) {
+    case PathRole::kOracle: return "oracle";
+    case PathRole::kBaseline: return "low-precision baseline";
+    case PathRole::kDifferentiable: return "differentiable";
+    case PathRole::kExternalFile: return "external file";
+    case PathRole::kProvided: return "provided";
+  }
+  return "?";
+}
+
+PathRole path_role(const std::string& name) {
+  if (is_file_path(name)) return PathRole::kExternalFile;
+  if (const PathProvider* p = provider_for(name)) {
+    require_provided(*p, name);
+    return PathRole::kProvided;
+  }
+  const Entry* e = find(name);
+  if (!e) throw InputError(fmt::format("unknown path '{}' (known: {}, file:PATH)", name, fmt::join(registered_paths(), ", ")));
+  return e->role;
+}
+
+bool is_oracle(const std::string& name) {
+  const Entry* e = find(name);
+  return e && e->role == PathRole::kOracle;
+}
+
+std::string oracle_path() {
+  const auto oracles = registered_paths(PathRole::kOracle);
+  if (oracles.size() != 1) throw std::logic_error("the path registry must hold exactly one oracle");
+  return oracles.front();
+}
+
+std::string baseline_path(torch::ScalarType run_dtype) {
+  for (const auto& e : registry())
+    if (e.role == PathRole::kBaseline && e.baseline_dtype == run_dtype) return e.name;
+  for (const auto& e : registry())
+    if (e.role == PathRole::kBaseline && e.baseline_dtype == torch::kFloat32) return e.name;
+  throw std::logic_error("the path registry holds no float32 baseline");
+}
 
 std::vector<std::string> registered_paths() {
   std::vector<std::string> names;
   for (const auto& e : registry()) names.push_back(e.name);
+  return names;
+}
+
+std::vector<std::string> registered_paths(PathRole role) {
+  std::vector<std::string> names;
+  for (const auto& e : registry())
+    if (e.role == role) names.push_back(e.name);
   return names;
 }
 
@@ -130,7 +190,7 @@ std::unique_ptr<ExecutionPath> make_path(const std::string& name, const Mamba2Ch
 }
 
 ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, const Mamba2Checkpoint& ck) {
-  if (is_file_path(name)) return read_result_file(name.substr(5), scenario, ck.config.vocab_size);
+  if (is_file_path(name)) return read_result_file(file_path_target(name), scenario, ck.config.vocab_size);
   if (const PathProvider* p = provider_for(name)) {
     require_provided(*p, name);
     return p->evaluate(name, scenario, ck);

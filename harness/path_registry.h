@@ -6,9 +6,12 @@
 //   chunked-gpu      the same on the GPU (skipped without one)
 //   cuda             fused CUDA kernels (cuda_path/, kernels/); float32 and bfloat16, GPU only
 //   file:PATH        tensors exported by another system, in `run`'s naming
-// Adding a path is one Entry line in path_registry.cpp.
+// Adding a path is one Entry line in path_registry.cpp. Each entry has a role (PathRole): what the
+// commands do with a path is asked of the registry (path_role, is_oracle, baseline_path), never
+// read off its name.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -27,8 +30,32 @@ class PathUnavailable : public std::runtime_error {
   explicit PathUnavailable(const std::string& why) : std::runtime_error(why) {}
 };
 
-// Names of the executable paths registered (available or not).
+// What a path is for.
+enum class PathRole {
+  kOracle,          // "reference": float64 loops; tolerance 0 and the scale of every comparison
+  kBaseline,        // "plain-<dtype>": the oracle's loops in a low precision, whose error against the
+                    // oracle sets the tolerance of that dtype (harness/compare.h); not under test
+  kDifferentiable,  // an implementation under test built on ATen autograd ("chunked", "chunked-gpu",
+                    // "cuda"): `check` compares it and `optimize` can differentiate through it
+  kExternalFile,    // "file:PATH": tensors another system exported; nothing runs
+  kProvided,        // plugged in through a PathProvider (the mutants): under test, run by its provider
+};
+const char* role_name(PathRole role);
+
+// The role of a path name. InputError for a name nothing answers.
+PathRole path_role(const std::string& name);
+// Whether `name` is the oracle (false for any other name, known or not).
+bool is_oracle(const std::string& name);
+// The oracle's name ("reference").
+std::string oracle_path();
+// The baseline bounding a run in `run_dtype`: the baseline of that dtype if one is registered, else
+// the float32 one (bf16 runs are bounded by the bf16 loops, others by fp32's).
+std::string baseline_path(torch::ScalarType run_dtype);
+
+// Names of the executable paths registered (available or not), in registry order.
 std::vector<std::string> registered_paths();
+// Those of them with `role`.
+std::vector<std::string> registered_paths(PathRole role);
 
 // Builds the named executable path for a checkpoint and run dtype. Throws PathUnavailable when it
 // cannot run here, InputError for an unknown name.
@@ -41,7 +68,11 @@ bool path_available(const std::string& name, torch::ScalarType dtype, std::strin
 // The result of a path on a scenario: runs it, or reads a `file:` path.
 ScenarioResult evaluate_path(const std::string& name, const Scenario& scenario, const Mamba2Checkpoint& checkpoint);
 
+// Whether `name` is a `file:PATH` path (role kExternalFile), and the PATH of one.
 bool is_file_path(const std::string& name);
+std::filesystem::path file_path_target(const std::string& name);
+// The `file:` path name of `file`.
+std::string file_path_name(const std::filesystem::path& file);
 
 // Paths from outside the registry, for names that start with `prefix`: the test mutants
 // ("mutant:<name>", mutants/) plug in here from the commands that run them (repro, reduce,

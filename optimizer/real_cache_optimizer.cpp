@@ -67,8 +67,9 @@ void check_options(const Mamba2Config& c, const OptimizeOptions& o) {
   if (o.loss != "ce" && o.loss != "margin") throw InputError(fmt::format("optimize: --loss '{}' is not ce or margin", o.loss));
   if (o.optimizer != "adam" && o.optimizer != "pgd") throw InputError(fmt::format("optimize: --optimizer '{}' is not adam or pgd", o.optimizer));
   if (o.steps < 0 || !(o.lr > 0)) throw InputError("optimize: --steps must be >= 0 and --lr > 0");
-  if (o.path == "reference" || o.path.rfind("plain-", 0) == 0 || is_file_path(o.path)) {
-    throw InputError(fmt::format("optimize: --path {} is not differentiable (its loops run on raw buffers); use chunked or chunked-gpu", o.path));
+  if (const PathRole role = path_role(o.path); role != PathRole::kDifferentiable) {
+    throw InputError(fmt::format("optimize: --path {} is not differentiable (its role: {}); use one of {}", o.path,
+                                 role_name(role), fmt::join(registered_paths(PathRole::kDifferentiable), ", ")));
   }
 }
 
@@ -242,7 +243,7 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
   result.deployed = deploy_on(deploy_path, o.prompt, o.target, result.delta, o.generate_tokens, &result.generated_with_delta);
   deploy_on(deploy_path, o.prompt, o.target, {}, o.generate_tokens, &result.generated_without_delta);
   for (const auto& name : registered_paths()) {
-    if (name == deploy_path.name() || name.rfind("plain-", 0) == 0) continue;
+    if (name == deploy_path.name() || path_role(name) == PathRole::kBaseline) continue;
     std::string why;
     if (!path_available(name, torch::kFloat32, &why)) {
       result.skipped_paths[name] = why;
