@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "engine/errors.h"
 #include "harness/check_suite.h"
+#include "harness/corpus_location.h"
 #include "harness/path_registry.h"
 #include "optimizer/real_cache_optimizer.h"
 
@@ -52,7 +53,7 @@ std::string bytes_to_text(const std::vector<int64_t>& ids) {
 }
 
 std::filesystem::path default_byte_model() {
-  return std::filesystem::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models" / "bytes";
+  return corpus_dir() / "models" / "bytes";
 }
 
 struct TokenArgs {

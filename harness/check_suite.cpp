@@ -12,6 +12,7 @@
 #include <random>
 
 #include "engine/errors.h"
+#include "harness/corpus_location.h"
 #include "harness/divergence_case.h"
 #include "harness/path_registry.h"
 
@@ -24,7 +25,7 @@ bool CheckReport::all_agree() const {
 
 std::vector<std::filesystem::path> default_models() {
   const char* env = std::getenv("MAMBADIFF_MODELS");
-  const std::filesystem::path root = env ? env : std::filesystem::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
+  const std::filesystem::path root = env ? env : corpus_dir() / "models";
   std::vector<std::filesystem::path> out;
   if (std::filesystem::is_directory(root)) {
     for (const auto& e : std::filesystem::directory_iterator(root))

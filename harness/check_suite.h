@@ -51,7 +51,8 @@ struct CheckOptions {
 std::vector<std::pair<std::string, Scenario>> check_scenarios(const Mamba2Checkpoint& checkpoint,
                                                               const std::filesystem::path& model_dir, uint64_t seed);
 
-// The embedded default models (corpus/models/*), sorted.
+// The embedded default models, sorted: $MAMBADIFF_MODELS/* if set, else corpus/models/* of
+// corpus_dir() (harness/corpus_location.h).
 std::vector<std::filesystem::path> default_models();
 
 CheckReport run_check(const CheckOptions& options);

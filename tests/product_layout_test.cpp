@@ -1,6 +1,8 @@
 // How the product is wired: every registered path has a role that the commands act on (never its
-// name).
+// name), and the binary finds its corpus at run time, from where it lives, not from the folder it
+// was configured in (harness/corpus_location.h).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -84,6 +86,92 @@ TEST(PathRoles, OptimizeRefusesEveryPathThatIsNotDifferentiable) {
     EXPECT_NE(r.out.find("not differentiable (its role: " + std::string(role_name(path_role(path))) + ")"), std::string::npos)
         << path << ": " << r.out;
   }
+}
+
+// ---- the corpus at run time ---------------------------------------------------------------------
+
+class CorpusLocation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    // Outside the build tree (which lies in a clone, whose corpus a walk up would find).
+    tmp_ = fs::temp_directory_path() / ("mambadiff_corpus_location_" + std::to_string(getpid())) / info->name();
+    fs::remove_all(tmp_);
+    fs::create_directories(tmp_);
+  }
+  void TearDown() override { fs::remove_all(tmp_.parent_path()); }
+  // Runs `binary args` in folder `cwd` with `env` prefixed (e.g. "MAMBADIFF_CORPUS=..."); the
+  // variables that would short-cut the lookup are cleared unless given.
+  static Cli run_in(const fs::path& cwd, const fs::path& binary, const std::string& args, const std::string& env = "") {
+    return test_support::run_shell("cd '" + cwd.string() + "' && env -u MAMBADIFF_CORPUS -u MAMBADIFF_MODELS " + env +
+                                   " '" + binary.string() + "' " + args);
+  }
+  // A second "clone": TREE/build/mambadiff (a copy of the binary) and TREE/corpus/models holding
+  // only the tiny model, under a name no other corpus has.
+  fs::path make_other_clone() {
+    const fs::path tree = tmp_ / "other-clone";
+    fs::create_directories(tree / "build");
+    fs::copy_file(MAMBADIFF_BINARY, tree / "build" / "mambadiff");
+    fs::permissions(tree / "build" / "mambadiff", fs::perms::owner_all, fs::perm_options::add);
+    fs::create_directories(tree / "corpus" / "models");
+    fs::copy(source_dir() / "corpus" / "models" / "tiny", tree / "corpus" / "models" / "only-in-other-clone",
+             fs::copy_options::recursive);
+    return tree;
+  }
+  static constexpr const char* kCheckOneCase = "check --scenario prefill_1 --paths reference,chunked";
+  fs::path tmp_;
+};
+
+// The bug this guards against: the default models were the configure-time source folder's, so a
+// binary in another clone checked the first clone's models.
+TEST_F(CorpusLocation, ABinaryReadsTheCorpusOfTheTreeItLivesIn) {
+  const fs::path tree = make_other_clone();
+  const Cli r = run_in("/", tree / "build" / "mambadiff", kCheckOneCase);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("only-in-other-clone"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("tiny "), std::string::npos) << "read the source folder's corpus:\n" << r.out;
+}
+
+TEST_F(CorpusLocation, ASymlinkedBinaryReadsTheCorpusOfItsTarget) {
+  const fs::path tree = make_other_clone();
+  const fs::path link = tmp_ / "bin" / "mambadiff";
+  fs::create_directories(link.parent_path());
+  fs::create_symlink(tree / "build" / "mambadiff", link);
+  const Cli r = run_in("/", link, kCheckOneCase);
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("only-in-other-clone"), std::string::npos) << r.out;
+}
+
+TEST_F(CorpusLocation, OutsideAnyTreeTheWorkingTreeThenTheVariableDecide) {
+  const fs::path tree = make_other_clone();
+  const fs::path lone = tmp_ / "lone" / "mambadiff";  // a copy in no tree
+  fs::create_directories(lone.parent_path());
+  fs::copy_file(tree / "build" / "mambadiff", lone);
+  fs::permissions(lone, fs::perms::owner_all, fs::perm_options::add);
+
+  // Nowhere to look: a usage error naming the variable that fixes it.
+  const Cli none = run_in("/", lone, kCheckOneCase);
+  EXPECT_EQ(none.exit_code, 2) << none.out;
+  EXPECT_NE(none.out.find("MAMBADIFF_CORPUS"), std::string::npos) << none.out;
+
+  // Run from inside a tree (a subfolder of it): that tree's corpus.
+  const Cli from_tree = run_in(tree / "build", lone, kCheckOneCase);
+  EXPECT_EQ(from_tree.exit_code, 0) << from_tree.out;
+  EXPECT_NE(from_tree.out.find("only-in-other-clone"), std::string::npos) << from_tree.out;
+
+  // The variable wins over the working tree.
+  const fs::path env_corpus = tmp_ / "env-corpus";
+  fs::create_directories(env_corpus / "models");
+  fs::copy(source_dir() / "corpus" / "models" / "tiny", env_corpus / "models" / "only-in-env-corpus",
+           fs::copy_options::recursive);
+  const Cli by_env = run_in(tree / "build", lone, kCheckOneCase, "MAMBADIFF_CORPUS='" + env_corpus.string() + "'");
+  EXPECT_EQ(by_env.exit_code, 0) << by_env.out;
+  EXPECT_NE(by_env.out.find("only-in-env-corpus"), std::string::npos) << by_env.out;
+  EXPECT_EQ(by_env.out.find("only-in-other-clone"), std::string::npos) << by_env.out;
+
+  const Cli bad = run_in("/", lone, kCheckOneCase, "MAMBADIFF_CORPUS=/no/such/folder");
+  EXPECT_EQ(bad.exit_code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("MAMBADIFF_CORPUS=/no/such/folder"), std::string::npos) << bad.out;
 }
 
 }  // namespace

@@ -18,7 +18,8 @@
 
 namespace mambadiff::test_support {
 
-// The source tree (MAMBADIFF_SOURCE_DIR comes with the harness library every test links).
+// The source tree (tests/CMakeLists.txt defines MAMBADIFF_SOURCE_DIR for the tests only: the
+// product finds its corpus at run time, harness/corpus_location.h).
 inline std::filesystem::path source_dir() { return std::filesystem::path(MAMBADIFF_SOURCE_DIR); }
 
 // An embedded model: corpus/models/<name>.
@@ -57,10 +58,10 @@ struct Cli {
   std::string out;
 };
 
-// Runs the mambadiff binary with `args` (through the shell, as given); stdout and stderr together in `out`.
-inline Cli run_cli(const std::string& args) {
+// Runs `command` through the shell; stdout and stderr together in `out`.
+inline Cli run_shell(const std::string& command) {
   Cli r;
-  FILE* p = popen((std::string(MAMBADIFF_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
   if (!p) return r;
   std::array<char, 4096> buf{};
   while (fgets(buf.data(), buf.size(), p)) r.out += buf.data();
@@ -68,5 +69,8 @@ inline Cli run_cli(const std::string& args) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+// Runs the mambadiff binary with `args` (through the shell, as given); stdout and stderr together in `out`.
+inline Cli run_cli(const std::string& args) { return run_shell(std::string(MAMBADIFF_BINARY) + " " + args); }
 
 }  // namespace mambadiff::test_support
