@@ -25,8 +25,11 @@ TEST(PathRoles, ExactlyOneOracleAndItIsTheReference) {
   EXPECT_EQ(registered_paths(PathRole::kOracle), std::vector<std::string>{"reference"});
   EXPECT_EQ(oracle_path(), "reference");
   EXPECT_TRUE(is_oracle("reference"));
-  for (const auto& p : registered_paths())
-    if (p != "reference") EXPECT_FALSE(is_oracle(p)) << p;
+  for (const auto& p : registered_paths()) {
+    if (p != "reference") {
+      EXPECT_FALSE(is_oracle(p)) << p;
+    }
+  }
   EXPECT_FALSE(is_oracle("file:reference"));
   EXPECT_FALSE(is_oracle("no-such-path"));  // an unknown name is not the oracle, and no error
 }
