@@ -113,9 +113,12 @@ TEST(KillMatrix, CheckKillsEveryMutant) {
   EXPECT_TRUE(killed_on_model("segsum-exp-before-mask", "fastdecay"));
   EXPECT_FALSE(kills("padded-tail-leaks", "tiny/prefill_16")) << "no padding when T is a multiple of the chunk";
   EXPECT_TRUE(kills("snapshot-aliases-storage", "tiny/snapshot_restore"));
-  for (const auto& m : km.mutants)
-    if (m.name == "bf16-run-state-truncated")
-      for (const auto& c : m.killed_by) EXPECT_NE(c.find("/bf16_"), std::string::npos) << "a bf16-only bug at " << c;
+  for (const auto& m : km.mutants) {
+    if (m.name != "bf16-run-state-truncated") continue;
+    for (const auto& c : m.killed_by) {
+      EXPECT_NE(c.find("/bf16_"), std::string::npos) << "a bf16-only bug at " << c;
+    }
+  }
 
   const auto j = nlohmann::json::parse(kill_matrix_json(km));
   EXPECT_EQ(j["kill_rate"], 1.0);
@@ -135,7 +138,9 @@ TEST(KillMatrix, Bf16OnlyBugIsKilledByTheBf16ChecksAlone) {
   const KillMatrix km = run_kill_matrix(options);
   ASSERT_EQ(km.mutants.size(), 1u);
   EXPECT_TRUE(km.mutants[0].killed()) << kill_matrix_text(km);
-  for (const auto& check : km.mutants[0].killed_by) EXPECT_NE(check.find("/bf16_"), std::string::npos) << check;
+  for (const auto& check : km.mutants[0].killed_by) {
+    EXPECT_NE(check.find("/bf16_"), std::string::npos) << check;
+  }
 }
 
 TEST(MutantsCommand, WritesTheKillMatrixAndEachFirstKillAsACase) {
