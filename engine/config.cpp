@@ -163,24 +163,21 @@ void Mamba2Config::validate(const std::string& source) const {
   // Every size the engine derives, computed with overflow checks: a product that wraps could pass
   // the consistency check below and allocate garbage. Each tensor's byte size at float64 (the
   // reference's copy, the widest dtype) must fit int64 too, as torch counts bytes in int64.
+  // Folds `values` with `op` (checked_mul or checked_add), naming `what` when a step overflows.
+  auto fold = [&](const char* what, const char* kind, int64_t start, std::initializer_list<int64_t> values,
+                  std::optional<int64_t> (*op)(int64_t, int64_t)) {
+    int64_t acc = start;
+    for (int64_t v : values) {
+      const auto next = op(acc, v);
+      if (!next) throw InputError(fmt::format("{}: keys {}: the {} overflows 64 bits", source, what, kind));
+      acc = *next;
+    }
+    return acc;
+  };
   auto product = [&](const char* what, std::initializer_list<int64_t> factors) {
-    int64_t p = 1;
-    for (int64_t f : factors) {
-      const auto next = checked_mul(p, f);
-      if (!next) throw InputError(fmt::format("{}: keys {}: the product overflows 64 bits", source, what));
-      p = *next;
-    }
-    return p;
+    return fold(what, "product", 1, factors, checked_mul);
   };
-  auto sum = [&](const char* what, std::initializer_list<int64_t> terms) {
-    int64_t s = 0;
-    for (int64_t t : terms) {
-      const auto next = checked_add(s, t);
-      if (!next) throw InputError(fmt::format("{}: keys {}: the sum overflows 64 bits", source, what));
-      s = *next;
-    }
-    return s;
-  };
+  auto sum = [&](const char* what, std::initializer_list<int64_t> terms) { return fold(what, "sum", 0, terms, checked_add); };
   constexpr int64_t kWidestItemsize = 8;  // float64
   const int64_t inner = product("'hidden_size' * 'expand'", {hidden_size, expand});
   const int64_t heads_by_dim = product("'num_heads' * 'head_dim'", {num_heads, head_dim});

@@ -147,6 +147,17 @@ class SafetensorsTest : public ::testing::Test {
     EXPECT_THAT(msg, HasSubstr(p.string()));
     EXPECT_THAT(msg, Not(HasSubstr("\n")));
   }
+  // Each case, written as a file, is rejected with a message naming the file and its substrings.
+  void expect_each_rejected(const std::vector<Malformed>& cases) {
+    for (const Malformed& c : cases) {
+      SCOPED_TRACE(c.label);
+      const fs::path p = file(c.label + ".safetensors");
+      write_bytes(p, assemble(c.header, c.data));
+      const std::string msg = open_error(p);
+      expect_names_file(msg, p);
+      for (const std::string& sub : c.expect) EXPECT_THAT(msg, HasSubstr(sub));
+    }
+  }
   fs::path dir_;
 };
 
@@ -478,14 +489,7 @@ TEST_F(SafetensorsTest, FormatRulesOnOffsetsAndHeaderAreEnforced) {
        {"begin with '{'"}},
       {"deep_nesting", R"({"__metadata__":{"k":[[[[[[[[[[[[1]]]]]]]]]]]]}})", "", {"nests deeper"}},
   };
-  for (const Malformed& c : cases) {
-    SCOPED_TRACE(c.label);
-    const fs::path p = file(c.label + ".safetensors");
-    write_bytes(p, assemble(c.header, c.data));
-    const std::string msg = open_error(p);
-    expect_names_file(msg, p);
-    for (const std::string& sub : c.expect) EXPECT_THAT(msg, HasSubstr(sub));
-  }
+  expect_each_rejected(cases);
 }
 
 TEST_F(SafetensorsTest, HeaderLengthAboveTheFormatLimitIsRejectedBeforeReading) {
@@ -623,14 +627,7 @@ TEST_F(SafetensorsTest, MalformedHeadersAreInputErrorsNamingFileAndTensor) {
       {"control_char_name", "{\"a\\nb\":{\"dtype\":\"X\",\"shape\":[],\"data_offsets\":[0,0]}}",
        "", {"'a\\x0ab'", "unknown dtype"}},
   };
-  for (const Malformed& c : cases) {
-    SCOPED_TRACE(c.label);
-    const fs::path p = file(c.label + ".safetensors");
-    write_bytes(p, assemble(c.header, c.data));
-    const std::string msg = open_error(p);
-    expect_names_file(msg, p);
-    for (const std::string& s : c.expect) EXPECT_THAT(msg, HasSubstr(s));
-  }
+  expect_each_rejected(cases);
 }
 
 TEST_F(SafetensorsTest, TruncatedDataSectionOfAWrittenFile) {
