@@ -105,7 +105,7 @@ std::string read_input_file(const std::filesystem::path& file, uint64_t max_byte
   return text;
 }
 
-nlohmann::json parse_input_json(const std::string& text, const std::string& source) {
+nlohmann::json parse_input_json(const std::string& text, const std::string& source, int max_depth) {
   using Event = nlohmann::json::parse_event_t;
   KeyPath path;
   // The callback sees every event in document order; `depth` counts the enclosing containers.
@@ -113,17 +113,17 @@ nlohmann::json parse_input_json(const std::string& text, const std::string& sour
     switch (event) {
       case Event::object_start:
       case Event::array_start:
-        if (depth + 1 > kMaxJsonDepth) {
-          throw InputError(fmt::format("{}: {}: nested deeper than {} levels", source, path.where(), kMaxJsonDepth));
+        if (depth + 1 > max_depth) {
+          throw InputError(fmt::format("{}: {}: nested deeper than {} levels", source, path.where(), max_depth));
         }
         path.open(event == Event::array_start);
         break;
       case Event::key:
         // nlohmann keeps one of two equal keys silently; a file that says two things for one key
         // (two entries for one tensor name would alias) is rejected instead.
-        if (!path.key(parsed.is_string() ? parsed.get<std::string>() : std::string())) {
-          throw InputError(fmt::format("{}: {}: duplicate key (each key may appear once in an object)", source,
-                                       path.where()));
+        if (const std::string k = parsed.is_string() ? parsed.get<std::string>() : std::string(); !path.key(k)) {
+          throw InputError(fmt::format("{}: duplicate key '{}' (each key may appear once in an object)", source,
+                                       truncate_for_message(k)));
         }
         break;
       case Event::value: path.next_element(); break;

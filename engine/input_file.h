@@ -42,7 +42,8 @@ void require_regular_file(const std::filesystem::path& file);
 std::string read_input_file(const std::filesystem::path& file, uint64_t max_bytes = kMaxJsonBytes);
 
 // Parses JSON text read from `source` (a file name, or "FILE: header"), with the limits above.
-nlohmann::json parse_input_json(const std::string& text, const std::string& source);
+// `max_depth` below kMaxJsonDepth for formats that are shallower by definition (a safetensors header).
+nlohmann::json parse_input_json(const std::string& text, const std::string& source, int max_depth = kMaxJsonDepth);
 
 // read_input_file + parse_input_json.
 nlohmann::json read_input_json(const std::filesystem::path& file);

@@ -66,6 +66,10 @@ std::string one_line(std::string s) {
 // HeaderTooLarge). Real headers are a few MB at most, and a bound keeps a hostile length from
 // allocating the whole file as JSON.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// The header is {name: {dtype, shape: [..], data_offsets: [..]}} (depth 3); deeper nesting is not
+// a safetensors header, and bounding it keeps a hostile header from nesting without end.
+constexpr int kMaxHeaderDepth = 8;
+
 // The header is one JSON object; parse_input_json (engine/input_file.h) bounds its nesting and
 // rejects duplicate keys (nlohmann would keep one of them silently: two entries for one tensor name
 // would alias).
@@ -73,7 +77,7 @@ json parse_header(const std::filesystem::path& path, const std::vector<uint8_t>&
   if (header.empty() || header[0] != '{') {
     fail(path, "header must begin with '{' (a JSON object; the safetensors format requires it)");
   }
-  return parse_input_json(std::string(header.begin(), header.end()), path.string() + ": header");
+  return parse_input_json(std::string(header.begin(), header.end()), path.string() + ": header", kMaxHeaderDepth);
 }
 
 // The safetensors rule for the data section: the tensors' byte ranges, in order, tile it exactly:

@@ -487,7 +487,7 @@ TEST_F(SafetensorsTest, FormatRulesOnOffsetsAndHeaderAreEnforced) {
       {"duplicate_metadata_key", R"({"__metadata__":{"k":"1","k":"2"}})", "", {"duplicate key 'k'"}},
       {"header_not_object_start", R"( {"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", four,
        {"begin with '{'"}},
-      {"deep_nesting", R"({"__metadata__":{"k":[[[[[[[[[[[[1]]]]]]]]]]]]}})", "", {"nests deeper"}},
+      {"deep_nesting", R"({"__metadata__":{"k":[[[[[[[[[[[[1]]]]]]]]]]]]}})", "", {"nested deeper than 8"}},
   };
   expect_each_rejected(cases);
 }
