@@ -41,11 +41,10 @@ void remove_scratch_dir() {
 }  // namespace
 
 const fs::path& scratch_dir() {
-  static const fs::path dir = [] {
-    fs::path d = make_scratch_dir();
-    std::atexit(remove_scratch_dir);
-    return d;
-  }();
+  static const fs::path dir = make_scratch_dir();
+  // Registered once `dir` is constructed, so it runs before `dir` is destroyed at exit.
+  static const bool cleanup_registered = std::atexit(remove_scratch_dir) == 0;
+  (void)cleanup_registered;
   return dir;
 }
 

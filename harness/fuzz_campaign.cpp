@@ -19,7 +19,7 @@
 #include <fmt/ranges.h>
 
 #include "engine/errors.h"
-#include "harness/check_suite.h"
+#include "engine/output_file.h"
 
 extern char** environ;
 
