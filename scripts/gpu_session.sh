@@ -14,12 +14,20 @@ t0=$(date +%s)
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 \
   -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/build.txt" 2>&1
-if ! cmake --build "$B" -j16 --target mambadiff gpu_tests >> "$OUT/build.txt" 2>&1; then
+if ! cmake --build "$B" -j16 --target mambadiff gpu_tests unit_tests scan_diff_replay model_script_replay >> "$OUT/build.txt" 2>&1; then
   grep -E "error|Error" "$OUT/build.txt" | head -40; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
 "$B/tests/gpu_tests" > "$OUT/gpu_tests.txt" 2>&1; echo "gpu tests exit $?" | tee -a "$OUT/gpu.txt"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error:|Expected|Which is|rel_err|  Actual" "$OUT/gpu_tests.txt" | head -40
+# The differential fuzz corpora replayed with chunked-gpu and cuda among the paths (the targets add
+# them when a device is present), and the optimizer's unit tests on a GPU machine (device-side rank).
+for t in scan_diff model_script; do
+  "$B/fuzz/${t}_replay" corpus/fuzz/$t > "$OUT/replay_$t.txt" 2>&1; echo "fuzz replay $t on the GPU paths: exit $?" | tee -a "$OUT/gpu.txt"
+  tail -2 "$OUT/replay_$t.txt"
+done
+"$B/tests/unit_tests" --gtest_filter='RealCacheOptimizer*:CudaGraph*:Optimizer*' > "$OUT/optimizer_unit.txt" 2>&1
+echo "optimizer unit tests on the GPU machine: exit $?" | tee -a "$OUT/gpu.txt"; grep -E "^\[  (PASSED|FAILED) " "$OUT/optimizer_unit.txt" | head
 t0=$(date +%s)
 "$B/mambadiff" check --json "$OUT/check_gpu.json" > "$OUT/check_gpu.txt" 2>&1; echo "check exit $? ($(( $(date +%s) - t0 )) s)" | tee -a "$OUT/gpu.txt"
 grep -E "^(cuda|chunked-gpu)|DIVERGE|FAIL" "$OUT/check_gpu.txt" | grep -v skipped | head -20
