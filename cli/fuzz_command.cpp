@@ -14,7 +14,7 @@
 
 #include "cli/commands.h"
 #include "engine/errors.h"
-#include "harness/check_suite.h"
+#include "engine/output_file.h"
 #include "harness/fuzz_campaign.h"
 #include "mutants/catalog.h"
 
