@@ -11,7 +11,7 @@
 
 #include "engine/errors.h"
 #include "engine/safetensors.h"
-#include "harness/check_suite.h"
+#include "engine/output_file.h"
 #include "harness/path_registry.h"
 #include "mutants/catalog.h"
 
