@@ -259,8 +259,7 @@ TEST(FuzzCommand, InterruptedCampaignMergesAndWritesItsFindings) {
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    freopen(log.c_str(), "w", stderr);
-    freopen("/dev/null", "w", stdout);
+    if (!freopen(log.c_str(), "w", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
     execl(MAMBADIFF_BINARY, MAMBADIFF_BINARY, "fuzz", "--time", "300", "--jobs", "1", "--target", "scan_diff",
           "--minimize-time", "2", "--out", out.c_str(), "--targets-dir", stand_in_dir().c_str(), "--seeds-dir",
           "/nonexistent", static_cast<char*>(nullptr));
