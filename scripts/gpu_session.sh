@@ -14,9 +14,12 @@ t0=$(date +%s)
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 \
   -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/build.txt" 2>&1
-if ! cmake --build "$B" -j16 --target mambadiff gpu_tests unit_tests scan_diff_replay model_script_replay >> "$OUT/build.txt" 2>&1; then
+if ! cmake --build "$B" -j16 --target mambadiff gpu_tests >> "$OUT/build.txt" 2>&1; then
   grep -E "error|Error" "$OUT/build.txt" | head -40; exit 1
 fi
+# The rest is reported, not fatal: the GPU tests and check still run if one of these fails.
+cmake --build "$B" -j16 --target unit_tests scan_diff_replay model_script_replay >> "$OUT/build.txt" 2>&1 ||
+  { echo "build of unit_tests / fuzz replays failed:"; grep -E "error" "$OUT/build.txt" | head -10; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
 "$B/tests/gpu_tests" > "$OUT/gpu_tests.txt" 2>&1; echo "gpu tests exit $?" | tee -a "$OUT/gpu.txt"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error:|Expected|Which is|rel_err|  Actual" "$OUT/gpu_tests.txt" | head -40
