@@ -264,6 +264,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const ScenarioResult ref = sequential<double>(c, "reference", "float64");
   const ScenarioResult plain = sequential<float>(c, "plain-float32", "float32");
   const std::vector<ErrorBaseline> baselines = {measure_baseline(plain, ref)};
+  // The plain float32 loops overflowed (or the oracle itself did) where float32 cannot hold the
+  // values: no float32 tolerance can be derived for this input, so it tests nothing (a non-finite
+  // tolerance is never used: compare_results would call every path divergent here).
+  for (const auto& [key, error] : baselines.front().error) {
+    if (!std::isfinite(error)) return 0;
+  }
   for (const std::string& name : paths_under_test(torch::kFloat32)) {
     ScenarioResult got;
     try {
