@@ -19,11 +19,11 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <map>
 
 #include "engine/errors.h"
+#include "engine/tensor_bytes.h"
 #include "fuzz/fuzz_support.h"
 #include "fuzz/kernel_counters.h"
 #include "harness/path_registry.h"
@@ -127,13 +127,6 @@ Scenario decode_script(ByteReader& in, const ModelSpec& s, int64_t batch) {
   return sc;
 }
 
-// Same dtype, shape and bytes.
-bool same_bytes(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  const torch::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
-}
-
 // The first restore op whose cache differs in a byte from the cache at its snapshot; -1 if none.
 struct RestoreMismatch {
   size_t op = 0;
@@ -150,9 +143,9 @@ std::optional<RestoreMismatch> restore_mismatch(const Scenario& sc, const Scenar
     const CacheState& got = r.ops[i].cache;
     if (want.seqlen_offset != got.seqlen_offset) return RestoreMismatch{i, -1, "cache.seqlen_offset"};
     for (size_t l = 0; l < want.ssm_states.size(); ++l) {
-      if (!same_bytes(want.ssm_states[l], got.ssm_states[l]))
+      if (!bytes_equal(want.ssm_states[l], got.ssm_states[l]))
         return RestoreMismatch{i, static_cast<int64_t>(l), "cache.ssm_states"};
-      if (!same_bytes(want.conv_states[l], got.conv_states[l]))
+      if (!bytes_equal(want.conv_states[l], got.conv_states[l]))
         return RestoreMismatch{i, static_cast<int64_t>(l), "cache.conv_states"};
     }
   }
