@@ -21,10 +21,16 @@ class SingleThreadedTorch : public ::testing::Environment {
  public:
   void SetUp() override {
     torch::set_num_threads(1);  // tiny models: see cli/repro_reduce_mutants.cpp
-    mutants::install_mutant_paths();
   }
 };
 ::testing::Environment* const kEnv = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
+
+// The catalog is plugged in per test, not in the global environment: the unit tests share one
+// executable, and MutantCatalog.ProductRegistryNeverListsAMutant needs a process without it.
+class Reduce : public ::testing::Test {
+ protected:
+  void SetUp() override { mutants::install_mutant_paths(); }
+};
 
 // `check` on one model and scenario with `mutant` as a path; the divergence it writes as a case.
 DivergenceCase check_failure(const std::string& model, const std::string& scenario, const std::string& mutant) {
@@ -62,7 +68,7 @@ void expect_replays_from_disk(const ReduceOutcome& r, const std::string& name) {
   EXPECT_EQ(back.observed_class, r.target_class);
 }
 
-TEST(Reduce, CheckFailureOnAMutantShrinksToAFewOpsAndTokens) {
+TEST_F(Reduce, CheckFailureOnAMutantShrinksToAFewOpsAndTokens) {
   // check's "continue" scenario: 2 rows, forwards of 9, 19 and 2 tokens on a 2-layer model.
   const DivergenceCase found = check_failure("tiny", "continue", "continue-drops-initial-state");
   EXPECT_EQ(found.expected, "agree");  // what check expected
@@ -83,7 +89,7 @@ TEST(Reduce, CheckFailureOnAMutantShrinksToAFewOpsAndTokens) {
   expect_replays_from_disk(r, "continue-drops-initial-state");
 }
 
-TEST(Reduce, KeepsTheSnapshotARestoreNeeds) {
+TEST_F(Reduce, KeepsTheSnapshotARestoreNeeds) {
   const DivergenceCase found = check_failure("tiny", "snapshot_restore", "snapshot-aliases-storage");
   const ReduceOutcome r = reduce_case(found);
   ASSERT_TRUE(r.diverges);
@@ -103,7 +109,7 @@ TEST(Reduce, KeepsTheSnapshotARestoreNeeds) {
   expect_replays_from_disk(r, "snapshot-aliases-storage");
 }
 
-TEST(Reduce, ScalesTheDeltaToZeroWhenTheInjectionItselfMisalignsTheConvWindow) {
+TEST_F(Reduce, ScalesTheDeltaToZeroWhenTheInjectionItselfMisalignsTheConvWindow) {
   // The incident's 69.5 logit gap came with delta = 0: reduce finds that too.
   const DivergenceCase found = check_failure("tiny", "inject_layer0", "conv-window-misaligned");
   const ReduceOutcome r = reduce_case(found);
@@ -118,7 +124,7 @@ TEST(Reduce, ScalesTheDeltaToZeroWhenTheInjectionItselfMisalignsTheConvWindow) {
   EXPECT_LE(r.reduced.scenario.ops.size(), 2u);
 }
 
-TEST(Reduce, ACaseThatAgreesHasNothingToReduce) {
+TEST_F(Reduce, ACaseThatAgreesHasNothingToReduce) {
   DivergenceCase c;
   c.scenario = Scenario::load(fs::path(MAMBADIFF_SOURCE_DIR) / "corpus/scenarios/tiny/decode.json");
   c.model_layers = 2;
@@ -129,7 +135,7 @@ TEST(Reduce, ACaseThatAgreesHasNothingToReduce) {
   EXPECT_EQ(r.steps, 0);
 }
 
-TEST(Reduce, FixedFileResultsCannotBeReduced) {
+TEST_F(Reduce, FixedFileResultsCannotBeReduced) {
   DivergenceCase c;
   c.scenario = Scenario::load(fs::path(MAMBADIFF_SOURCE_DIR) / "corpus/scenarios/tiny/decode.json");
   c.model_layers = 2;

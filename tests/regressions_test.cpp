@@ -27,7 +27,6 @@ class Environment : public ::testing::Environment {
  public:
   void SetUp() override {
     torch::set_num_threads(1);  // tiny models: see cli/repro_reduce_mutants.cpp
-    mutants::install_mutant_paths();
   }
 };
 ::testing::Environment* const kEnv = ::testing::AddGlobalTestEnvironment(new Environment);
@@ -42,7 +41,12 @@ std::vector<fs::path> case_dirs() {
   return out;
 }
 
-class Regression : public ::testing::TestWithParam<fs::path> {};
+// The catalog is plugged in per test, not in a global environment: the unit tests share one
+// executable, and MutantCatalog.ProductRegistryNeverListsAMutant needs a process without it.
+class Regression : public ::testing::TestWithParam<fs::path> {
+ protected:
+  void SetUp() override { mutants::install_mutant_paths(); }
+};
 
 TEST_P(Regression, ReplaysWithItsExpectedVerdictInItsRecordedClass) {
   const DivergenceCase c = DivergenceCase::load(GetParam());

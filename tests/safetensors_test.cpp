@@ -737,15 +737,15 @@ TEST_F(SafetensorsTest, FailedWriteLeavesExistingFileIntact) {
   EXPECT_EQ(dir_entries(), std::vector<std::string>{"keep.safetensors"});
 }
 
-TEST_F(SafetensorsTest, FailedRenameRemovesTempFile) {
-  // The target is a non-empty directory: the temp file is written, the rename fails, and the temp
-  // file must be cleaned up.
+TEST_F(SafetensorsTest, WriteOverADirectoryLeavesNothingBehind) {
+  // The target is a non-empty directory: the writer (engine/output_file.h) refuses it before any
+  // temp file exists, names the file, and leaves the directory and its contents alone.
   const fs::path p = file("occupied.safetensors");
   fs::create_directories(p);
   write_bytes(p / "inside", "keep me");
   const std::string msg = input_error([&] { st::write(p, {{"x", torch::ones({4})}}); });
   expect_names_file(msg, p);
-  EXPECT_THAT(msg, HasSubstr("rename"));
+  EXPECT_THAT(msg, HasSubstr("directory"));
   EXPECT_EQ(dir_entries(), std::vector<std::string>{"occupied.safetensors"});
   EXPECT_TRUE(fs::is_directory(p));
   EXPECT_EQ(read_bytes(p / "inside"), "keep me");
