@@ -56,12 +56,7 @@ struct CliResult {
   int exit_code = -1;
   std::string out;
   std::string err;
-  std::vector<std::string> err_lines() const {
-    std::vector<std::string> lines;
-    std::stringstream ss(err);
-    for (std::string l; std::getline(ss, l);) lines.push_back(l);
-    return lines;
-  }
+  std::vector<std::string> err_lines() const { return mambadiff::test_support::lines_of(err); }
 };
 
 // One directory per test, empty at the start; `out/` is where the run may (must not) write.

@@ -63,12 +63,7 @@ struct Result {
   int exit_code = -1;
   bool killed = false;  // by a signal (a crash, or the timeout)
   std::string out, err;
-  std::vector<std::string> err_lines() const {
-    std::vector<std::string> lines;
-    std::stringstream ss(err);
-    for (std::string l; std::getline(ss, l);) lines.push_back(l);
-    return lines;
-  }
+  std::vector<std::string> err_lines() const { return mambadiff::test_support::lines_of(err); }
 };
 
 class Hostile : public ::testing::Test {

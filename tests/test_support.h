@@ -13,6 +13,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "engine/errors.h"
 
@@ -51,6 +52,14 @@ inline std::string input_error(const std::function<void()>& fn) {
   }
   ADD_FAILURE() << "expected an InputError, nothing was thrown";
   return "";
+}
+
+// The lines of a command's captured output (stderr's "exactly one line" checks).
+inline std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::stringstream ss(text);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  return lines;
 }
 
 struct Cli {
