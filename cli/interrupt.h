@@ -12,7 +12,12 @@ namespace mambadiff::cli {
 class InterruptScope {
  public:
   InterruptScope() : previous_(std::signal(SIGINT, on_sigint)) { flag().store(false); }
-  ~InterruptScope() { std::signal(SIGINT, previous_); }
+  ~InterruptScope() { end(); }
+  // Ends the scope early (the default action of Ctrl-C again); the destructor then does nothing.
+  void end() {
+    if (active_) std::signal(SIGINT, previous_);
+    active_ = false;
+  }
   InterruptScope(const InterruptScope&) = delete;
   InterruptScope& operator=(const InterruptScope&) = delete;
 
@@ -27,6 +32,7 @@ class InterruptScope {
   }
   static void on_sigint(int) { flag().store(true); }
   void (*previous_)(int);
+  bool active_ = true;
 };
 
 }  // namespace mambadiff::cli

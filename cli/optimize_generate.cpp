@@ -110,7 +110,7 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
     }
     opt.layers = parse_ids(a->layers, "--layers");
     const bool quiet = !a->json.empty();
-    std::optional<InterruptScope> ctrl_c(std::in_place);
+    InterruptScope ctrl_c;
     OptimizeResult r;
     try {
       r = optimize_delta(
@@ -121,13 +121,13 @@ void add_optimize_command(CLI::App& app, int& exit_code) {
                          s.rank, s.margin, s.delta_l2);
             }
           },
-          ctrl_c->flag_ptr());
+          ctrl_c.flag_ptr());
     } catch (const ZeroDeltaGateFailed& e) {
       fmt::print(stderr, "mambadiff: {}\n", e.what());
       exit_code = 1;
       return;
     }
-    ctrl_c.reset();
+    ctrl_c.end();
     if (r.nonfinite_step >= 0) {
       fmt::print(stderr,
                  "mambadiff: optimize failed: the loss or delta became NaN or infinite at step {} (try a smaller --lr "

@@ -16,13 +16,13 @@
 #include "cuda_path/fused_ops.h"
 #include "kernels/fused_kernels.h"
 #include "kernels/guard_region.h"
+#include "tests/test_support.h"
 #endif
 
 namespace mambadiff {
 namespace {
 
 namespace fs = std::filesystem;
-const fs::path kModels = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
 
 #if MAMBADIFF_CUDA_PATH
 
@@ -154,7 +154,7 @@ TEST_F(FusedOps, DecodeStepForwardAndBackwardMatchTheStateUpdate) {
 // error of two fp32 summation orders).
 TEST_F(FusedOps, OptimizerGradientMatchesChunkedGpu) {
   for (const char* model : {"tiny", "grouped", "bytes"}) {
-    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / model);
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir(model));
     CudaPath cuda(ck, torch::kFloat32, torch::Device(torch::kCUDA, 0));
     ChunkedPath chunked(ck, torch::kFloat32, torch::Device(torch::kCUDA, 0));
     std::vector<torch::Tensor> grads;
@@ -213,7 +213,7 @@ TEST_F(FusedOps, Bfloat16ActivationsWithFp32ScanParametersMatchAten) {
 
 // The optimizer on the cuda path: deployed rank 1 with simulated == deployed, the cache restored.
 TEST_F(FusedOps, OptimizerOnCudaPathReachesDeployedRankOne) {
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "tiny");
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("tiny"));
   OptimizeOptions o;
   o.prompt = {3, 1, 4, 1, 5, 9, 2, 6};
   o.target = {7, 3};
@@ -232,7 +232,7 @@ TEST_F(FusedOps, OptimizerOnCudaPathReachesDeployedRankOne) {
 // The replayed CUDA graph computes bit for bit what the eager loop computes: 12 iterations toward
 // an unreachable margin (so both run them all), on cuda and on chunked-gpu.
 TEST_F(FusedOps, GraphReplayEqualsTheEagerLoopBitForBit) {
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "grouped");
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("grouped"));
   for (const char* path : {"cuda", "chunked-gpu"}) {
     OptimizeOptions o;
     o.prompt = {3, 1, 4, 1, 5, 9, 2, 6};

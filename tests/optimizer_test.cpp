@@ -12,12 +12,12 @@
 #include "harness/path_registry.h"
 #include "optimizer/delta_loop.h"
 #include "optimizer/real_cache_optimizer.h"
+#include "tests/test_support.h"
 
 namespace mambadiff {
 namespace {
 
 namespace fs = std::filesystem;
-const fs::path kModels = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
 
 OptimizeOptions options_for(const Mamba2Checkpoint& ck) {
   OptimizeOptions o;
@@ -55,7 +55,7 @@ struct CacheBytes {
 
 TEST(RealCacheOptimizer, ReachesDeployedRankOneWithSimulatedEqualDeployed) {
   for (const char* name : {"tiny", "grouped", "limited"}) {
-    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / name);
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir(name));
     const OptimizeResult r = optimize_delta(ck, options_for(ck));
     EXPECT_TRUE(r.zero_delta_gate_passed) << name;
     EXPECT_EQ(r.deployed.rank, 1) << name;
@@ -67,7 +67,7 @@ TEST(RealCacheOptimizer, ReachesDeployedRankOneWithSimulatedEqualDeployed) {
 }
 
 TEST(RealCacheOptimizer, MultiTokenTargetIsTeacherForcedWithBudgetsAndPgd) {
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "grouped");
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("grouped"));
   OptimizeOptions o = options_for(ck);
   o.target = {7, 8};
   o.layers = {0, 2};
@@ -90,7 +90,7 @@ TEST(RealCacheOptimizer, MultiTokenTargetIsTeacherForcedWithBudgetsAndPgd) {
 class PrefilledCache : public testing::Test {
  protected:
   void SetUp() override {
-    ck = Mamba2Checkpoint::load(kModels / "tiny");
+    ck = Mamba2Checkpoint::load(test_support::model_dir("tiny"));
     path = std::make_unique<ChunkedPath>(ck, torch::kFloat32, torch::kCPU);
     deploy = std::make_unique<ChunkedPath>(ck, torch::kFloat32, torch::kCPU);
     opt = options_for(ck);
@@ -169,7 +169,7 @@ TEST_F(PrefilledCache, ZeroDeltaGateRefusesAStandInWorld) {
 }
 
 TEST(RealCacheOptimizer, DeltaFileRoundTripsWithMetadata) {
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "tiny");
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("tiny"));
   const OptimizeOptions o = options_for(ck);
   const OptimizeResult r = optimize_delta(ck, o);
   const fs::path dir = fs::path(MAMBADIFF_TEST_TMP) / "optimizer";
@@ -186,7 +186,7 @@ TEST(RealCacheOptimizer, DeltaFileRoundTripsWithMetadata) {
 }
 
 TEST(RealCacheOptimizer, BadOptionsAreInputErrors) {
-  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(kModels / "tiny");
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("tiny"));
   OptimizeOptions o = options_for(ck);
   o.layers = {9};
   EXPECT_THROW(optimize_delta(ck, o), InputError);

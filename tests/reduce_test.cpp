@@ -10,20 +10,14 @@
 #include "harness/divergence_case.h"
 #include "harness/reduce.h"
 #include "mutants/catalog.h"
+#include "tests/test_support.h"
 
 namespace mambadiff {
 namespace {
 
 namespace fs = std::filesystem;
-const fs::path kModels = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "models";
-
-class SingleThreadedTorch : public ::testing::Environment {
- public:
-  void SetUp() override {
-    torch::set_num_threads(1);  // tiny models: see cli/repro_reduce_mutants.cpp
-  }
-};
-::testing::Environment* const kEnv = ::testing::AddGlobalTestEnvironment(new SingleThreadedTorch);
+::testing::Environment* const kReduceSingleThreaded =
+    ::testing::AddGlobalTestEnvironment(new test_support::SingleThreadedTorch);
 
 // The catalog is plugged in per test, not in the global environment: the unit tests share one
 // executable, and MutantCatalog.ProductRegistryNeverListsAMutant needs a process without it.
@@ -37,7 +31,7 @@ DivergenceCase check_failure(const std::string& model, const std::string& scenar
   const fs::path dir = fs::path(MAMBADIFF_TEST_TMP) / "reduce" / (mutant + "." + scenario);
   fs::remove_all(dir);
   CheckOptions opt;
-  opt.models = {kModels / model};
+  opt.models = {test_support::model_dir(model)};
   opt.paths = {"reference", "mutant:" + mutant};
   opt.only_scenario = scenario;
   opt.cases_dir = dir;

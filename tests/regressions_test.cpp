@@ -23,13 +23,8 @@ using test_support::Cli;
 using test_support::run_cli;
 const fs::path kCorpus = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus" / "regressions";
 
-class Environment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    torch::set_num_threads(1);  // tiny models: see cli/repro_reduce_mutants.cpp
-  }
-};
-::testing::Environment* const kEnv = ::testing::AddGlobalTestEnvironment(new Environment);
+::testing::Environment* const kRegressionsSingleThreaded =
+    ::testing::AddGlobalTestEnvironment(new test_support::SingleThreadedTorch);
 
 std::vector<fs::path> case_dirs() {
   std::vector<fs::path> out;

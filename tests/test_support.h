@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/torch.h>
+
 #include "engine/errors.h"
 
 namespace mambadiff::test_support {
@@ -24,6 +26,13 @@ namespace mambadiff::test_support {
 inline std::filesystem::path source_dir() { return std::filesystem::path(MAMBADIFF_SOURCE_DIR); }
 
 // An embedded model: corpus/models/<name>.
+// Tiny models run fastest on one thread (see cli/repro_reduce_mutants.cpp): a test file that runs
+// many of them registers this with ::testing::AddGlobalTestEnvironment.
+class SingleThreadedTorch : public ::testing::Environment {
+ public:
+  void SetUp() override { torch::set_num_threads(1); }
+};
+
 inline std::filesystem::path model_dir(const std::string& name) { return source_dir() / "corpus" / "models" / name; }
 
 inline std::string read_text(const std::filesystem::path& p) {
