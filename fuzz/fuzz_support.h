@@ -22,6 +22,30 @@
 
 namespace mambadiff::fuzz {
 
+// A target's two entry points:
+//   MAMBADIFF_FUZZ_INITIALIZE(scan_diff) { ...; return 0; }
+//   MAMBADIFF_FUZZ_TEST_ONE_INPUT(scan_diff) { ... data, size ...; return 0; }
+// In a libFuzzer build they are libFuzzer's LLVMFuzzerInitialize and LLVMFuzzerTestOneInput, one
+// target per binary. In the ordinary build (MAMBADIFF_FUZZ_REPLAY) every target links into ONE
+// plain program, `fuzz_replay TARGET FILE|DIR...` (fuzz/replay_main.cpp): there the entries are
+// named for their target and register themselves in its table.
+using FuzzInitialize = int (*)(int*, char***);
+using FuzzTestOneInput = int (*)(const uint8_t*, size_t);
+bool register_replay_target(const char* name, FuzzInitialize initialize, FuzzTestOneInput test_one_input);
+
+#ifdef MAMBADIFF_FUZZ_REPLAY
+#define MAMBADIFF_FUZZ_INITIALIZE(target) int mambadiff_fuzz_initialize_##target(int*, char***)
+#define MAMBADIFF_FUZZ_TEST_ONE_INPUT(target)                                                              \
+  int mambadiff_fuzz_test_one_input_##target(const uint8_t* data, size_t size);                            \
+  [[maybe_unused]] static const bool mambadiff_fuzz_registered_##target =                                  \
+      ::mambadiff::fuzz::register_replay_target(#target, mambadiff_fuzz_initialize_##target,               \
+                                                mambadiff_fuzz_test_one_input_##target);                   \
+  int mambadiff_fuzz_test_one_input_##target(const uint8_t* data, size_t size)
+#else
+#define MAMBADIFF_FUZZ_INITIALIZE(target) extern "C" int LLVMFuzzerInitialize(int*, char***)
+#define MAMBADIFF_FUZZ_TEST_ONE_INPUT(target) extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
+#endif
+
 // Reads the fuzzer's bytes front to back; past the end every read gives 0, so any input decodes.
 class ByteReader {
  public:

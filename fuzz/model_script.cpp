@@ -29,7 +29,7 @@
 #include "harness/path_registry.h"
 #include "tests/random_model.h"
 
-namespace mambadiff::fuzz {
+namespace mambadiff::fuzz::model_script_target {
 namespace {
 
 using props::ModelSpec;
@@ -160,14 +160,15 @@ std::string branch_at(const ScenarioResult& ref, size_t op, int64_t layer) {
 }
 
 }  // namespace
-}  // namespace mambadiff::fuzz
+}  // namespace mambadiff::fuzz::model_script_target
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+MAMBADIFF_FUZZ_INITIALIZE(model_script) {
   mambadiff::fuzz::init_differential_target();
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+MAMBADIFF_FUZZ_TEST_ONE_INPUT(model_script) {
+  using namespace mambadiff::fuzz::model_script_target;  // this target's helpers
   const mambadiff::fuzz::PublishKernelCoverageOnReturn kernel_coverage;  // fuzz/kernel_counters.h
   using namespace mambadiff;
   using namespace mambadiff::fuzz;

@@ -6,6 +6,7 @@
 #include "fuzz/fuzz_support.h"
 #include "harness/divergence_case.h"
 
+namespace parse_case_target {
 namespace {
 
 const std::filesystem::path& case_dir() {
@@ -23,14 +24,17 @@ const std::filesystem::path& case_dir() {
 }
 
 }  // namespace
+}  // namespace parse_case_target
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+MAMBADIFF_FUZZ_INITIALIZE(parse_case) {
+  using namespace parse_case_target;  // this target's helpers
   torch::set_num_threads(1);
   case_dir();
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+MAMBADIFF_FUZZ_TEST_ONE_INPUT(parse_case) {
+  using namespace parse_case_target;  // this target's helpers
   using namespace mambadiff;
   fuzz::write_bytes(case_dir() / "case.json", data, size);
   try {

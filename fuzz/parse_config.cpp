@@ -9,6 +9,7 @@
 #include "fuzz/fuzz_support.h"
 #include "tests/random_model.h"
 
+namespace parse_config_target {
 namespace {
 
 // The model behind the config: the seed corpus's config.json is this model's (tools/
@@ -25,14 +26,17 @@ const std::filesystem::path& model_dir() {
 }
 
 }  // namespace
+}  // namespace parse_config_target
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+MAMBADIFF_FUZZ_INITIALIZE(parse_config) {
+  using namespace parse_config_target;  // this target's helpers
   torch::set_num_threads(1);
   model_dir();
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+MAMBADIFF_FUZZ_TEST_ONE_INPUT(parse_config) {
+  using namespace parse_config_target;  // this target's helpers
   using namespace mambadiff;
   fuzz::write_bytes(model_dir() / "config.json", data, size);
   try {

@@ -8,12 +8,12 @@
 #include "engine/safetensors.h"
 #include "fuzz/fuzz_support.h"
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+MAMBADIFF_FUZZ_INITIALIZE(parse_safetensors) {
   torch::set_num_threads(1);
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+MAMBADIFF_FUZZ_TEST_ONE_INPUT(parse_safetensors) {
   using namespace mambadiff;
   const auto file = fuzz::scratch_dir() / "input.safetensors";
   fuzz::write_bytes(file, data, size);

@@ -8,6 +8,7 @@
 #include "fuzz/fuzz_support.h"
 #include "harness/scenario.h"
 
+namespace parse_scenario_target {
 namespace {
 
 const std::filesystem::path& work_dir() {
@@ -23,14 +24,17 @@ const std::filesystem::path& work_dir() {
 }
 
 }  // namespace
+}  // namespace parse_scenario_target
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+MAMBADIFF_FUZZ_INITIALIZE(parse_scenario) {
+  using namespace parse_scenario_target;  // this target's helpers
   torch::set_num_threads(1);
   work_dir();
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+MAMBADIFF_FUZZ_TEST_ONE_INPUT(parse_scenario) {
+  using namespace parse_scenario_target;  // this target's helpers
   using namespace mambadiff;
   const auto file = work_dir() / "scenario.json";
   fuzz::write_bytes(file, data, size);

@@ -31,7 +31,7 @@
 #include "mutants/catalog.h"
 #include "tests/random_model.h"
 
-namespace mambadiff::fuzz {
+namespace mambadiff::fuzz::scan_diff_target {
 namespace {
 
 using props::ModelSpec;
@@ -240,14 +240,15 @@ std::unique_ptr<ExecutionPath> build(const std::string& name, const Mamba2Checkp
 }
 
 }  // namespace
-}  // namespace mambadiff::fuzz
+}  // namespace mambadiff::fuzz::scan_diff_target
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
+MAMBADIFF_FUZZ_INITIALIZE(scan_diff) {
   mambadiff::fuzz::init_differential_target();
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+MAMBADIFF_FUZZ_TEST_ONE_INPUT(scan_diff) {
+  using namespace mambadiff::fuzz::scan_diff_target;  // this target's helpers
   const mambadiff::fuzz::PublishKernelCoverageOnReturn kernel_coverage;  // fuzz/kernel_counters.h
   using namespace mambadiff;
   using namespace mambadiff::fuzz;

@@ -18,7 +18,7 @@ if ! cmake --build "$B" -j16 --target mambadiff gpu_tests >> "$OUT/build.txt" 2>
   grep -E "error|Error" "$OUT/build.txt" | head -40; exit 1
 fi
 # The rest is reported, not fatal: the GPU tests and check still run if one of these fails.
-cmake --build "$B" -j16 --target unit_tests scan_diff_replay model_script_replay >> "$OUT/build.txt" 2>&1 ||
+cmake --build "$B" -j16 --target unit_tests fuzz_replay >> "$OUT/build.txt" 2>&1 ||
   { echo "build of unit_tests / fuzz replays failed:"; grep -E "error" "$OUT/build.txt" | head -10; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
 "$B/tests/gpu_tests" > "$OUT/gpu_tests.txt" 2>&1; echo "gpu tests exit $?" | tee -a "$OUT/gpu.txt"
@@ -26,7 +26,7 @@ grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error:|Expected|Which is|rel_err|
 # The differential fuzz corpora replayed with chunked-gpu and cuda among the paths (the targets add
 # them when a device is present), and the optimizer's unit tests on a GPU machine (device-side rank).
 for t in scan_diff model_script; do
-  "$B/fuzz/${t}_replay" corpus/fuzz/$t > "$OUT/replay_$t.txt" 2>&1; echo "fuzz replay $t on the GPU paths: exit $?" | tee -a "$OUT/gpu.txt"
+  "$B/fuzz/fuzz_replay" $t corpus/fuzz/$t > "$OUT/replay_$t.txt" 2>&1; echo "fuzz replay $t on the GPU paths: exit $?" | tee -a "$OUT/gpu.txt"
   tail -2 "$OUT/replay_$t.txt"
 done
 "$B/tests/unit_tests" --gtest_filter='RealCacheOptimizer*:DeltaLoop*:PrefilledCache*' > "$OUT/optimizer_unit.txt" 2>&1

@@ -173,7 +173,7 @@ nlohmann::json check_outputs(const fs::path& out) {
 TEST(FuzzCommand, FindsBothPlantedBugsOnceEach) {
   REQUIRE_STAND_IN();
   const fs::path out = fresh_dir("finds");
-  const auto r = run_cli(campaign_args(out, 10));
+  const auto r = run_cli(campaign_args(out, 5));  // the stand-in's two bugs are found in about a second
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_NE(r.out.find("fuzz scan_diff: "), std::string::npos) << "no progress line:\n" << r.out;
   const auto j = check_outputs(out);
@@ -267,7 +267,13 @@ TEST(FuzzCommand, InterruptedCampaignMergesAndWritesItsFindings) {
   }
   // Interrupted once the fuzzer has reported crash inputs (the stand-in's bugs take a few seconds).
   const auto start = std::chrono::steady_clock::now();
-  while (read_text(log).find("crash inputs 0,") != std::string::npos || read_text(log).find("crash inputs") == std::string::npos) {
+  // The log holds every progress line so far: look at the newest one.
+  const auto crash_inputs_reported = [&log] {
+    const std::string text = read_text(log);
+    const auto at = text.rfind("crash inputs ");
+    return at != std::string::npos && text.compare(at, 15, "crash inputs 0,") != 0;
+  };
+  while (!crash_inputs_reported()) {
     if (std::chrono::steady_clock::now() - start > std::chrono::seconds(60)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
