@@ -23,25 +23,52 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
+install_debian_packages() {
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   # Only what is asked for: recommended packages (cmake recommends gcc and make, which
   # build-essential brings anyway) are not needed to build or test.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+}
 
-[ "${1:-}" = "--fuzz" ] && exit 0  # the venv is `make setup`'s
+if [ "${1:-}" = "--fuzz" ]; then  # the venv is `make setup`'s
+  ((${#missing[@]})) && install_debian_packages
+  exit 0
+fi
 
 stamp="$VENV/.mambadiff-requirements"
 want="${PY_REQUIREMENTS[*]}"
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+need_venv=0
+{ [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; } && need_venv=1
+
+# On a fresh machine both are needed and both mostly wait on the network: the Debian packages are
+# installed while pip downloads the wheels (python3's own venv module needs no Debian package
+# here; where it does -- python3-venv missing -- the packages come first).
+apt_pid=""
+if ((${#missing[@]})); then
+  if ((need_venv)) && python3 -c "import ensurepip, venv" 2>/dev/null; then
+    install_debian_packages &
+    apt_pid=$!
+  else
+    install_debian_packages
+  fi
+fi
+
+if ((need_venv)); then
   echo "setup: preparing $VENV (${want})"
   mkdir -p "$(dirname "$VENV")"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   # No progress bars or version check. The venv is made once and reused, so pip's wheel cache (a
   # second copy of the torch and CUDA wheels; the installed venv is 4.9 GB) would never be read.
-  "$VENV/bin/pip" install -q --disable-pip-version-check --progress-bar off --no-cache-dir "${PY_REQUIREMENTS[@]}"
+  # --no-compile: Python compiles a module when it is first imported; compiling all of torch's
+  # and transformers' files up front cost more than the tests ever import.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --progress-bar off --no-cache-dir --no-compile \
+    "${PY_REQUIREMENTS[@]}"
   echo "$want" > "$stamp"
+fi
+
+if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
+  echo "setup: installing the Debian packages failed" >&2
+  exit 1
 fi
