@@ -119,6 +119,17 @@ void write_checkpoint(const Mamba2Checkpoint& ck, const fs::path& dir) {
 
 namespace {
 
+// Thrown by report_finding in keep-going mode, caught only by run_entry.
+struct FindingReported {};
+
+bool keep_going() {
+  static const bool on = [] {
+    const char* v = std::getenv("MAMBADIFF_FUZZ_KEEP_GOING");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
+
 // Writes the case; returns where, or an empty path (with the reason on stderr) when it could not.
 fs::path write_case(const Signature& sig, const Scenario& scenario, const Mamba2Checkpoint& ck, const CaseRun& run) {
   const char* env = std::getenv("MAMBADIFF_FUZZ_CASE_DIR");
@@ -158,7 +169,16 @@ void report_finding(const Signature& sig, const std::string& detail, const Scena
   std::fprintf(stderr, "mambadiff-fuzz: %s\n", detail.c_str());
   if (!written.empty()) std::fprintf(stderr, "mambadiff-fuzz-case: %s\n", written.c_str());
   std::fflush(stderr);
+  if (keep_going()) throw FindingReported{};
   __builtin_trap();
+}
+
+int run_entry(int (*body)(const uint8_t*, size_t), const uint8_t* data, size_t size) {
+  try {
+    return body(data, size);
+  } catch (const FindingReported&) {
+    return 0;  // keep-going mode: the finding is on stderr; the next input runs
+  }
 }
 
 }  // namespace mambadiff::fuzz

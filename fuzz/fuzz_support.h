@@ -35,16 +35,29 @@ bool register_replay_target(const char* name, FuzzInitialize initialize, FuzzTes
 
 #ifdef MAMBADIFF_FUZZ_REPLAY
 #define MAMBADIFF_FUZZ_INITIALIZE(target) int mambadiff_fuzz_initialize_##target(int*, char***)
-#define MAMBADIFF_FUZZ_TEST_ONE_INPUT(target)                                                              \
-  int mambadiff_fuzz_test_one_input_##target(const uint8_t* data, size_t size);                            \
+#define MAMBADIFF_FUZZ_ENTRY_(target) int mambadiff_fuzz_test_one_input_##target(const uint8_t* data, size_t size)
+#define MAMBADIFF_FUZZ_REGISTER_(target)                                                                   \
+  MAMBADIFF_FUZZ_ENTRY_(target);                                                                           \
   [[maybe_unused]] static const bool mambadiff_fuzz_registered_##target =                                  \
       ::mambadiff::fuzz::register_replay_target(#target, mambadiff_fuzz_initialize_##target,               \
-                                                mambadiff_fuzz_test_one_input_##target);                   \
-  int mambadiff_fuzz_test_one_input_##target(const uint8_t* data, size_t size)
+                                                mambadiff_fuzz_test_one_input_##target);
 #else
 #define MAMBADIFF_FUZZ_INITIALIZE(target) extern "C" int LLVMFuzzerInitialize(int*, char***)
-#define MAMBADIFF_FUZZ_TEST_ONE_INPUT(target) extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
+#define MAMBADIFF_FUZZ_ENTRY_(target) extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
+#define MAMBADIFF_FUZZ_REGISTER_(target)
 #endif
+// The entry runs the target's body through run_entry (report_finding's keep-going mode).
+#define MAMBADIFF_FUZZ_TEST_ONE_INPUT(target)                                                              \
+  static int mambadiff_fuzz_body_##target(const uint8_t* data, size_t size);                               \
+  MAMBADIFF_FUZZ_REGISTER_(target)                                                                         \
+  MAMBADIFF_FUZZ_ENTRY_(target) { return ::mambadiff::fuzz::run_entry(mambadiff_fuzz_body_##target, data, size); } \
+  static int mambadiff_fuzz_body_##target(const uint8_t* data, size_t size)
+
+// Runs a target's body. With MAMBADIFF_FUZZ_KEEP_GOING=1 a finding (report_finding) prints its
+// lines and ends only this input, not the process: for measuring coverage over a fixed time (the
+// GPU kernel-counter campaign) where the first divergence would otherwise end the run. Never set
+// by `mambadiff fuzz`: there every finding traps, so libFuzzer keeps the input.
+int run_entry(int (*body)(const uint8_t*, size_t), const uint8_t* data, size_t size);
 
 // Reads the fuzzer's bytes front to back; past the end every read gives 0, so any input decodes.
 class ByteReader {
@@ -105,7 +118,7 @@ struct Signature {
 // case (the model written beside it, `scenario` run on `run`'s two paths; expected "agree", so
 // `repro` exits 1 while the bug is there) into a new subfolder of it, atomically (written under a
 // hidden name, then renamed); then prints `mambadiff-fuzz-signature: <sig>` and the divergence on
-// stderr and traps. Never returns.
+// stderr and traps (or, under MAMBADIFF_FUZZ_KEEP_GOING, ends the input: see run_entry). Never returns.
 [[noreturn]] void report_finding(const Signature& sig, const std::string& detail, const Scenario* scenario,
                                  const Mamba2Checkpoint* ck, const CaseRun* run);
 

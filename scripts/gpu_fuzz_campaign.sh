@@ -12,7 +12,9 @@
 # libFuzzer's runtime carried from this machine (.device/fuzz/libFuzzer-gcc.a: Debian's
 # libclang_rt.fuzzer-x86_64.a with its __sanitizer_cov_trace_pc made weak). No sanitizers there.
 # Then, all at once for FUZZ_GPU_SECONDS (default 150) each, one process each (no fork mode, so the
-# process's union of kernel branches is the campaign's), from the seed corpus, libFuzzer seed 1:
+# process's union of kernel branches is the campaign's), from the seed corpus, libFuzzer seed 1,
+# with MAMBADIFF_FUZZ_KEEP_GOING=1 (a divergence is printed and the run goes on: the first one
+# ended the 2026-12-01 run after 84 executions; each distinct signature is listed in summary.txt):
 #   scan_diff and model_script, each with the kernel counters fed to libFuzzer (MAMBADIFF_KERNEL_COUNTERS=1)
 #   and without (=0: the same counts measured and logged, libFuzzer sees host coverage only).
 # Also builds and runs tests/kernel_coverage_gpu_test in a coverage build. Writes to $OUT:
@@ -50,7 +52,7 @@ COMMON=(-DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 -DCMAKE_PREFIX_PAT
   && cmake --build "$F" -j10 --target scan_diff model_script ) > /tmp/build_fuzz.txt 2>&1 &
 fuzz_build=$!
 ( cmake -S . -B "$T" "${COMMON[@]}" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
-  && cmake --build "$T" -j6 --target kernel_coverage_gpu_test ) > /tmp/build_test.txt 2>&1 &
+  && cmake --build "$T" -j6 --target gpu_tests ) > /tmp/build_test.txt 2>&1 &
 test_build=$!
 wait $fuzz_build; fuzz_rc=$?
 echo "fuzz build exit $fuzz_rc ($(( $(date +%s) - t0 )) s)" | tee -a "$S"
@@ -62,7 +64,8 @@ for target in scan_diff model_script; do
   for arm in with without; do
     mkdir -p "/tmp/fz/$target-$arm/corpus" "/tmp/fz/$target-$arm/artifacts"
     feed=1; [ $arm = without ] && feed=0
-    MAMBADIFF_KERNEL_COUNTERS=$feed MAMBADIFF_KERNEL_COVERAGE_LOG=1 \
+    MAMBADIFF_KERNEL_COUNTERS=$feed MAMBADIFF_KERNEL_COVERAGE_LOG=1 MAMBADIFF_FUZZ_KEEP_GOING=1 \
+      MAMBADIFF_FUZZ_CASE_DIR="/tmp/fz/$target-$arm/cases" \
       "$F/fuzz/$target" -seed=1 -max_total_time="$SECONDS_EACH" -timeout=60 -print_final_stats=1 \
       -artifact_prefix="/tmp/fz/$target-$arm/artifacts/" "/tmp/fz/$target-$arm/corpus" "corpus/fuzz/$target" \
       > "/tmp/fz/$target-$arm.log" 2>&1 &
@@ -71,7 +74,7 @@ for target in scan_diff model_script; do
 done
 wait $test_build; echo "coverage test build exit $? ($(( $(date +%s) - t0 )) s)" | tee -a "$S"
 { echo "== coverage test build"; tail -15 /tmp/build_test.txt; } >> "$OUT/build.txt"
-"$T/tests/kernel_coverage_gpu_test" > "$OUT/gpu_test.txt" 2>&1; echo "kernel_coverage_gpu_test exit $?" | tee -a "$S"
+"$T/tests/gpu_tests" --gtest_filter='KernelCoverage*' > "$OUT/gpu_test.txt" 2>&1; echo "gpu_tests KernelCoverage exit $?" | tee -a "$S"
 for p in "${pids[@]}"; do wait "$p"; done
 
 for target in scan_diff model_script; do
@@ -80,6 +83,21 @@ for target in scan_diff model_script; do
       "/tmp/fz/$target-$arm.log" > "$OUT/cov_${target}_${arm}.txt"
   done
 done
+echo -e "\ndistinct finding signatures per arm (keep-going mode):" >> "$S"
+for target in scan_diff model_script; do
+  for arm in with without; do
+    echo "$target $arm: $(grep -h '^mambadiff-fuzz-signature:' /tmp/fz/$target-$arm.log | sort | uniq -c | sed 's/mambadiff-fuzz-signature: //' | tr '\n' ';')" >> "$S"
+  done
+done
+grep -h -A1 '^mambadiff-fuzz-signature:' /tmp/fz/*.log | head -40 > "$OUT/findings.txt"
+# The first three cases of each arm (replayable with `mambadiff repro` on a CPU).
+mkdir -p /tmp/fz-cases
+for d in /tmp/fz/*/cases; do
+  [ -d "$d" ] || continue
+  arm=$(basename "$(dirname "$d")"); mkdir -p "/tmp/fz-cases/$arm"
+  ls "$d" | head -3 | while read -r c; do cp -r "$d/$c" "/tmp/fz-cases/$arm/"; done
+done
+tar czf "$OUT/cases.tgz" -C /tmp fz-cases 2>/dev/null
 tar czf "$OUT/artifacts.tgz" -C /tmp/fz $(cd /tmp/fz && ls -d */artifacts) 2>/dev/null
 python3 - "$SECONDS_EACH" >> "$S" <<'PY'
 import sys, os
