@@ -45,7 +45,14 @@ for t in $TARGETS; do
   cp "$ROOT/.clusterfuzzlite/$t.options" "$OUT/$t.options"
 done
 # The shared libraries the targets load from the torch wheel (everything ldd resolves outside the
-# system's folders).
-for lib in $(ldd "$OUT/scan_diff" | awk '$3 ~ /^\// {print $3}' | grep -v -E '^/(lib|usr/lib|lib64|usr/lib64)/'); do
+# system's folders). The targets' RUNPATH is $ORIGIN/lib, still empty here: ldd resolves them
+# through the wheel's lib folder. The CPU fuzz build links libtorch_cpu alone (CMakeLists.txt).
+TORCH_LIB=$("$PYTHON" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+needed=$(LD_LIBRARY_PATH="$TORCH_LIB" ldd "$OUT/scan_diff")
+if grep -q "not found" <<< "$needed"; then
+  echo "build.sh: unresolved libraries: $(grep 'not found' <<< "$needed" | tr -s ' \t\n' ' ')" >&2
+  exit 1
+fi
+for lib in $(awk '$3 ~ /^\// {print $3}' <<< "$needed" | grep -v -E '^/(lib|usr/lib|lib64|usr/lib64)/'); do
   cp -L "$lib" "$OUT/lib/"
 done
