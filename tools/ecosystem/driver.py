@@ -60,7 +60,8 @@ class LayerWeights:
     conv_weight: torch.Tensor  # [conv_dim, K]
     conv_bias: torch.Tensor | None  # [conv_dim]
     dt_bias: torch.Tensor  # [H]
-    A: torch.Tensor  # [H] float32, -exp(A_log)
+    A: torch.Tensor  # [H] float32, -exp(A_log) of the A_log parameter as HF holds it in the run dtype
+    A_checkpoint: torch.Tensor  # [H] float32, -exp(A_log) of the stored A_log (what vLLM's loader computes)
     D: torch.Tensor  # [H]
     norm_weight: torch.Tensor  # [d_inner]
 
@@ -151,17 +152,18 @@ def conv_window_after(cache_conv: torch.Tensor, xBC_t: torch.Tensor, continuing:
 class KernelModel:
     """HF's Mamba2 modules around a backend's mixer kernels, with mambadiff's cache semantics."""
 
-    def __init__(self, model, backend: Backend, dtype: torch.dtype):
+    def __init__(self, model, backend: Backend, dtype: torch.dtype, a_checkpoint: list[torch.Tensor]):
         self.model, self.backend, self.dtype = model, backend, dtype
         self.config = model.config
         self.shape = ModelShape.of(self.config)
         backend.check_supported(dtype, self.shape)
         self.layers = []
-        for block in model.backbone.layers:
+        for block, a_ckpt in zip(model.backbone.layers, a_checkpoint):
             m = block.mixer
             self.layers.append(LayerWeights(
                 conv_weight=m.conv1d.weight.squeeze(1), conv_bias=m.conv1d.bias, dt_bias=m.dt_bias,
-                A=-torch.exp(m.A_log.float()), D=m.D, norm_weight=m.norm.weight))
+                A=-torch.exp(m.A_log.float()), A_checkpoint=a_ckpt.to(backend.device), D=m.D,
+                norm_weight=m.norm.weight))
 
     def new_cache(self, batch: int) -> list[LayerCache]:
         s, dev = self.shape, self.backend.device
@@ -332,7 +334,9 @@ class Exporter:
         key = (model_dir, dtype)
         if key not in self.models:
             model = hf_export.load_model(model_dir)  # fp32 on the CPU, HF's own loader
-            self.models[key] = KernelModel(model.to(device=self.backend.device, dtype=dtype), self.backend, dtype)
+            a_checkpoint = [-torch.exp(b.mixer.A_log.detach().float()) for b in model.backbone.layers]
+            self.models[key] = KernelModel(model.to(device=self.backend.device, dtype=dtype), self.backend, dtype,
+                                           a_checkpoint)
         return self.models[key]
 
     def export(self, scenario_path: Path, out: Path) -> str:
