@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""The markdown table of docs/external.md from `mambadiff check --external NAME=DIR --json F` reports:
+per system, scenario class and dtype, the cases run, agree, diverge, error and skipped, and the
+worst logits error over its tolerance (with the case), plus the card, date, versions and command.
+
+  summarize.py --report NAME=check.json [--report ...] [--versions NAME=EXPORT.safetensors ...]
+               [--card TEXT] [--command TEXT] > table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from collections import defaultdict
+
+
+def scenario_class(name: str) -> str:
+    """harness/check_suite.cpp scenario_class: no dtype prefix, no trailing length or layer."""
+    s = name[5:] if name.startswith("bf16_") else name
+    s = re.sub(r"_?\d+$", "", s)
+    return s[:-6] if s.endswith("_layer") else s
+
+
+def versions_of(export: str) -> str:
+    from safetensors import safe_open
+
+    with safe_open(export, "pt") as f:
+        m = f.metadata() or {}
+    v = json.loads(m.get("versions", "{}"))
+    return ", ".join(f"{k} {v[k]}" for k in sorted(v))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--report", action="append", required=True, metavar="NAME=check.json")
+    ap.add_argument("--versions", action="append", default=[], metavar="NAME=EXPORT.safetensors")
+    ap.add_argument("--card", default="?")
+    ap.add_argument("--command", default="scripts/gpu_ecosystem.sh")
+    args = ap.parse_args(argv)
+    versions = {}
+    for spec in args.versions:
+        name, _, f = spec.partition("=")
+        try:
+            versions[name] = versions_of(f)
+        except Exception as e:  # noqa: BLE001 (a missing export: say so in the table)
+            versions[name] = f"? ({type(e).__name__})"
+    print(f"Card: {args.card}. Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+          f"Command: `{args.command}`.\n")
+    for spec in args.report:
+        name, _, path = spec.partition("=")
+        try:
+            cases = json.load(open(path))["cases"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"**{name}**: no report ({path}: {type(e).__name__})\n")
+            continue
+        print(f"**{name}** ({versions.get(name, 'versions: see the exports metadata')})\n")
+        print("| class | dtype | run | agree | diverge | error | skipped | worst error / tolerance (case) |")
+        print("|---|---|---|---|---|---|---|---|")
+        groups = defaultdict(list)
+        for c in cases:
+            groups[(scenario_class(c["scenario"]), c["dtype"])].append(c)
+        for (cls, dtype), cs in sorted(groups.items()):
+            n = {v: sum(c["verdict"] == v for c in cs) for v in ("agree", "diverge", "error", "skipped")}
+            compared = [c for c in cs if c["verdict"] in ("agree", "diverge") and c["tolerance"] > 0]
+            worst = max(compared, key=lambda c: c["error"] / c["tolerance"], default=None)
+            w = (f"{worst['error']:.3g} / {worst['tolerance']:.3g} = {worst['error'] / worst['tolerance']:.3g} "
+                 f"({worst['model']}/{worst['scenario']})" if worst else "-")
+            print(f"| {cls} | {dtype} | {len(cs) - n['skipped']} | {n['agree']} | {n['diverge']} | {n['error']} | "
+                  f"{n['skipped']} | {w} |")
+        firsts = sorted({(c["model"], c["scenario"], c["detail"]) for c in cases if c["verdict"] in ("diverge", "error")})
+        if firsts:
+            print(f"\nFirst divergences ({len(firsts)}):\n")
+            for m, s, d in firsts[:40]:
+                print(f"* {m}/{s}: {d}")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
