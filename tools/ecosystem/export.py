@@ -110,7 +110,16 @@ class HFFast:
                     if op["op"] == "forward":
                         tokens = op["tokens"].to(self.device)
                         branch = {"prefill": "prefill", "decode": "step", "continue": "continue"}[player.branch(tokens.shape[1])]
-                        tensors[f"op.{i}.logits"] = player.forward(tokens).float().cpu().contiguous()
+                        outputs = {}  # the residual stream after each block: op.<i>.layer.<l> [B, T, D]
+                        hooks = [b.register_forward_hook(lambda _m, _in, out, l=l: outputs.__setitem__(l, out))
+                                 for l, b in enumerate(model.backbone.layers)]
+                        try:
+                            tensors[f"op.{i}.logits"] = player.forward(tokens).float().cpu().contiguous()
+                        finally:
+                            for h in hooks:
+                                h.remove()
+                        for l in sorted(outputs):
+                            tensors[f"op.{i}.layer.{l}"] = outputs[l].float().cpu().contiguous()
                         trace += [{"op": i, "layer": l, "branch": branch, "kernels": driver.LOGICAL_KERNELS[branch]}
                                   for l in range(model.config.num_hidden_layers)]
                     elif op["op"] == "inject":
