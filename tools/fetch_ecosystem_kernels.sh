@@ -10,7 +10,7 @@
 #                empty __init__.py files: the package's own __init__ imports its CUDA extension
 #                (REFERENCE.md, "Building on the GPU machine").
 #   vllm/        model_executor/layers/mamba/ops/{ssd_*,mamba_ssm,causal_conv1d,layernorm_gated,
-#                triton_helpers}.py and triton_utils/*.py of the vllm wheel, plus the small stubs of
+#                triton_helpers}.py, ops/configs/ (tuned launch configs) and triton_utils/*.py of the vllm wheel, plus the small stubs of
 #                tools/ecosystem/vllm_stub/ for the modules they import (REFERENCE.md, "vLLM's Mamba2
 #                kernels"): current_platform says CUDA, not CPU, so vLLM does not swap in its CPU code.
 #   site/einops/ einops (mamba_ssm imports it; the GPU machine's Python may lack it).
@@ -91,12 +91,18 @@ if [ "$only" != mamba_ssm ]; then
   (cd "$dest" && unzip -q -o "$whl" \
       "$ops/ssd_bmm.py" "$ops/ssd_chunk_scan.py" "$ops/ssd_chunk_state.py" "$ops/ssd_combined.py" \
       "$ops/ssd_state_passing.py" "$ops/mamba_ssm.py" "$ops/causal_conv1d.py" "$ops/layernorm_gated.py" \
-      "$ops/triton_helpers.py" "$ops/__init__.py" 'vllm/triton_utils/*.py')
+      "$ops/triton_helpers.py" "$ops/__init__.py" "$ops/configs/selective_state_update/*NVIDIA*" 'vllm/triton_utils/*.py')
   # The stubs for what those files import from the rest of vllm (ours, not vLLM's).
   cp -r "$here/ecosystem/vllm_stub/." "$dest/vllm/"
   versions+=", \"vllm\": \"$VLLM_VERSION\", \"vllm_wheel_sha256\": \"$(sha "$whl")\""
 fi
 
-echo "$versions}" | "$eco_venv/bin/python" -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps(d, indent=1, sort_keys=True))' > "$dest/VERSIONS.json"
+# Merged with what an earlier --only call recorded.
+echo "$versions}" | "$eco_venv/bin/python" -c '
+import json, os, sys
+f = sys.argv[1]
+d = json.load(open(f)) if os.path.isfile(f) else {}
+d.update(json.load(sys.stdin))
+open(f, "w").write(json.dumps(d, indent=1, sort_keys=True) + "\n")' "$dest/VERSIONS.json"
 find "$dest" -name __pycache__ -prune -exec rm -rf {} +
 echo "fetch_ecosystem_kernels.sh: $(du -sh "$dest" | cut -f1) in $dest ($(tr -d '\n ' < "$dest/VERSIONS.json" | cut -c1-200))"
