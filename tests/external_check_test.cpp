@@ -2,8 +2,9 @@
 // exporters' driver (tools/ecosystem/): the emitted matrix is what `check` runs, a folder of exports
 // is compared against reference with check's report, a planted error or a different dispatch in an
 // export is found where it was planted, bad input is exit 2 with one line naming the file and key,
-// and an export made by the driver (stand-in kernels; mamba_ssm's and vLLM's real Triton kernels
-// under Triton's CPU interpreter when their sources can be fetched) agrees with the reference.
+// and an export made by the driver agrees with the reference (stand-in kernels) or is located where
+// it differs (mamba_ssm's and vLLM's real Triton kernels under Triton's CPU interpreter, when their
+// sources can be fetched: their softplus).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -198,7 +199,8 @@ TEST(CheckExternal, BadInputIsExitTwoWithOneLineNamingTheFileAndKey) {
   export_with_run(dir, m, "chunked");
   const std::string base = " --model " + model_dir("tiny").string() + " --scenario decode";
   auto expect_bad = [&](const std::string& args, const std::string& needle) {
-    const auto r = run_cli(args);
+    // stderr only: check prints its table header on stdout before it reads the exports.
+    const auto r = run_shell("(" + std::string(MAMBADIFF_BINARY) + " " + args + " > /dev/null)");
     EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.out;
     ASSERT_EQ(lines_of(r.out).size(), 1u) << r.out;
     EXPECT_NE(r.out.find(needle), std::string::npos) << r.out;
@@ -276,33 +278,49 @@ std::string ecosystem_python(const std::string& only, std::string* why) {
   return home + "/.cache/mambadiff/ecosystem-venv/bin/python --ecosystem " + dest.string();
 }
 
-void interpreter_export_agrees(const std::string& backend) {
+// The real Triton kernels under the CPU interpreter, on a prefill of 3 tokens and one decode step.
+// What they compute is the textbook math with their own softplus, log(exp(u) + 1) in fp32: the
+// stand-in kernels with that softplus (MAMBADIFF_STAND_IN_SOFTPLUS=triton) agree with them within
+// fp32 tolerance everywhere. Against the reference (torch's softplus) the logits and layer outputs
+// agree, and the SSM state after the step does not: the softplus loses relative precision as
+// exp(u) + 1 rounds (6e-5 at dt ~ 1e-3, tiny's smallest), 3.5e-6 of the state's scale against a
+// tolerance of 2.4e-6 -- the known class of docs/external.md, pinned here.
+void interpreter_export_matches_its_softplus(const std::string& backend) {
   std::string why;
   const std::string py = ecosystem_python(backend, &why);
   if (py.empty()) GTEST_SKIP() << why;
   const fs::path dir = fresh_dir("interp_" + backend);
   const fs::path scenario = tiny_two_op_scenario(dir);
-  const fs::path out = dir / (backend + ".safetensors");
+  const fs::path out = dir / (backend + ".safetensors"), stand_in = dir / "stand_in_triton_softplus.safetensors";
   const std::string exe = py.substr(0, py.find(' '));
   const std::string eco = py.substr(py.find(' ') + 1);
+  const std::string export_py = (source_dir() / "tools/ecosystem/export.py").string();
   const auto x = run_shell("CUDA_VISIBLE_DEVICES= TRITON_INTERPRET=1 MAMBA_DETERMINISTIC=1 VLLM_TRITON_FORCE_FIRST_CONFIG=1 " +
-                           exe + " " + (source_dir() / "tools/ecosystem/export.py").string() + " --backend " + backend +
-                           " --device cpu " + eco + " " + scenario.string() + " --out " + out.string());
+                           exe + " " + export_py + " --backend " + backend + " --device cpu " + eco + " " +
+                           scenario.string() + " --out " + out.string());
   ASSERT_EQ(x.exit_code, 0) << x.out;
-  const auto d = run_cli("diff " + scenario.string() + " --paths reference,file:" + out.string());
-  EXPECT_EQ(d.exit_code, 0) << d.out;
   const auto meta = safetensors::File::open(out).metadata();
   EXPECT_NE(meta.at("implementations").find(backend == "vllm" ? "mamba_chunk_scan_combined_varlen"
                                                               : "ssd_combined.mamba_chunk_scan_combined"),
             std::string::npos)
       << meta.at("implementations");
+  const auto s = run_shell("MAMBADIFF_STAND_IN_SOFTPLUS=triton " + std::string(MAMBADIFF_PYTHON) + " " + export_py +
+                           " --backend stand_in --device cpu " + scenario.string() + " --out " + stand_in.string());
+  ASSERT_EQ(s.exit_code, 0) << s.out;
+  const auto same = run_cli("diff " + scenario.string() + " --paths file:" + stand_in.string() + ",file:" + out.string());
+  EXPECT_EQ(same.exit_code, 0) << same.out;
+  const auto d = run_cli("diff " + scenario.string() + " --paths reference,file:" + out.string());
+  EXPECT_EQ(d.exit_code, 1) << d.out;
+  EXPECT_NE(d.out.find("first divergence at op 1, row 0, layer 0: cache.ssm_states"), std::string::npos) << d.out;
 }
 
-TEST(EcosystemExport, MambaSsmTritonKernelsUnderTheCpuInterpreterAgreeWithReference) {
-  interpreter_export_agrees("mamba_ssm");
+TEST(EcosystemExport, MambaSsmTritonKernelsUnderTheCpuInterpreterAreTheMathWithTheirSoftplus) {
+  interpreter_export_matches_its_softplus("mamba_ssm");
 }
 
-TEST(EcosystemExport, VllmTritonKernelsUnderTheCpuInterpreterAgreeWithReference) { interpreter_export_agrees("vllm"); }
+TEST(EcosystemExport, VllmTritonKernelsUnderTheCpuInterpreterAreTheMathWithTheirSoftplus) {
+  interpreter_export_matches_its_softplus("vllm");
+}
 
 }  // namespace
 }  // namespace mambadiff

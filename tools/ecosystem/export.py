@@ -138,7 +138,7 @@ class HFFast:
             "exporter": "tools/ecosystem/export.py --backend hf_fast",
             "backend": "hf_fast",
             "versions": json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
-                                    **ecosystem_versions()}, sort_keys=True),
+                                    **{k: v for k, v in ecosystem_versions().items() if k != "vllm"}}, sort_keys=True),
             "dtype": dtype_name,
             "device": str(self.device),
             "scenario": scenario_path.name,

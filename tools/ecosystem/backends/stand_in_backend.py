@@ -3,15 +3,30 @@ sequential scan accumulated in float32. No system is under test here: it exists 
 driver itself (op playing, cache bookkeeping, conv windows, injection, snapshot/restore, the
 writer) is tested on any CPU against `mambadiff run` (tests/external_export_test.cpp)."""
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from driver import Backend, conv_window_after
 
 
+# MAMBADIFF_STAND_IN_SOFTPLUS=triton: the softplus of mamba_ssm's and vLLM's Triton kernels,
+# log(exp(u) + 1) in fp32 (linear above 20), instead of torch's: it loses relative precision as u
+# falls (exp(u) + 1 rounds away all but ~2^-24 / exp(u) of exp(u)) and is 0 below about -16.7. With
+# it the stand-in reproduces those kernels' fp32 results, which attributes their deviation from the
+# reference to that formula (docs/external.md, "Known behaviour").
+SOFTPLUS = os.environ.get("MAMBADIFF_STAND_IN_SOFTPLUS", "torch")
+
+
 def softplus_dt(dt, dt_bias, limit):
     """dt [..., H] -> clamp(softplus(dt + dt_bias), limit) in float32 (torch's softplus, linear above 20)."""
-    return torch.clamp(F.softplus(dt.float() + dt_bias.float()), min=limit[0], max=limit[1])
+    u = dt.float() + dt_bias.float()
+    if SOFTPLUS == "triton":
+        sp = torch.where(u <= 20.0, torch.log(torch.exp(u) + 1), u)
+    else:
+        sp = F.softplus(u)
+    return torch.clamp(sp, min=limit[0], max=limit[1])
 
 
 class StandIn(Backend):
@@ -48,7 +63,7 @@ class StandIn(Backend):
         for t in range(T):
             state, y = self._recurrence(state, x[:, t], dtc[:, t], B_[:, t], C[:, t], w, shape)
             ys.append(y)
-        self.implementations["scan"] = "torch sequential recurrence, float32 (stand-in)"
+        self.implementations["scan"] = f"torch sequential recurrence, float32, {SOFTPLUS} softplus (stand-in)"
         return torch.stack(ys, dim=1).to(x.dtype), state
 
     def step(self, state, x, dt, B_, C, w, shape):
