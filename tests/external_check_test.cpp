@@ -258,7 +258,7 @@ TEST(EcosystemExport, TheDriverOnStandInKernelsAgreesWithReferenceOnTheWholeMatr
 // cached in ~/.cache/mambadiff) and the Python that runs Triton's interpreter; "" when they cannot
 // be had here (no registry): the caller skips, which CTest reports as skipped, not passed.
 std::string ecosystem_python(const std::string& only, std::string* why) {
-  const fs::path dest = fs::path(MAMBADIFF_TEST_TMP).parent_path() / "ecosystem";
+  const fs::path dest = fs::path(MAMBADIFF_TEST_TMP).parent_path() / ("ecosystem-" + only);  // one per test: they may run at once
   const std::string home = std::getenv("HOME") ? std::getenv("HOME") : "/root";
   if (only == "vllm" && !fs::exists(dest / "vllm") &&
       !fs::exists(home + "/.cache/mambadiff/ecosystem-dl/vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl") &&

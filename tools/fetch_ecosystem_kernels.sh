@@ -44,6 +44,9 @@ venv=${MAMBADIFF_VENV:-$cache/venv}
 eco_venv=$cache/ecosystem-venv
 dl=$cache/ecosystem-dl
 mkdir -p "$dl" "$dest"
+# One fetch at a time (ctest -j runs the interpreter tests side by side; they share the venv and downloads).
+exec 9>"$cache/.fetch_ecosystem.lock"
+flock 9
 
 if [ ! -x "$eco_venv/bin/python" ]; then
   "$venv/bin/python" -m venv "$eco_venv"
