@@ -61,7 +61,8 @@ rm -rf "$S" "$C" "$E"; mkdir -p "$E" "$OUT/corpus"
 MAMBADIFF_FUZZ_SCENARIO_DIR="$C" "$B/fuzz/model_script_replay" corpus/fuzz/model_script > "$OUT/corpus/replay.txt" 2>&1
 log "corpus: $(ls "$C" | wc -l) model_script inputs written as scenarios"
 
-# 3. The exporters, in parallel on the one card (each a process; Triton's cache is shared on disk).
+# 3. The exporters, all six in parallel on the one card (each a process compiling its own kernels on
+# its own CPU core; Triton's cache is shared on disk).
 export_all() {  # NAME BACKEND SCENARIOS EXPORTS [export.py options...]
   local name=$1 backend=$2 scen=$3 exports=$4; shift 4
   timeout "$EXPORT_TIMEOUT_S" "$PY" tools/ecosystem/export.py --backend "$backend" --device "$DEVICE" \
@@ -73,12 +74,10 @@ export_all vllm vllm "$S" "$E/vllm" &
 export_all hf_fast hf_fast "$S" "$E/hf_fast" &
 # fp32 with IEEE fp32 dots: tells TF32 (Triton's default for fp32 tl.dot on the GPU) from a kernel bug.
 (export TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=$TRITON_CACHE_DIR-ieee; export_all mamba_ssm_ieee mamba_ssm "$S" "$E/mamba_ssm_ieee" --dtypes float32) &
-wait
-log "matrix exports done: $(for s in mamba_ssm vllm hf_fast mamba_ssm_ieee; do echo -n "$s $(find "$E/$s" -name '*.safetensors' 2>/dev/null | wc -l) "; done)"
 export_all corpus_mamba_ssm mamba_ssm "$C" "$E/corpus_mamba_ssm" &
 export_all corpus_vllm vllm "$C" "$E/corpus_vllm" &
 wait
-log "corpus exports done"
+log "exports done: $(for s in mamba_ssm vllm hf_fast mamba_ssm_ieee corpus_mamba_ssm corpus_vllm; do echo -n "$s $(find "$E/$s" -name '*.safetensors' 2>/dev/null | wc -l) "; done)"
 
 # 4. check --external per system (table, JSON, JUnit; each divergence written as a case).
 for s in mamba_ssm vllm hf_fast mamba_ssm_ieee; do

@@ -97,6 +97,9 @@ class HFFast:
 
         scenario = hf_export.load_scenario(scenario_path)
         dtype_name = driver.scenario_dtype(scenario_path)
+        if self.device.type == "cpu" and dtype_name == "bfloat16":
+            raise driver.Unsupported("bf16 under Triton's CPU interpreter: its tl.dot multiplies raw bf16 bits "
+                                     "(triton #11584); bf16 is checked on the GPU")
         key = (scenario.model_dir, dtype_name)
         if key not in self.models:
             self.models[key] = hf_export.load_model(scenario.model_dir).to(self.device, driver.DTYPES[dtype_name])

@@ -17,6 +17,9 @@ import sys
 from collections import defaultdict
 
 
+DETAIL = re.compile(r"(?P<tensor>[\w.]+) error (?P<err>[-+.\deinf]+) > tolerance (?P<tol>[-+.\deinf]+)")
+
+
 def scenario_class(name: str) -> str:
     """harness/check_suite.cpp scenario_class: no dtype prefix, no trailing length or layer."""
     s = name[5:] if name.startswith("bf16_") else name
@@ -57,17 +60,26 @@ def main(argv=None) -> int:
             print(f"**{name}**: no report ({path}: {type(e).__name__})\n")
             continue
         print(f"**{name}** ({versions.get(name, 'versions: see the exports metadata')})\n")
-        print("| class | dtype | run | agree | diverge | error | skipped | worst error / tolerance (case) |")
+        print("| class | dtype | run | agree | diverge | error | skipped | worst error / tolerance (case, tensor) |")
         print("|---|---|---|---|---|---|---|---|")
         groups = defaultdict(list)
         for c in cases:
             groups[(scenario_class(c["scenario"]), c["dtype"])].append(c)
         for (cls, dtype), cs in sorted(groups.items()):
             n = {v: sum(c["verdict"] == v for c in cs) for v in ("agree", "diverge", "error", "skipped")}
-            compared = [c for c in cs if c["verdict"] in ("agree", "diverge") and c["tolerance"] > 0]
-            worst = max(compared, key=lambda c: c["error"] / c["tolerance"], default=None)
-            w = (f"{worst['error']:.3g} / {worst['tolerance']:.3g} = {worst['error'] / worst['tolerance']:.3g} "
-                 f"({worst['model']}/{worst['scenario']})" if worst else "-")
+            worst = None  # (ratio, error, tolerance, case, tensor)
+            for c in cs:
+                if c["verdict"] not in ("agree", "diverge"):
+                    continue
+                # A divergence's own error and tolerance (its detail names the tensor: a layer
+                # output or a cache state may part before the logits do); else the logits'.
+                m = DETAIL.search(c["detail"] or "")
+                err, tol, tensor = ((float(m["err"]), float(m["tol"]), m["tensor"]) if m and c["verdict"] == "diverge"
+                                    else (c["error"], c["tolerance"], "logits"))
+                ratio = err / tol if tol > 0 else float("inf")
+                if worst is None or ratio > worst[0]:
+                    worst = (ratio, err, tol, f"{c['model']}/{c['scenario']}", tensor)
+            w = (f"{worst[1]:.3g} / {worst[2]:.3g} = {worst[0]:.3g} ({worst[3]}, {worst[4]})" if worst else "-")
             print(f"| {cls} | {dtype} | {len(cs) - n['skipped']} | {n['agree']} | {n['diverge']} | {n['error']} | "
                   f"{n['skipped']} | {w} |")
         firsts = sorted({(c["model"], c["scenario"], c["detail"]) for c in cases if c["verdict"] in ("diverge", "error")})
