@@ -4,7 +4,8 @@
 # against mambadiff's float64 reference over the whole check matrix, fp32 and bf16, and replays the
 # model_script fuzz corpus through them. Writes to $OUT: gpu.txt (the log), external.md (the table
 # for docs/external.md), check_<system>.{txt,json,xml}, export_<system>.txt, corpus/ (findings,
-# summary.json), cases/ (each divergence of the matrix as a mambadiff.case.v1 case).
+# summary.json), cases/<system>/ (one mambadiff.case.v1 case per divergence class of the matrix, INDEX.md
+# listing every diverging case with the one kept for it).
 #
 # Needs in the tree (the machine has no registry): .device/ecosystem (tools/fetch_ecosystem_kernels.sh)
 # and .device/include (copies of /usr/include/nlohmann and /usr/include/CLI, as scripts/gpu_session.sh).
@@ -91,7 +92,7 @@ done
 
 # 5. The table for docs/external.md.
 first() { find "$E/$1" -name '*.safetensors' 2>/dev/null | sort | head -1; }
-"$PY" tools/ecosystem/summarize.py --card "$CARD" --command "bash scripts/gpu_ecosystem.sh (carry .device)" \
+"$PY" tools/ecosystem/summarize.py --card "$CARD" --command "bash scripts/gpu_ecosystem.sh (carry .device)" --prune-cases "$OUT/cases" \
     $(for s in mamba_ssm vllm hf_fast mamba_ssm_ieee; do echo "--report $s=$OUT/check_$s.json --versions $s=$(first $s)"; done) \
     > "$OUT/external.md" 2>> "$OUT/gpu.txt"
 log "done; table in external.md"

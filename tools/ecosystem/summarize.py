@@ -4,7 +4,12 @@ per system, scenario class and dtype, the cases run, agree, diverge, error and s
 worst logits error over its tolerance (with the case), plus the card, date, versions and command.
 
   summarize.py --report NAME=check.json [--report ...] [--versions NAME=EXPORT.safetensors ...]
-               [--card TEXT] [--command TEXT] > table.md
+               [--card TEXT] [--command TEXT] [--prune-cases DIR] > table.md
+
+--prune-cases DIR: DIR/NAME/ holds the cases `check --cases-dir` wrote for NAME, one per diverging
+case (each with a copy of the export: megabytes over a whole matrix); keep one per class --
+(scenario class, dtype, the tensor it first parts on) -- the smallest, and list every diverging
+case with the one kept for it in DIR/NAME/INDEX.md.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import argparse
 import datetime
 import json
 import re
+import shutil
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 
 DETAIL = re.compile(r"(?P<tensor>[\w.]+) error (?P<err>[-+.\deinf]+) > tolerance (?P<tol>[-+.\deinf]+)")
@@ -25,6 +32,34 @@ def scenario_class(name: str) -> str:
     s = name[5:] if name.startswith("bf16_") else name
     s = re.sub(r"_?\d+$", "", s)
     return s[:-6] if s.endswith("_layer") else s
+
+
+def case_dir_name(text: str) -> str:
+    """harness/divergence_case.h case_dir_name: letters, digits, '-', '_', '.'; anything else '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def prune_cases(root: Path, name: str, cases: list[dict]) -> None:
+    d = root / name
+    if not d.is_dir():
+        return
+    groups = defaultdict(list)
+    for c in cases:
+        if c["verdict"] != "diverge":
+            continue
+        m = DETAIL.search(c["detail"] or "")
+        case = d / case_dir_name(f"{c['model']}.{c['scenario']}.reference.{name}")
+        if case.is_dir():
+            size = sum(f.stat().st_size for f in case.rglob("*") if f.is_file())
+            groups[(scenario_class(c["scenario"]), c["dtype"], m["tensor"] if m else "?")].append((size, case, c))
+    lines = ["| class | dtype | tensor | kept | also diverging |", "|---|---|---|---|---|"]
+    for (cls, dtype, tensor), members in sorted(groups.items()):
+        members.sort(key=lambda x: x[0])
+        keep = members[0][1]
+        for _, case, _ in members[1:]:
+            shutil.rmtree(case)
+        lines.append(f"| {cls} | {dtype} | {tensor} | {keep.name} | {', '.join(c['model'] + '/' + c['scenario'] for _, _, c in members[1:]) or '-'} |")
+    (d / "INDEX.md").write_text("\n".join(lines) + "\n")
 
 
 def versions_of(export: str) -> str:
@@ -42,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--versions", action="append", default=[], metavar="NAME=EXPORT.safetensors")
     ap.add_argument("--card", default="?")
     ap.add_argument("--command", default="scripts/gpu_ecosystem.sh")
+    ap.add_argument("--prune-cases", type=Path, default=None)
     args = ap.parse_args(argv)
     versions = {}
     for spec in args.versions:
@@ -59,6 +95,8 @@ def main(argv=None) -> int:
         except (OSError, ValueError, KeyError) as e:
             print(f"**{name}**: no report ({path}: {type(e).__name__})\n")
             continue
+        if args.prune_cases is not None:
+            prune_cases(args.prune_cases, name, cases)
         print(f"**{name}** ({versions.get(name, 'versions: see the exports metadata')})\n")
         print("| class | dtype | run | agree | diverge | error | skipped | worst error / tolerance (case, tensor) |")
         print("|---|---|---|---|---|---|---|---|")
