@@ -3,7 +3,7 @@
 # kernels -- mamba_ssm's and vLLM's Triton kernels, and HF transformers' fast path with mamba_ssm --
 # against mambadiff's float64 reference over the whole check matrix, fp32 and bf16, and replays the
 # model_script fuzz corpus through them. Writes to $OUT: gpu.txt (the log), external.md (the table
-# for docs/external.md), check_<system>.{txt,json,xml}, export_<system>.txt, corpus/ (findings,
+# for docs/external.md), check_<system>.{txt,json,xml}, export_<system>.txt, known_behaviour.txt, corpus/ (findings,
 # summary.json), cases/<system>/ (one mambadiff.case.v1 case per divergence class of the matrix, INDEX.md
 # listing every diverging case with the one kept for it).
 #
@@ -77,6 +77,9 @@ export_all hf_fast hf_fast "$S" "$E/hf_fast" &
 (export TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=$TRITON_CACHE_DIR-ieee; export_all mamba_ssm_ieee mamba_ssm "$S" "$E/mamba_ssm_ieee" --dtypes float32) &
 export_all corpus_mamba_ssm mamba_ssm "$C" "$E/corpus_mamba_ssm" &
 export_all corpus_vllm vllm "$C" "$E/corpus_vllm" &
+# The known behaviour (softplus flush and precision, bf16 state rounding) measured on this device.
+timeout "$EXPORT_TIMEOUT_S" "$PY" tools/ecosystem/measure_known_behaviour.py --device "$DEVICE" --ecosystem "$ECO" \
+    > "$OUT/known_behaviour.txt" 2>&1 &
 wait
 log "exports done: $(for s in mamba_ssm vllm hf_fast mamba_ssm_ieee corpus_mamba_ssm corpus_vllm; do echo -n "$s $(find "$E/$s" -name '*.safetensors' 2>/dev/null | wc -l) "; done)"
 
@@ -95,4 +98,5 @@ first() { find "$E/$1" -name '*.safetensors' 2>/dev/null | sort | head -1; }
 "$PY" tools/ecosystem/summarize.py --card "$CARD" --command "bash scripts/gpu_ecosystem.sh (carry .device)" --prune-cases "$OUT/cases" \
     $(for s in mamba_ssm vllm hf_fast mamba_ssm_ieee; do echo "--report $s=$OUT/check_$s.json --versions $s=$(first $s)"; done) \
     > "$OUT/external.md" 2>> "$OUT/gpu.txt"
+grep -E "^(softplus|state error)" "$OUT/known_behaviour.txt" | tee -a "$OUT/gpu.txt"
 log "done; table in external.md"
