@@ -77,6 +77,9 @@ export_all hf_fast hf_fast "$S" "$E/hf_fast" &
 (export TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=$TRITON_CACHE_DIR-ieee; export_all mamba_ssm_ieee mamba_ssm "$S" "$E/mamba_ssm_ieee" --dtypes float32) &
 export_all corpus_mamba_ssm mamba_ssm "$C" "$E/corpus_mamba_ssm" &
 export_all corpus_vllm vllm "$C" "$E/corpus_vllm" &
+# vLLM's conv kernels as the vllm backend calls them vs the textbook conv (a calling mistake of ours
+# would otherwise read as a vLLM divergence).
+"$PY" tools/ecosystem/probe_vllm_conv.py --device "$DEVICE" --ecosystem "$ECO" > "$OUT/vllm_conv_probe.txt" 2>&1 &
 # The known behaviour (softplus flush and precision, bf16 state rounding) measured on this device.
 timeout "$EXPORT_TIMEOUT_S" "$PY" tools/ecosystem/measure_known_behaviour.py --device "$DEVICE" --ecosystem "$ECO" \
     > "$OUT/known_behaviour.txt" 2>&1 &
@@ -99,4 +102,5 @@ first() { find "$E/$1" -name '*.safetensors' 2>/dev/null | sort | head -1; }
     $(for s in mamba_ssm vllm hf_fast mamba_ssm_ieee; do echo "--report $s=$OUT/check_$s.json --versions $s=$(first $s)"; done) \
     > "$OUT/external.md" 2>> "$OUT/gpu.txt"
 grep -E "^(softplus|state error)" "$OUT/known_behaviour.txt" | tee -a "$OUT/gpu.txt"
+grep -E "^(causal_conv1d|vLLM conv probe)" "$OUT/vllm_conv_probe.txt" | tee -a "$OUT/gpu.txt"
 log "done; table in external.md"

@@ -117,7 +117,7 @@ class Vllm(Backend):
         return slots, torch.arange(1, B + 1, dtype=torch.int32, device=per_row.device)
 
     def conv(self, branch, xBC, cache, w, shape):
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and branch != "step":
             return self._conv_torch(branch, xBC, cache, w, shape)
         causal_conv1d = self.ops[0]
         Bsz, T, dim = xBC.shape
@@ -143,17 +143,16 @@ class Vllm(Backend):
         return out.to(xBC.dtype)
 
     def _conv_torch(self, branch, xBC, cache, w, shape):
-        """On the CPU only: vLLM's causal_conv1d Triton kernels do not run under Triton 3.6's interpreter
-        (causal_conv1d_fn fails in its launch grid and kernel: 'builtin_function_or_method' object has
-        no attribute 'scalar'), so the CPU export runs the textbook conv in the model dtype instead and
-        says so; on the GPU the Triton kernels run."""
+        """On the CPU only, prefill and continue: vLLM's causal_conv1d_fn does not run under Triton 3.6's
+        interpreter ('builtin_function_or_method' object has no attribute 'scalar' in its kernel; its
+        causal_conv1d_update does run, tools/ecosystem/probe_vllm_conv.py), so the CPU export runs the
+        textbook conv in the model dtype there and says so; on the GPU the Triton kernel runs."""
         xt = xBC.transpose(1, 2)  # [B, dim, T]
         history = cache.conv[..., 1:] if branch != "prefill" else torch.zeros_like(cache.conv[..., 1:])
         full = torch.cat([history, xt.to(cache.conv.dtype)], dim=-1)
         out = F.silu(F.conv1d(full, w.conv_weight.unsqueeze(1), w.conv_bias, groups=shape.conv_dim))
         cache.conv.copy_(conv_window_after(cache.conv, xt, branch != "prefill"))
-        self.implementations["conv" if branch != "step" else "conv_update"] = (
-            "torch F.conv1d (CPU: vLLM's causal_conv1d Triton kernels do not run under the interpreter)")
+        self.implementations["conv"] = "torch F.conv1d (CPU: vLLM's causal_conv1d_fn does not run under the interpreter)"
         return out.transpose(1, 2).to(xBC.dtype)
 
     def scan(self, x, dt, B_, C, initial, w, shape):
