@@ -17,7 +17,8 @@ Written tensors (float32 unless said):
   cache.ssm_states.<l>     [B, H, P, N]
   cache.conv_states.<l>    [B, conv_dim, K]
   cache.seqlen_offset      [1] int64
-Metadata: ``exporter``, ``backend``, ``versions`` (JSON), ``dtype`` (the run dtype), ``device``,
+Metadata: ``exporter``, ``backend``, ``versions`` (JSON), ``environment`` (JSON: TRITON_INTERPRET,
+TRITON_F32_DEFAULT, forced configs, ...), ``dtype`` (the run dtype), ``device``,
 ``scenario``, ``check_seed`` (when the scenario came from ``check --emit-scenarios``),
 ``dispatch_trace`` (JSON [{op, layer, branch, kernels}] with mambadiff's logical kernel names, so
 a different dispatch is found at its op and layer) and ``implementations`` (JSON: per forward op,
@@ -357,6 +358,7 @@ class Exporter:
             "scenario": scenario_path.name,
             "dispatch_trace": json.dumps(trace),
             "implementations": json.dumps(impls),
+            "environment": json.dumps(environment_flags(), sort_keys=True),
             **{f"note.{k}": v for k, v in self.backend.notes.items()},
         }
         seed = check_seed_of(scenario_path)
@@ -368,5 +370,7 @@ class Exporter:
 
 
 def environment_flags() -> dict[str, str]:
-    return {k: os.environ[k] for k in ("TRITON_INTERPRET", "MAMBA_DETERMINISTIC", "VLLM_TRITON_FORCE_FIRST_CONFIG")
-            if k in os.environ}
+    """The settings that change what the kernels compute or which config they launch with."""
+    return {k: os.environ[k] for k in ("TRITON_INTERPRET", "MAMBA_DETERMINISTIC", "VLLM_TRITON_FORCE_FIRST_CONFIG",
+                                       "TRITON_F32_DEFAULT", "MAMBADIFF_VLLM_SSM_CACHE_DTYPE",
+                                       "MAMBADIFF_STAND_IN_SOFTPLUS") if k in os.environ}
