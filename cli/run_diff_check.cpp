@@ -83,7 +83,8 @@ void add_check_command(CLI::App& app, int& exit_code) {
   struct Args {
     CheckOptions opt;
     std::vector<std::string> models;
-    std::string paths, json, junit, cases_dir;
+    std::string paths, json, junit, cases_dir, emit_dir;
+    std::vector<std::string> externals;
     int threads = kDefaultThreads;
   };
   auto args = std::make_shared<Args>();
@@ -97,12 +98,26 @@ void add_check_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--junit", args->junit, "Write the report as JUnit XML");
   cmd->add_option("--cases-dir", args->cases_dir,
                   "Write each divergence there as a divergence case (for repro/reduce)");
+  cmd->add_option("--emit-scenarios", args->emit_dir,
+                  "Write the matrix as scenario files DIR/<model>/<scenario>.json and DIR/manifest.json "
+                  "(for other systems to play, docs/external.md) and exit");
+  cmd->add_option("--external", args->externals,
+                  "NAME=DIR (repeatable): compare another system's exports DIR/<model>/<scenario>.safetensors "
+                  "of the emitted matrix against reference, instead of running paths");
   add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
     torch::set_num_threads(args->threads);
     CheckOptions opt = args->opt;
     opt.cases_dir = args->cases_dir;
     for (const auto& m : args->models) opt.models.emplace_back(m);
+    if (!args->emit_dir.empty()) {
+      if (!args->externals.empty()) throw InputError("check: --emit-scenarios and --external exclude each other");
+      const size_t n = emit_check_scenarios(opt, args->emit_dir);
+      fmt::print("check: wrote {} scenarios (base seed {}) and manifest.json to {}\n", n, opt.seed, args->emit_dir);
+      exit_code = 0;
+      return;
+    }
+    for (const auto& e : args->externals) opt.externals.push_back(parse_external_option(e));
     std::stringstream ss(args->paths);
     for (std::string p; std::getline(ss, p, ',');) {
       path_available(p, torch::kFloat32);  // InputError for an unknown name

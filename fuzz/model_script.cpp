@@ -15,10 +15,17 @@
 //     forward (argument: T 1..12), step (1 token), continue (T 2..9), inject (layer, scale,
 //     broadcast), snapshot (name s0..s3), restore (name; skipped when never taken), reset.
 //   Tokens and deltas come from seeds derived from the weight seed and the op's index.
+//
+// MAMBADIFF_FUZZ_SCENARIO_DIR=DIR (the plain replay, model_script_replay): instead of comparing
+// paths, each input the reference runs is written as DIR/<fnv1a64 of the bytes>/{model/,
+// scenario.json} -- a checkpoint and a mambadiff.scenario.v1 scenario -- so that other systems'
+// exporters play the corpus (scripts/gpu_ecosystem.sh, docs/external.md).
 #include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <limits>
 #include <map>
 
@@ -190,6 +197,13 @@ MAMBADIFF_FUZZ_TEST_ONE_INPUT(model_script) {
     ref = run_reference(sc, ck);
   } catch (const InputError&) {
     return 0;  // a script the reference rejects (a paths' rejection is compared below)
+  }
+  if (const char* out = std::getenv("MAMBADIFF_FUZZ_SCENARIO_DIR"); out != nullptr && *out != '\0') {
+    const std::filesystem::path dir = std::filesystem::path(out) / fmt::format("{:016x}", fnv1a64(data, size));
+    write_checkpoint(ck, dir / "model");
+    sc.model_dir = dir / "model";
+    sc.save(dir / "scenario.json");
+    return 0;
   }
   for (const std::string& name : paths_under_test(sc.dtype)) {
     CaseRun run;

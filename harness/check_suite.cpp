@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -136,18 +137,110 @@ std::vector<std::pair<std::string, Scenario>> check_scenarios(const Mamba2Checkp
   return out;
 }
 
+namespace {
+
+// A text file the exporter left instead of an export (DIR/<model>/<scenario>.skipped or .error):
+// its first line, cut for a message.
+std::string marker_line(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  std::getline(in, line);
+  return truncate_for_message(line.empty() ? "(empty)" : line);
+}
+
+// An external system's export of one case, read as a `file:` result. InputError (exit 2) naming
+// the file when it is not an export of this scenario (tensor shapes) or of this matrix (its
+// "check_seed" metadata, when present, must be the run's seed).
+ScenarioResult read_external(const std::filesystem::path& file, const Scenario& scenario, int64_t vocab_size,
+                             uint64_t seed) {
+  ScenarioResult r = read_result_file(file, scenario, vocab_size);
+  const auto it = r.metadata.find("check_seed");
+  if (it != r.metadata.end() && it->second != std::to_string(seed)) {
+    throw InputError(fmt::format("{}: metadata 'check_seed' is {} but check runs with --seed {} (export the "
+                                 "scenarios of this seed: check --emit-scenarios DIR --seed {})",
+                                 file.string(), truncate_for_message(it->second), seed, seed));
+  }
+  return r;
+}
+
+}  // namespace
+
+std::string scenario_class(const std::string& name) {
+  std::string s = name.rfind("bf16_", 0) == 0 ? name.substr(5) : name;
+  while (!s.empty() && std::isdigit(static_cast<unsigned char>(s.back()))) s.pop_back();
+  if (!s.empty() && s.back() == '_') s.pop_back();
+  if (s.size() > 6 && s.compare(s.size() - 6, 6, "_layer") == 0) s.resize(s.size() - 6);
+  return s;
+}
+
+std::pair<std::string, std::filesystem::path> parse_external_option(const std::string& spec) {
+  const auto eq = spec.find('=');
+  const std::string name = eq == std::string::npos ? "" : spec.substr(0, eq);
+  const bool plain = !name.empty() && std::all_of(name.begin(), name.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.';
+  });
+  if (!plain) {
+    throw InputError(fmt::format("--external '{}': expected NAME=DIR with NAME of letters, digits, '_', '-', '.'",
+                                 truncate_for_message(spec)));
+  }
+  const std::filesystem::path dir = spec.substr(eq + 1);
+  if (!std::filesystem::is_directory(dir)) {
+    throw InputError(fmt::format("--external '{}': '{}' is not a directory", truncate_for_message(spec),
+                                 truncate_for_message(dir.string())));
+  }
+  return {name, dir};
+}
+
+size_t emit_check_scenarios(const CheckOptions& opt, const std::filesystem::path& dir) {
+  const auto models = opt.models.empty() ? default_models() : opt.models;
+  nlohmann::ordered_json cases = nlohmann::ordered_json::array();
+  for (const auto& model_dir : models) {
+    const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir);
+    const std::string model = model_dir.filename().string();
+    for (auto& [name, scenario] : check_scenarios(ck, model_dir, opt.seed)) {
+      if (!opt.only_scenario.empty() && name.find(opt.only_scenario) == std::string::npos) continue;
+      const std::filesystem::path rel = std::filesystem::path(model) / (name + ".json");
+      std::filesystem::create_directories(dir / model);
+      scenario.file = dir / rel;
+      scenario.save(dir / rel);
+      cases.push_back({{"id", model + "/" + name},
+                       {"model", model},
+                       {"model_dir", std::filesystem::absolute(model_dir).lexically_normal().string()},
+                       {"scenario", name},
+                       {"class", scenario_class(name)},
+                       {"file", rel.string()},
+                       {"export", (std::filesystem::path(model) / (name + ".safetensors")).string()},
+                       {"dtype", dtype_string(scenario.dtype)},
+                       {"seed", case_seed(opt.seed, model, name)}});
+    }
+  }
+  if (cases.empty()) {
+    throw InputError(fmt::format("check: --scenario '{}' matches no scenario of the matrix",
+                                 truncate_for_message(opt.only_scenario)));
+  }
+  const nlohmann::ordered_json manifest = {
+      {"format", "mambadiff.check-matrix.v1"}, {"seed", opt.seed}, {"cases", cases}};
+  write_text_atomically(dir / "manifest.json", manifest.dump(1) + "\n");
+  return cases.size();
+}
+
 CheckReport run_check(const CheckOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
   CheckReport report;
   const auto models = opt.models.empty() ? default_models() : opt.models;
+  const bool external = !opt.externals.empty();
   std::vector<std::string> paths = opt.paths;
-  if (paths.empty()) {
+  if (external) {
+    // Each external system is compared with the oracle only: its exports are the path under test.
+    if (!paths.empty()) throw InputError("check: --external and --paths exclude each other (externals are compared with reference)");
+    paths = {oracle_path()};
+  } else if (paths.empty()) {
     for (const auto& p : registered_paths())
       if (path_role(p) != PathRole::kBaseline) paths.push_back(p);
   }
   // Nothing checked is not a pass: fewer than two paths, a --scenario that matches nothing and a
   // matrix whose every pair was skipped are usage errors, not "0 cases, all agree".
-  if (paths.size() < 2) {
+  if (!external && paths.size() < 2) {
     throw InputError(fmt::format("check: --paths needs at least two paths to compare, got {}", paths.size()));
   }
   bool any_scenario = false;
@@ -183,43 +276,69 @@ CheckReport run_check(const CheckOptions& opt) {
           }
         }
       }
-      for (size_t i = 0; i < paths.size(); ++i) {
-        for (size_t j = i + 1; j < paths.size(); ++j) {
-          CheckCase cc{model, name, paths[i] + "," + paths[j], dtype, 0, 0, 0, "", seed, "", ""};
-          const auto skip_a = skipped.find(paths[i]), skip_b = skipped.find(paths[j]);
-          const auto fail_a = failed.find(paths[i]), fail_b = failed.find(paths[j]);
-          if (fail_a != failed.end() || fail_b != failed.end()) {
-            const auto& what = fail_a != failed.end() ? *fail_a : *fail_b;
-            cc.verdict = "error";
-            cc.detail = what.first + " failed: " + what.second;
-          } else if (skip_a != skipped.end() || skip_b != skipped.end()) {
-            const auto& why = skip_a != skipped.end() ? *skip_a : *skip_b;
-            cc.verdict = "skipped";
-            cc.detail = why.first + ": " + why.second;
-            last_skip = cc.detail;
+      // The pairs compared: every pair of paths, or (reference, NAME) for each external system,
+      // whose result is its export file for this case.
+      struct Pair {
+        std::string a, b;            // names as in `paths` / `results` (an external: its file: path)
+        std::string label_a, label_b;  // as printed in the report (an external: its NAME)
+      };
+      std::vector<Pair> pairs;
+      if (external) {
+        for (const auto& [ext_name, dir] : opt.externals) {
+          const auto stem = dir / model / name;
+          const auto file = std::filesystem::path(stem.string() + ".safetensors");
+          const std::string file_name = file_path_name(file);
+          if (std::filesystem::exists(file)) {
+            results.emplace(file_name, read_external(file, scenario, ck.config.vocab_size, opt.seed));
+          } else if (std::filesystem::exists(stem.string() + ".error")) {
+            failed[file_name] = marker_line(stem.string() + ".error");
+          } else if (std::filesystem::exists(stem.string() + ".skipped")) {
+            skipped[file_name] = marker_line(stem.string() + ".skipped");
           } else {
-            const Comparison cmp = compare_results(results.at(paths[i]), results.at(paths[j]), ref, baselines);
-            cc.error = cmp.logits_error;
-            cc.tolerance = cmp.logits_tolerance;
-            cc.nmse = cmp.logits_nmse;
-            cc.verdict = cmp.agree ? "agree" : "diverge";
-            if (cmp.first_divergence) cc.detail = describe(*cmp.first_divergence);
-            if (!cmp.agree && !opt.cases_dir.empty()) {
-              const CaseRun run{paths[i], paths[j], results.at(paths[i]), results.at(paths[j]), ref, cmp};
-              const auto origin = fmt::format("check --seed {}: model {}, scenario {} (case seed {})", opt.seed,
-                                              model, name, seed);
-              const auto dir = opt.cases_dir / case_dir_name(fmt::format("{}.{}.{}.{}", model, name, paths[i], paths[j]));
-              make_case(scenario, ck, run, TolerancePolicy{}, "agree", origin).save(dir, &run);
-              cc.case_dir = dir.string();
-            }
+            skipped[file_name] = fmt::format("no export {} (the exporter wrote none)", file.string());
           }
-          report.cases.push_back(cc);
-          if (!opt.quiet) {
-            fmt::print("{:<10} {:<18} {:<24} {:<9} {:>10.3g} {:>10.3g} {:<8} {}{}\n", cc.model, cc.scenario, cc.paths,
-                       cc.dtype, cc.error, cc.tolerance, cc.verdict, cc.seed, cc.detail.empty() ? "" : "  " + cc.detail);
-            if (!cc.case_dir.empty()) fmt::print("  divergence case written to {}\n", cc.case_dir);
-            std::fflush(stdout);
+          pairs.push_back({paths[0], file_name, paths[0], ext_name});
+        }
+      } else {
+        for (size_t i = 0; i < paths.size(); ++i)
+          for (size_t j = i + 1; j < paths.size(); ++j) pairs.push_back({paths[i], paths[j], paths[i], paths[j]});
+      }
+      for (const Pair& pair : pairs) {
+        CheckCase cc{model, name, pair.label_a + "," + pair.label_b, dtype, 0, 0, 0, "", seed, "", ""};
+        const auto skip_a = skipped.find(pair.a), skip_b = skipped.find(pair.b);
+        const auto fail_a = failed.find(pair.a), fail_b = failed.find(pair.b);
+        if (fail_a != failed.end() || fail_b != failed.end()) {
+          const bool a_failed = fail_a != failed.end();
+          cc.verdict = "error";
+          cc.detail = (a_failed ? pair.label_a : pair.label_b) + " failed: " + (a_failed ? fail_a : fail_b)->second;
+        } else if (skip_a != skipped.end() || skip_b != skipped.end()) {
+          const bool a_skipped = skip_a != skipped.end();
+          cc.verdict = "skipped";
+          cc.detail = (a_skipped ? pair.label_a : pair.label_b) + ": " + (a_skipped ? skip_a : skip_b)->second;
+          last_skip = cc.detail;
+        } else {
+          const Comparison cmp = compare_results(results.at(pair.a), results.at(pair.b), ref, baselines);
+          cc.error = cmp.logits_error;
+          cc.tolerance = cmp.logits_tolerance;
+          cc.nmse = cmp.logits_nmse;
+          cc.verdict = cmp.agree ? "agree" : "diverge";
+          if (cmp.first_divergence) cc.detail = describe(*cmp.first_divergence);
+          if (!cmp.agree && !opt.cases_dir.empty()) {
+            const CaseRun run{pair.a, pair.b, results.at(pair.a), results.at(pair.b), ref, cmp};
+            const auto origin = fmt::format("check --seed {}: model {}, scenario {} (case seed {})", opt.seed,
+                                            model, name, seed);
+            const auto dir = opt.cases_dir / case_dir_name(fmt::format("{}.{}.{}.{}", model, name, pair.label_a,
+                                                                       pair.label_b));
+            make_case(scenario, ck, run, TolerancePolicy{}, "agree", origin).save(dir, &run);
+            cc.case_dir = dir.string();
           }
+        }
+        report.cases.push_back(cc);
+        if (!opt.quiet) {
+          fmt::print("{:<10} {:<18} {:<24} {:<9} {:>10.3g} {:>10.3g} {:<8} {}{}\n", cc.model, cc.scenario, cc.paths,
+                     cc.dtype, cc.error, cc.tolerance, cc.verdict, cc.seed, cc.detail.empty() ? "" : "  " + cc.detail);
+          if (!cc.case_dir.empty()) fmt::print("  divergence case written to {}\n", cc.case_dir);
+          std::fflush(stdout);
         }
       }
     }

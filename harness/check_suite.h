@@ -45,7 +45,30 @@ struct CheckOptions {
   // When set, each divergence is also written there as a divergence case (harness/divergence_case.h),
   // in a directory named <model>.<scenario>.<path a>.<path b>, expected verdict "agree".
   std::filesystem::path cases_dir;
+  // --external NAME=DIR: instead of running paths, compare another system's exports of the matrix
+  // (DIR/<model>/<scenario>.safetensors, played from the files --emit-scenarios wrote) against the
+  // reference, one case per (scenario, NAME). A missing export is a skipped case, never a pass;
+  // DIR/<model>/<scenario>.skipped or .error (text, written by the exporter) say why it is missing.
+  std::vector<std::pair<std::string, std::filesystem::path>> externals;
 };
+
+// "NAME=DIR" -> (NAME, DIR); InputError naming the option unless NAME is a plain name ([A-Za-z0-9_.-]+)
+// and DIR an existing directory.
+std::pair<std::string, std::filesystem::path> parse_external_option(const std::string& spec);
+
+// `check --emit-scenarios DIR`: the matrix run_check would run (the models, the seed, the
+// --scenario filter of `options`) written as scenario files DIR/<model>/<scenario>.json (deltas
+// beside them) and DIR/manifest.json, format "mambadiff.check-matrix.v1":
+//   {"format", "seed", "cases": [{"id": "<model>/<scenario>", "model", "model_dir", "scenario",
+//     "class", "file", "export", "dtype", "seed"}]}
+// where "export" is where `--external NAME=EXPORTS` looks for the case (relative to EXPORTS) and
+// "class" the scenario without its length or layer ("prefill", "decode", "inject", ...).
+// Returns the number of scenarios written.
+size_t emit_check_scenarios(const CheckOptions& options, const std::filesystem::path& dir);
+
+// A matrix scenario's class: its name without a trailing length or layer index and without the
+// dtype prefix ("bf16_prefill_53" -> "prefill", "inject_layer2" -> "inject").
+std::string scenario_class(const std::string& scenario_name);
 
 // The named scenarios of the matrix for one model, built from `seed`.
 std::vector<std::pair<std::string, Scenario>> check_scenarios(const Mamba2Checkpoint& checkpoint,

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/errors.h"
+#include "engine/input_file.h"
 #include "engine/memory_estimate.h"
 #include "engine/safetensors.h"
 
@@ -73,12 +74,64 @@ ScenarioResult run_scenario(const Scenario& scenario, ExecutionPath& path, const
   return result;
 }
 
+namespace {
+
+// The metadata key `dispatch_trace` of a result file ([{"op", "layer", "branch", "kernels"}], as
+// trace_json writes it) into the forward ops' traces. Other systems' exporters write it with the
+// logical kernel names (engine/mamba2_cache.h logical_kernels) so that a different dispatch is
+// found like any path's, at its op and layer.
+void read_trace(const std::filesystem::path& file, const std::string& text, ScenarioResult& result) {
+  const std::string where = file.string() + ": metadata 'dispatch_trace'";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(where + ": not JSON");
+  }
+  if (!j.is_array()) throw InputError(where + ": expected an array of {\"op\", \"layer\", \"branch\", \"kernels\"}");
+  for (const auto& e : j) {
+    if (!e.is_object() || !e.contains("op") || !e["op"].is_number_unsigned() || !e.contains("layer") ||
+        !e["layer"].is_number_integer() || !e.contains("branch") || !e["branch"].is_string() ||
+        !e.contains("kernels") || !e["kernels"].is_string()) {
+      throw InputError(where + ": an entry lacks 'op', 'layer' (integers), 'branch' or 'kernels' (strings)");
+    }
+    const auto op = e["op"].get<size_t>();
+    if (op >= result.ops.size() || result.ops[op].kind != OpKind::kForward) {
+      throw InputError(fmt::format("{}: entry for op {}, which is not a forward op of the scenario", where, op));
+    }
+    DispatchRecord rec;
+    rec.layer = e["layer"].get<int64_t>();
+    const auto branch = e["branch"].get<std::string>();
+    if (branch == branch_name(Branch::kPrefill)) {
+      rec.branch = Branch::kPrefill;
+    } else if (branch == branch_name(Branch::kStep)) {
+      rec.branch = Branch::kStep;
+    } else if (branch == branch_name(Branch::kContinue)) {
+      rec.branch = Branch::kContinue;
+    } else {
+      throw InputError(fmt::format("{}: op {}: branch '{}' is not prefill, step or continue", where, op,
+                                   truncate_for_message(branch)));
+    }
+    rec.kernels = e["kernels"].get<std::string>();
+    result.ops[op].trace.push_back(rec);
+  }
+}
+
+}  // namespace
+
 ScenarioResult read_result_file(const std::filesystem::path& file, const Scenario& scenario, int64_t vocab_size) {
   const auto f = safetensors::File::open(file);
   ScenarioResult result;
   result.path = "file:" + file.string();
-  result.dtype = "float32";
   result.metadata = f.metadata();
+  // The dtype the exporter computed in, when it says so and it is a low precision: a bf16 or fp16
+  // export is bounded by the tolerance of that dtype. Anything else (float32, a float64 `run` of the
+  // reference, no key: HF's exports) is compared as float32, as before the key was read.
+  result.dtype = "float32";
+  if (const auto it = result.metadata.find("dtype");
+      it != result.metadata.end() && (it->second == "bfloat16" || it->second == "float16")) {
+    result.dtype = it->second;
+  }
   for (size_t i = 0; i < scenario.ops.size(); ++i) {
     const ScenarioOp& op = scenario.ops[i];
     OpResult r;
@@ -93,8 +146,23 @@ ScenarioResult read_result_file(const std::filesystem::path& file, const Scenari
         throw InputError(fmt::format("{}: tensor '{}': shape [{}] expected float [{}]", file.string(), name,
                                      fmt::join(r.logits.sizes().vec(), ", "), fmt::join(want, ", ")));
       }
+      // Optional: the residual stream after each layer, `op.<i>.layer.<l>` [B, T, D] (other systems'
+      // exporters write them so that a divergence is located to its layer).
+      for (int64_t l = 0;; ++l) {
+        const std::string layer = fmt::format("op.{}.layer.{}", i, l);
+        if (!f.contains(layer)) break;
+        torch::Tensor t = f.tensor(layer);
+        if (t.dim() != 3 || t.size(0) != want[0] || t.size(1) != want[1] || !t.is_floating_point()) {
+          throw InputError(fmt::format("{}: tensor '{}': shape [{}] expected float [{}, {}, hidden_size]", file.string(),
+                                       layer, fmt::join(t.sizes().vec(), ", "), want[0], want[1]));
+        }
+        r.layer_outputs.push_back(t);
+      }
     }
     result.ops.push_back(std::move(r));
+  }
+  if (const auto it = result.metadata.find("dispatch_trace"); it != result.metadata.end()) {
+    read_trace(file, it->second, result);
   }
   for (int64_t l = 0;; ++l) {
     const auto ssm = fmt::format("cache.ssm_states.{}", l), conv = fmt::format("cache.conv_states.{}", l);
