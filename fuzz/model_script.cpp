@@ -16,7 +16,7 @@
 //     broadcast), snapshot (name s0..s3), restore (name; skipped when never taken), reset.
 //   Tokens and deltas come from seeds derived from the weight seed and the op's index.
 //
-// MAMBADIFF_FUZZ_SCENARIO_DIR=DIR (the plain replay, model_script_replay): instead of comparing
+// MAMBADIFF_FUZZ_SCENARIO_DIR=DIR (the plain replay, `fuzz_replay model_script`): instead of comparing
 // paths, each input the reference runs is written as DIR/<fnv1a64 of the bytes>/{model/,
 // scenario.json} -- a checkpoint and a mambadiff.scenario.v1 scenario -- so that other systems'
 // exporters play the corpus (scripts/gpu_ecosystem.sh, docs/external.md).

@@ -11,7 +11,7 @@
 # and .device/include (copies of /usr/include/nlohmann and /usr/include/CLI, as scripts/gpu_session.sh).
 # The lead's call:  run(command="bash scripts/gpu_ecosystem.sh", carry=[".device"], timeout_s=480)
 #
-# Budget (8 min of the card): the build of mambadiff and model_script_replay without the CUDA
+# Budget (8 min of the card): the build of mambadiff and fuzz_replay without the CUDA
 # kernels (only `reference` runs here; ~1.5 min on 16 cores), then the exporters in parallel, each
 # under `timeout` (EXPORT_TIMEOUT_S, default 200 s: a case not exported by then is reported
 # "skipped: no export", never a pass), then check --external per system (seconds).
@@ -19,7 +19,7 @@
 # two dtypes: far beyond the budget, so the first config is forced (MAMBA_DETERMINISTIC=1,
 # VLLM_TRITON_FORCE_FIRST_CONFIG=1); AUTOTUNE=1 lifts that.
 # For a dry run on a CPU machine (Triton's interpreter, fp32 only): ECO_DEVICE=cpu, SKIP_BUILD=1 with
-# MAMBADIFF_ECO_BUILD=<a build folder holding mambadiff and fuzz/model_script_replay>, and
+# MAMBADIFF_ECO_BUILD=<a build folder holding mambadiff and fuzz/fuzz_replay>, and
 # CHECK_SCENARIO=<a --scenario filter> to keep it short.
 set -uo pipefail
 PY=${PYTHON:-python3}  # the Python with torch, Triton and transformers
@@ -46,7 +46,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 -DMAMBADIFF_CUDA=OFF -DMAMBADIFF_TESTS=OFF \
   -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" \
   -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/build.txt" 2>&1
-if ! cmake --build "$B" -j16 --target mambadiff model_script_replay >> "$OUT/build.txt" 2>&1; then
+if ! cmake --build "$B" -j16 --target mambadiff fuzz_replay >> "$OUT/build.txt" 2>&1; then
   grep -E "error|Error" "$OUT/build.txt" | head -20; exit 1
 fi
 fi
@@ -59,7 +59,7 @@ if [ "$DEVICE" = cpu ]; then export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""; 
 S=/tmp/eco-scenarios; C=/tmp/eco-corpus; E=/tmp/eco-exports
 rm -rf "$S" "$C" "$E"; mkdir -p "$E" "$OUT/corpus"
 "$B/mambadiff" check --emit-scenarios "$S" "${SCEN_FILTER[@]}" | tee -a "$OUT/gpu.txt"
-MAMBADIFF_FUZZ_SCENARIO_DIR="$C" "$B/fuzz/model_script_replay" corpus/fuzz/model_script > "$OUT/corpus/replay.txt" 2>&1
+MAMBADIFF_FUZZ_SCENARIO_DIR="$C" "$B/fuzz/fuzz_replay" model_script corpus/fuzz/model_script > "$OUT/corpus/replay.txt" 2>&1
 log "corpus: $(ls "$C" | wc -l) model_script inputs written as scenarios"
 
 # 3. The exporters, all six in parallel on the one card (each a process compiling its own kernels on

@@ -8,7 +8,7 @@ kept for the first input in sorted order, in OUT/findings/<system>-<short_hash(s
   replay_corpus.py --scenarios DIR --export NAME=DIR [--export NAME=DIR] --mambadiff BIN --out OUT
 
 DIR/<input hash>/scenario.json (+ model/) is what `MAMBADIFF_FUZZ_SCENARIO_DIR=DIR
-model_script_replay corpus/fuzz/model_script` writes; an export is EXPORT/<input hash>/scenario.safetensors
+fuzz_replay model_script corpus/fuzz/model_script` writes; an export is EXPORT/<input hash>/scenario.safetensors
 (or .skipped / .error, tools/ecosystem/export.py --all). Writes OUT/summary.json and prints one line
 per system. Exit 0 when it ran (divergences are findings, reported), 2 on bad input.
 """
