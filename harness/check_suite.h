@@ -28,6 +28,10 @@ struct CheckCase {
   uint64_t seed = 0;
   std::string detail;   // first divergence or skip reason
   std::string case_dir;  // where the divergence was written as a case (CheckOptions::cases_dir)
+  std::string map_file;  // where its divergence map was written (CheckOptions::maps_dir)
+  // The case's identity across runs and commits (the history's "case" key, harness/history.h):
+  // "<model>/<scenario>/<paths>/<dtype>".
+  std::string id() const { return model + "/" + scenario + "/" + paths + "/" + dtype; }
 };
 
 struct CheckReport {
@@ -45,6 +49,9 @@ struct CheckOptions {
   // When set, each divergence is also written there as a divergence case (harness/divergence_case.h),
   // in a directory named <model>.<scenario>.<path a>.<path b>, expected verdict "agree".
   std::filesystem::path cases_dir;
+  // When set, each divergence is also drawn there as a divergence map (harness/divergence_map.h),
+  // <model>.<scenario>.<path a>.<path b>.html: what `check --report F.html` links to.
+  std::filesystem::path maps_dir;
 };
 
 // The named scenarios of the matrix for one model, built from `seed`.
