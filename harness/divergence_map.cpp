@@ -25,9 +25,9 @@ using html::ratio_colour;
 // bin's worst): 600 columns at 1.5 px is the width of a laptop screen, and the page stays a few MB
 // for a 4096-token prefill of a 24-layer model.
 constexpr int64_t kMaxColumns = 600;
-// The curves' vertical range, log10(error ÷ tolerance): 1e-6 of the tolerance is below any honest
-// path's noise; 1e3 above it is a plain bug (larger values and inf are drawn at the top).
-constexpr double kCurveLogMin = -6.0, kCurveLogMax = 3.0;
+// The curves' vertical range, log10(error ÷ tolerance): from 1e-6 of the tolerance (below any honest
+// path's noise) to 1e3 or the largest finite ratio drawn, at most 1e12 (inf is drawn at the top).
+constexpr double kCurveLogMin = -6.0, kCurveLogTop = 3.0, kCurveLogCeiling = 12.0;
 
 // tab10: one colour per layer in the curves and legends.
 const char* layer_colour(int64_t layer) {
@@ -77,6 +77,7 @@ struct Builder {
   std::map<size_t, int64_t> op_first_col, op_tokens;
   int64_t columns = 0;
   int64_t layers = 0;  // layer rows (the logits row comes after them)
+  double curve_log_max = kCurveLogTop;
 
   bool first_is(const std::string& tensor) const { return first && first->tensor == tensor; }
 
@@ -93,13 +94,22 @@ struct Builder {
       columns += (T + bin - 1) / bin;
     }
     for (const auto& t : map.tokens) layers = std::max(layers, t.layer + 1);
+    auto widen = [&](double r) {
+      if (std::isfinite(r) && r > 0) curve_log_max = std::max(curve_log_max, std::min(kCurveLogCeiling, std::ceil(std::log10(r))));
+    };
+    for (const auto& t : map.tokens) {
+      const torch::Tensor e = t.error.masked_select(torch::isfinite(t.error));
+      if (e.numel()) widen(ratio(e.max().item<double>(), t.tolerance));
+    }
+    for (const auto& r : map.cache)
+      for (double e : r.error) widen(ratio(e, r.tolerance));
   }
   int64_t row_of(int64_t layer) const { return layer < 0 ? layers : layer; }
 
   std::string summary() {
     const Comparison& c = run.comparison;
     std::string s = fmt::format(R"(<h1>{}</h1><p class="sub">{} vs {} · {} · model <code>{}</code> · scenario <code>{}</code></p>)",
-                                escape(ctx.title), escape(run.path_a), escape(run.path_b), escape(run.a.dtype),
+                                escape(ctx.title), escape(run.path_a), escape(run.path_b), escape(dtype_string(scenario.dtype)),
                                 escape(ctx.model), escape(ctx.scenario));
     const bool marker_here = first && !(first_is("layer_output") || first_is("logits") ||
                                         first_is("cache.ssm_states") || first_is("cache.conv_states") ||
@@ -146,7 +156,7 @@ struct Builder {
     s += fmt::format(
         R"(<p class="note">Rows: the residual stream after each layer (layer 0 on top), then the logits. Columns: the tokens of every forward op in time order (op boundaries drawn and labelled){}. Each cell is the worst batch row; its tooltip gives every row. A black outline marks the first divergence.</p>)",
         bin > 1 ? fmt::format("; {} consecutive tokens per column (more than {} tokens in all)", bin, kMaxColumns) : "");
-    const double cw = std::clamp(900.0 / double(std::max<int64_t>(columns, 1)), 1.5, 22.0), ch = 22.0;
+    const double cw = std::clamp(900.0 / double(std::max<int64_t>(columns, 1)), 1.5, 40.0), ch = 22.0;
     const double left = 100, top = 30;
     const double width = left + cw * double(columns) + 20, height = top + ch * double(layers + 1) + 30;
     int64_t cells_over = 0;
@@ -212,13 +222,14 @@ struct Builder {
   }
 
   double curve_y(double r, double top, double h) const {
-    const double l = !std::isfinite(r) ? kCurveLogMax : (r > 0 ? std::clamp(std::log10(r), kCurveLogMin, kCurveLogMax) : kCurveLogMin);
-    return top + h * (1.0 - (l - kCurveLogMin) / (kCurveLogMax - kCurveLogMin));
+    const double l = !std::isfinite(r) ? curve_log_max : (r > 0 ? std::clamp(std::log10(r), kCurveLogMin, curve_log_max) : kCurveLogMin);
+    return top + h * (1.0 - (l - kCurveLogMin) / (curve_log_max - kCurveLogMin));
   }
 
   std::string curve_axes(double left, double top, double w, double h, const std::string& xlabel) const {
     std::string s;
-    for (int e = int(kCurveLogMin); e <= int(kCurveLogMax); ++e) {
+    const int step = curve_log_max - kCurveLogMin > 10 ? 2 : 1;
+    for (int e = int(kCurveLogMin); e <= int(curve_log_max); e += step) {
       const double y = curve_y(std::pow(10.0, e), top, h);
       s += fmt::format(R"(<line class="axis" x1="{0}" x2="{1}" y1="{2:.1f}" y2="{2:.1f}" stroke-opacity="0.3"/><text x="{3}" y="{4:.1f}" text-anchor="end">1e{5}</text>)",
                        left, left + w, y, left - 4, y + 4, e);

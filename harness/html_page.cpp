@@ -50,14 +50,16 @@ struct Stop {
   std::array<int, 3> rgb;
 };
 // ColorBrewer's RdYlBu, reversed, with its yellow put at 0.5 (trend's warning line) and its first red
-// at 1 (the tolerance), so "close to failing" and "failed" read apart at a glance.
-constexpr std::array<Stop, 7> kStops{{{-4.0, {49, 54, 149}},
+// at 1 (the tolerance), so "close to failing" and "failed" read apart at a glance; above 10 it goes on
+// through dark red to dark purple at 1e6, so a bug's spread (1e2 … 1e5 of the tolerance) still shows.
+constexpr std::array<Stop, 8> kStops{{{-4.0, {49, 54, 149}},
                                       {-2.0, {69, 117, 180}},
                                       {-1.0, {171, 217, 233}},
                                       {-0.30103, {254, 224, 144}},  // 0.5
                                       {0.0, {244, 109, 67}},        // 1: the tolerance
                                       {1.0, {215, 48, 39}},
-                                      {2.0, {103, 0, 31}}}};
+                                      {3.0, {153, 0, 13}},
+                                      {6.0, {63, 0, 125}}}};
 
 }  // namespace
 
@@ -87,7 +89,7 @@ std::string legend_svg(int width) {
     s += fmt::format(R"(<rect x="{:.1f}" y="4" width="{:.1f}" height="{}" fill="{}"/>)", pad + width * double(i) / steps,
                      width / double(steps) + 0.5, bar_h, ratio_colour(std::pow(10.0, x)));
   }
-  for (double tick : {1e-4, 1e-2, 0.5, 1.0, 100.0}) {
+  for (double tick : {1e-4, 1e-2, 0.5, 1.0, 100.0, 1e4, 1e6}) {
     const double x = pad + width * (std::log10(tick) - lo) / (hi - lo);
     s += fmt::format(R"(<line x1="{0:.1f}" x2="{0:.1f}" y1="2" y2="{1}" stroke="#222"/><text x="{0:.1f}" y="{2}" text-anchor="middle">{3}</text>)",
                      x, bar_h + 8, bar_h + 22, num(tick));
@@ -98,12 +100,12 @@ std::string legend_svg(int width) {
 
 std::string sparkline_svg(const std::vector<double>& ratios, const std::vector<std::string>& labels, int width,
                           int height) {
-  // Log scale from 1e-4 (or the smallest positive ratio) to 2 (or the largest finite one): the 0.5 and
-  // 1 lines always show, and a growth of 4x is the same height wherever it happens.
-  double lo = 1e-4, hi = 2.0;
+  // Log scale from 0.01 (or half the smallest positive ratio) to 2 (or the largest finite one): the 0.5
+  // and 1 lines always show, and a growth of 4x is the same height wherever it happens.
+  double lo = 1e-2, hi = 2.0;
   for (double r : ratios) {
     if (r > 0 && std::isfinite(r)) {
-      lo = std::min(lo, r);
+      lo = std::min(lo, r / 2);
       hi = std::max(hi, r);
     }
   }

@@ -25,11 +25,12 @@ double ratio(double error, double tolerance);
 
 // The colour of a ratio on the log scale every report uses (legend_svg draws it): blues far below
 // the tolerance (1e-4 and less: darkest), yellow at 0.5 (the drift warning of `trend`), orange-red
-// from 1 (the tolerance: a divergence) to dark red at 100 and beyond; black for inf and NaN.
+// from 1 (the tolerance: a divergence) through dark red (1e3) to dark purple (1e6 and beyond); black
+// for inf and NaN.
 std::string ratio_colour(double ratio);
 
-// The colour scale as an SVG strip with ticks at 1e-4, 1e-2, 0.5, 1, 100: `width` px wide.
-std::string legend_svg(int width = 480);
+// The colour scale as an SVG strip with ticks at 1e-4, 1e-2, 0.5, 1, 100, 1e4, 1e6: `width` px wide.
+std::string legend_svg(int width = 560);
 
 // A sparkline of ratios (log scale, one point per value, dashed lines at 0.5 and 1) with a <title>
 // tooltip per point naming `labels[i]`: `width` x `height` px.

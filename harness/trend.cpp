@@ -107,7 +107,7 @@ std::string trend_html(const TrendReport& rep) {
     b += fmt::format(
         R"(<div class="card{}" data-case="{}" data-flagged="{}" data-latest-ratio="{}" data-records="{}"><div class="id">{}</div>{}<div>latest <b>{}</b>{}</div>{}</div>)",
         c.flagged ? " flagged" : "", escape(c.case_id), c.flagged ? "true" : "false", html::attr_num(c.latest),
-        c.ratios.size(), escape(c.case_id), html::sparkline_svg(c.ratios, labels, 230, 50), html::num(c.latest),
+        c.ratios.size(), escape(c.case_id), html::sparkline_svg(c.ratios, labels, 230, 70), html::num(c.latest),
         c.ratios.size() > 1 ? fmt::format(" · median before {}", html::num(c.median_before)) : "",
         c.flagged ? "<div class=\"verdict-diverge\">" + escape(c.why) + "</div>" : "");
   }
