@@ -269,6 +269,8 @@ TEST(CheckReportPage, OneRowPerCaseFiltersAndALinkPerFailingCaseToItsMap) {
   for (const auto& row : tags_with(diverging, "class=\"case")) {
     EXPECT_EQ(attr(row, "class").find("hidden") != std::string::npos, attr(row, "data-verdict") != "diverge") << row;
   }
+  EXPECT_EQ(text_of(rendered_dom(page, "#model=tiny"), "js-shown"), "3 of 3 cases");
+  EXPECT_EQ(text_of(rendered_dom(page, "#verdict=agree&model=tiny"), "js-shown"), "1 of 3 cases");
   EXPECT_EQ(text_of(rendered_dom(page, "#model=nosuchmodel"), "js-shown"), "3 of 3 cases")
       << "an unknown model in the address is no filter";
 }
