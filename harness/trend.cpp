@@ -79,7 +79,7 @@ std::string trend_table(const TrendReport& rep) {
   for (const auto& c : rep.cases) {
     s += fmt::format("{:<{}} {:>7} {:>10} {:>10}  {:<12} {}\n", c.case_id, width, c.ratios.size(),
                      c.ratios.size() > 1 ? html::num(c.median_before) : "-", html::num(c.latest), text_sparkline(c.ratios),
-                     c.flagged ? "DRIFT: " + c.why : "ok");
+                     c.flagged ? "WARN: " + c.why : "ok");
   }
   s += fmt::format("trend: {} case(s) over {} commit(s) ({} records) in {}: {} flagged "
                    "(error ÷ tolerance >= {} or >= {}x its earlier median)\n",
