@@ -275,6 +275,18 @@ TEST(CheckReportPage, OneRowPerCaseFiltersAndALinkPerFailingCaseToItsMap) {
       << "an unknown model in the address is no filter";
 }
 
+// Through the CLI: a passing suite's page has a row per case, no links, and no empty maps folder.
+TEST(CheckReportPage, APassingRunLinksNothingAndLeavesNoMapsFolder) {
+  const fs::path dir = fresh_dir("check_report_pass");
+  const auto r = run_cli(fmt::format("check --model {} --paths reference,chunked --scenario prefill_1 --report {}/c.html",
+                                     model_dir("tiny").string(), dir.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const std::string page = read_text(dir / "c.html");
+  EXPECT_EQ(tags_with(page, "class=\"case\"").size(), 4u);
+  EXPECT_TRUE(tags_with(page, "class=\"map-link\"").empty());
+  EXPECT_FALSE(fs::exists(dir / "c.cases"));
+}
+
 // --- history and trend -------------------------------------------------------------------------------
 
 // A test path: the reference's own result with one logit moved by drift_fraction × scale (so its
