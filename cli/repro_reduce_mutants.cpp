@@ -13,6 +13,7 @@
 #include "engine/output_file.h"
 #include "harness/check_suite.h"
 #include "harness/divergence_case.h"
+#include "harness/divergence_map.h"
 #include "harness/reduce.h"
 #include "mutants/catalog.h"
 #include "mutants/kill_matrix.h"
@@ -31,12 +32,14 @@ bool same_place(const Divergence& a, const Divergence& b) {
 
 void add_repro_command(CLI::App& app, int& exit_code) {
   struct Args {
-    std::string case_path, json;
+    std::string case_path, json, report;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("repro", "Replay a divergence case deterministically (exit 0 when its verdict is the expected one)");
   cmd->add_option("case", args->case_path, "Case directory (or its case.json)")->required();
   cmd->add_option("--json", args->json, "Write the replay's verdict as JSON");
+  cmd->add_option("--report", args->report,
+                  "Draw the replay as one self-contained HTML page (heat map, curves, traces, cache)");
   cmd->callback([args, &exit_code] {
     mutants::install_mutant_paths();
     const auto t0 = std::chrono::steady_clock::now();
@@ -87,6 +90,16 @@ void add_repro_command(CLI::App& app, int& exit_code) {
       j["observed_tensors_identical"] = tensors_compared ? nlohmann::ordered_json(tensors_identical) : nullptr;
       j["seconds"] = seconds;
       write_text_atomically(args->json, j.dump(1) + "\n");
+    }
+    if (!args->report.empty()) {
+      DivergenceMapContext ctx;
+      ctx.title = fmt::format("repro {}: {} vs {} ({})", args->case_path, c.path_a, c.path_b,
+                              dtype_string(c.scenario.dtype));
+      ctx.command = "mambadiff repro " + args->case_path;
+      ctx.scenario = c.scenario.file.lexically_normal().string();
+      ctx.model = fmt::format("{} ({} layer(s))", c.scenario.model_dir.lexically_normal().string(), c.model_layers);
+      write_divergence_map(args->report, c.scenario, run, ctx);
+      fmt::print("divergence map written to {}\n", args->report);
     }
     exit_code = reproduced ? 0 : 1;
   });

@@ -1,6 +1,7 @@
 // `run`, `diff` and `check`: the scenario commands.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -9,14 +10,31 @@
 #include "engine/checkpoint.h"
 #include "engine/errors.h"
 #include "engine/output_file.h"
+#include "harness/check_report.h"
 #include "harness/check_suite.h"
 #include "harness/diff_command.h"
 #include "harness/divergence_case.h"
+#include "harness/divergence_map.h"
+#include "harness/history.h"
 #include "harness/path_registry.h"
 #include "harness/scenario.h"
 #include "harness/scenario_runner.h"
 
 namespace mambadiff::cli {
+
+namespace {
+
+// A usage error before any work when the folder an output goes to does not exist (the suite would
+// otherwise run for minutes and then fail to write).
+void require_output_folder(const std::string& file, const char* option) {
+  const std::filesystem::path parent = std::filesystem::path(file).parent_path();
+  std::error_code ec;
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+    throw InputError(fmt::format("{} {}: cannot write: the folder {} does not exist", option, file, parent.string()));
+  }
+}
+
+}  // namespace
 
 void add_run_command(CLI::App& app, int& exit_code) {
   struct Args {
@@ -40,7 +58,7 @@ void add_run_command(CLI::App& app, int& exit_code) {
 
 void add_diff_command(CLI::App& app, int& exit_code) {
   struct Args {
-    std::string scenario, paths, json, case_out;
+    std::string scenario, paths, json, case_out, report;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("diff", "Compare two paths on a scenario and locate the first divergence");
@@ -49,6 +67,8 @@ void add_diff_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--json", args->json, "Write the verdict as JSON");
   cmd->add_option("--case-out", args->case_out,
                   "On a divergence, write it as a divergence case into this directory (for repro/reduce)");
+  cmd->add_option("--report", args->report,
+                  "Draw the comparison as one self-contained HTML page (heat map, curves, traces, cache)");
   cmd->callback([args, &exit_code] {
     const auto comma = args->paths.find(',');
     if (comma == std::string::npos || args->paths.find(',', comma + 1) != std::string::npos) {
@@ -70,6 +90,15 @@ void add_diff_command(CLI::App& app, int& exit_code) {
       fmt::print("AGREE\n");
     }
     if (!args->json.empty()) write_text_atomically(args->json, diff_json(d));
+    if (!args->report.empty()) {
+      DivergenceMapContext ctx;
+      ctx.title = fmt::format("diff {}: {} vs {} ({})", args->scenario, path_a, path_b, d.dtype);
+      ctx.command = fmt::format("mambadiff diff {} --paths {}", args->scenario, args->paths);
+      ctx.scenario = args->scenario;
+      ctx.model = scenario.model_dir.string();
+      write_divergence_map(args->report, scenario, run, ctx);
+      fmt::print("divergence map written to {}\n", args->report);
+    }
     if (!args->case_out.empty() && !c.agree) {
       make_case(scenario, ck, run, TolerancePolicy{}, "agree", fmt::format("diff {} --paths {}", args->scenario, args->paths))
           .save(args->case_out, &run);
@@ -83,7 +112,7 @@ void add_check_command(CLI::App& app, int& exit_code) {
   struct Args {
     CheckOptions opt;
     std::vector<std::string> models;
-    std::string paths, json, junit, cases_dir, emit_dir;
+    std::string paths, json, junit, cases_dir, emit_dir, report, history;
     std::vector<std::string> externals;
     int threads = kDefaultThreads;
   };
@@ -104,11 +133,23 @@ void add_check_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--external", args->externals,
                   "NAME=DIR (repeatable): compare another system's exports DIR/<model>/<scenario>.safetensors "
                   "of the emitted matrix against reference, instead of running paths");
+  cmd->add_option("--report", args->report,
+                  "Write the suite as one HTML page, with a divergence map per failing case in <stem>.cases/ beside it");
+  cmd->add_option("--history", args->history,
+                  "Append each compared case's error and tolerance, with the commit and date, to this JSON-lines file");
   add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
     torch::set_num_threads(args->threads);
     CheckOptions opt = args->opt;
     opt.cases_dir = args->cases_dir;
+    if (!args->report.empty()) {
+      // Before the suite runs (it writes the failing cases' maps beside the page as it goes).
+      require_output_folder(args->report, "--report");
+      opt.maps_dir = check_report_maps_dir(args->report);
+    }
+    if (!args->history.empty()) require_output_folder(args->history, "--history");
+    const std::string commit = args->history.empty() && args->report.empty() ? "" : current_commit();
+    const std::string date = utc_now();
     for (const auto& m : args->models) opt.models.emplace_back(m);
     if (!args->emit_dir.empty()) {
       if (!args->externals.empty()) throw InputError("check: --emit-scenarios and --external exclude each other");
@@ -130,6 +171,17 @@ void add_check_command(CLI::App& app, int& exit_code) {
     print_check_table(report);
     if (!args->json.empty()) write_check_json(report, args->json);
     if (!args->junit.empty()) write_check_junit(report, args->junit);
+    if (!args->report.empty()) {
+      write_check_report(report, args->report, opt.seed, commit);
+      fmt::print("check report written to {} (divergence maps in {})\n", args->report, opt.maps_dir.string());
+    }
+    if (!args->history.empty()) {
+      append_history(args->history, report, commit, date);
+      fmt::print("history: {} record(s) appended to {} (commit {})\n",
+                 std::count_if(report.cases.begin(), report.cases.end(),
+                               [](const CheckCase& c) { return c.verdict == "agree" || c.verdict == "diverge"; }),
+                 args->history, commit);
+    }
     exit_code = report.all_agree() ? 0 : 1;
   });
 }

@@ -74,4 +74,40 @@ void write_text_atomically(const std::filesystem::path& file, const std::string&
   write_output_file(file, {std::string_view(text)});
 }
 
+void append_lines(const std::filesystem::path& file, const std::string& lines) {
+  if (lines.empty()) return;
+  if (lines.back() != '\n') fail(file, "internal: appended text must end in a newline");
+  const int fd = ::open(file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) fail(file, std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) fail(file, fmt::format("fstat: {}", std::strerror(errno)));
+  if (S_ISREG(st.st_mode) && st.st_size > 0) {
+    // The descriptor is write-only: the last byte is read through a second one.
+    char last = 0;
+    const int rfd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    const bool read_ok = rfd >= 0 && ::pread(rfd, &last, 1, st.st_size - 1) == 1;
+    if (rfd >= 0) ::close(rfd);
+    if (!read_ok) fail(file, "cannot read its last byte to check that it ends a line");
+    if (last != '\n') {
+      fail(file, "the file does not end with a newline (an interrupted write by another program?); "
+                 "refusing to append to it: repair or move it");
+    }
+  }
+  // One call, so the lines arrive whole or not at all (a signal before the call leaves the file as it
+  // was; O_APPEND makes the kernel place them at the end atomically for regular files).
+  ssize_t w;
+  do {
+    w = ::write(fd, lines.data(), lines.size());
+  } while (w < 0 && errno == EINTR);
+  if (w < 0) fail(file, std::strerror(errno));
+  if (static_cast<size_t>(w) != lines.size()) {
+    fail(file, fmt::format("short append: {} of {} bytes written (disk full?); the last line is cut", w,
+                           lines.size()));
+  }
+}
+
 }  // namespace mambadiff

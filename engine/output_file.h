@@ -22,4 +22,12 @@ void write_output_file(const std::filesystem::path& file, const std::vector<std:
 // write_output_file with one piece of text.
 void write_text_atomically(const std::filesystem::path& file, const std::string& text);
 
+// Appends `lines` (whole lines, each ending in '\n') to `file` (created 0644 if absent) with ONE
+// write(2) on an O_APPEND descriptor, so an interrupted run adds all of them or none, and two runs
+// appending at once do not interleave within a line. The file is never rewritten. An existing file
+// that does not end in '\n' (someone else's interrupted write) is refused rather than glued onto;
+// a short write (a full disk) is an InputError naming the file. The only appending writer
+// (`check --history`, harness/history.h).
+void append_lines(const std::filesystem::path& file, const std::string& lines);
+
 }  // namespace mambadiff

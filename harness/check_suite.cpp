@@ -17,6 +17,7 @@
 #include "engine/input_file.h"
 #include "engine/output_file.h"
 #include "harness/divergence_case.h"
+#include "harness/divergence_map.h"
 #include "harness/path_registry.h"
 
 namespace mambadiff {
@@ -304,7 +305,7 @@ CheckReport run_check(const CheckOptions& opt) {
           for (size_t j = i + 1; j < paths.size(); ++j) pairs.push_back({paths[i], paths[j], paths[i], paths[j]});
       }
       for (const Pair& pair : pairs) {
-        CheckCase cc{model, name, pair.label_a + "," + pair.label_b, dtype, 0, 0, 0, "", seed, "", ""};
+        CheckCase cc{model, name, pair.label_a + "," + pair.label_b, dtype, 0, 0, 0, "", seed, "", "", ""};
         const auto skip_a = skipped.find(pair.a), skip_b = skipped.find(pair.b);
         const auto fail_a = failed.find(pair.a), fail_b = failed.find(pair.b);
         if (fail_a != failed.end() || fail_b != failed.end()) {
@@ -323,14 +324,41 @@ CheckReport run_check(const CheckOptions& opt) {
           cc.nmse = cmp.logits_nmse;
           cc.verdict = cmp.agree ? "agree" : "diverge";
           if (cmp.first_divergence) cc.detail = describe(*cmp.first_divergence);
-          if (!cmp.agree && !opt.cases_dir.empty()) {
-            const CaseRun run{pair.a, pair.b, results.at(pair.a), results.at(pair.b), ref, cmp};
-            const auto origin = fmt::format("check --seed {}: model {}, scenario {} (case seed {})", opt.seed,
-                                            model, name, seed);
-            const auto dir = opt.cases_dir / case_dir_name(fmt::format("{}.{}.{}.{}", model, name, pair.label_a,
-                                                                       pair.label_b));
-            make_case(scenario, ck, run, TolerancePolicy{}, "agree", origin).save(dir, &run);
-            cc.case_dir = dir.string();
+          if (!cmp.agree && (!opt.cases_dir.empty() || !opt.maps_dir.empty())) {
+            const CaseRun run{pair.a, pair.b, results.at(pair.a), results.at(pair.b), ref, cmp,
+                              baselines, TolerancePolicy{}};
+            const std::string file_name =
+                case_dir_name(fmt::format("{}.{}.{}.{}", model, name, pair.label_a, pair.label_b));
+            if (!opt.cases_dir.empty()) {
+              const auto origin = fmt::format("check --seed {}: model {}, scenario {} (case seed {})", opt.seed,
+                                              model, name, seed);
+              const auto dir = opt.cases_dir / file_name;
+              make_case(scenario, ck, run, TolerancePolicy{}, "agree", origin).save(dir, &run);
+              cc.case_dir = dir.string();
+            }
+            if (!opt.maps_dir.empty()) {
+              DivergenceMapContext ctx;
+              ctx.title = fmt::format("check: {} / {}: {} vs {} ({})", model, name, pair.label_a, pair.label_b, dtype);
+              std::string external_dir;
+              for (const auto& [ext_name, dir] : opt.externals)
+                if (ext_name == pair.label_b) external_dir = dir.string();
+              ctx.command = external ? fmt::format("mambadiff check --model {} --scenario {} --external {}={} --seed {}",
+                                                   model_dir.string(), name, pair.label_b, external_dir, opt.seed)
+                                     : fmt::format("mambadiff check --model {} --scenario {} --paths {},{} --seed {}",
+                                                   model_dir.string(), name, pair.a, pair.b, opt.seed);
+              if (!cc.case_dir.empty()) ctx.command += "\nmambadiff repro " + cc.case_dir;
+              ctx.scenario = fmt::format("check's matrix: {} (case seed {})", name, seed);
+              ctx.model = model_dir.string();
+              std::error_code ec;  // made at the first divergence: a passing run leaves no empty folder
+              std::filesystem::create_directories(opt.maps_dir, ec);
+              if (!std::filesystem::is_directory(opt.maps_dir)) {
+                throw InputError(fmt::format("{}: cannot create the folder for the divergence maps{}",
+                                             opt.maps_dir.string(), ec ? ": " + ec.message() : ""));
+              }
+              const auto file = opt.maps_dir / (file_name + ".html");
+              write_divergence_map(file, scenario, run, ctx);
+              cc.map_file = file.string();
+            }
           }
         }
         report.cases.push_back(cc);

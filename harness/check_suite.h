@@ -28,6 +28,10 @@ struct CheckCase {
   uint64_t seed = 0;
   std::string detail;   // first divergence or skip reason
   std::string case_dir;  // where the divergence was written as a case (CheckOptions::cases_dir)
+  std::string map_file;  // where its divergence map was written (CheckOptions::maps_dir)
+  // The case's identity across runs and commits (the history's "case" key, harness/history.h):
+  // "<model>/<scenario>/<paths>/<dtype>".
+  std::string id() const { return model + "/" + scenario + "/" + paths + "/" + dtype; }
 };
 
 struct CheckReport {
@@ -50,6 +54,9 @@ struct CheckOptions {
   // reference, one case per (scenario, NAME). A missing export is a skipped case, never a pass;
   // DIR/<model>/<scenario>.skipped or .error (text, written by the exporter) say why it is missing.
   std::vector<std::pair<std::string, std::filesystem::path>> externals;
+  // When set, each divergence is also drawn there as a divergence map (harness/divergence_map.h),
+  // <model>.<scenario>.<path a>.<path b>.html: what `check --report F.html` links to.
+  std::filesystem::path maps_dir;
 };
 
 // "NAME=DIR" -> (NAME, DIR); InputError naming the option unless NAME is a plain name ([A-Za-z0-9_.-]+)

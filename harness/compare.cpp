@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -232,6 +233,76 @@ Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, con
     out.notes.push_back("per-layer outputs not available on one side: logits and final cache compared");
   }
   return out;
+}
+
+ErrorMap map_errors(const ScenarioResult& a, const ScenarioResult& b, const ScenarioResult& ref,
+                    const std::vector<ErrorBaseline>& baselines, const TolerancePolicy& policy) {
+  ErrorMap map;
+  Comparison unused;  // Checker's tolerance(): the same tolerance per tensor as compare_results
+  const Checker ck{a, b, baselines, policy, unused};
+  auto same_shapes = [&](const torch::Tensor& x, const torch::Tensor& y, const torch::Tensor& r, const std::string& what) {
+    if (x.defined() && y.defined() && r.defined() && x.sizes() == y.sizes() && r.sizes() == x.sizes()) return true;
+    map.notes.push_back(fmt::format("{}: not drawn (shapes differ or a side lacks it)", what));
+    return false;
+  };
+  auto cache_rows = [&](size_t op, const CacheState& ca, const CacheState& cb, const CacheState& cr, bool final_cache) {
+    const size_t layers = std::min({ca.ssm_states.size(), cb.ssm_states.size(), cr.ssm_states.size()});
+    for (size_t l = 0; l < layers; ++l) {
+      for (const char* name : {"ssm_states", "conv_states"}) {
+        const bool ssm = std::string(name) == "ssm_states";
+        const torch::Tensor& ta = ssm ? ca.ssm_states[l] : ca.conv_states[l];
+        const torch::Tensor& tb = ssm ? cb.ssm_states[l] : cb.conv_states[l];
+        const torch::Tensor& tr = ssm ? cr.ssm_states[l] : cr.conv_states[l];
+        const std::string tensor = fmt::format("cache.{}", name);
+        if (!same_shapes(ta, tb, tr, fmt::format("op {} {} layer {}", op, tensor, l))) continue;
+        const torch::Tensor per_row =
+            std::get<0>(element_errors(ta, tb, tr, scale_of(tr)).flatten(1).max(1)).contiguous();  // [B]
+        RowErrors r;
+        r.op = op;
+        r.layer = static_cast<int64_t>(l);
+        r.tensor = tensor;
+        r.error.assign(per_row.data_ptr<double>(), per_row.data_ptr<double>() + per_row.numel());
+        r.tolerance = ck.tolerance(fmt::format("op{}.{}.{}", op, tensor, l));
+        r.final_cache = final_cache;
+        map.cache.push_back(std::move(r));
+      }
+    }
+  };
+  const size_t n = std::min({a.ops.size(), b.ops.size(), ref.ops.size()});
+  bool per_op_cache = false;
+  for (size_t i = 0; i < n; ++i) {
+    const OpResult& oa = a.ops[i];
+    const OpResult& ob = b.ops[i];
+    const OpResult& orf = ref.ops[i];
+    if (oa.kind == OpKind::kForward) {
+      auto add = [&](int64_t layer, const std::string& tensor, const std::string& key, const torch::Tensor& ta,
+                     const torch::Tensor& tb, const torch::Tensor& tr) {
+        if (!same_shapes(ta, tb, tr, fmt::format("op {} {}{}", i, tensor, layer >= 0 ? fmt::format(" layer {}", layer) : "")))
+          return;
+        TokenErrors t;
+        t.op = i;
+        t.layer = layer;
+        t.tensor = tensor;
+        t.error = std::get<0>(element_errors(ta, tb, tr, scale_of(tr)).flatten(2).max(2)).contiguous();  // [B, T]
+        t.tolerance = ck.tolerance(key);
+        map.tokens.push_back(std::move(t));
+      };
+      const size_t layers = std::min({oa.layer_outputs.size(), ob.layer_outputs.size(), orf.layer_outputs.size()});
+      for (size_t l = 0; l < layers; ++l) {
+        add(static_cast<int64_t>(l), "layer_output", fmt::format("op{}.layer{}", i, l), oa.layer_outputs[l],
+            ob.layer_outputs[l], orf.layer_outputs[l]);
+      }
+      add(-1, "logits", fmt::format("op{}.logits", i), oa.logits, ob.logits, orf.logits);
+    }
+    if (oa.cache.defined() && ob.cache.defined() && orf.cache.defined()) {
+      cache_rows(i, oa.cache, ob.cache, orf.cache, false);
+      per_op_cache = true;
+    }
+  }
+  if (!per_op_cache && n > 0 && a.final_cache.defined() && b.final_cache.defined() && ref.final_cache.defined()) {
+    cache_rows(n - 1, a.final_cache, b.final_cache, ref.final_cache, true);
+  }
+  return map;
 }
 
 std::string describe(const Divergence& d) {

@@ -75,4 +75,30 @@ Comparison compare_results(const ScenarioResult& a, const ScenarioResult& b, con
 
 std::string describe(const Divergence& d);
 
+// The same comparison as compare_results, everywhere instead of up to the first divergence: what a
+// divergence map (harness/divergence_map.h) draws. compare_results decides the verdict; this only
+// measures, with the same error unit, scale and tolerance per tensor.
+struct TokenErrors {  // one per-token tensor of one forward op
+  size_t op = 0;
+  int64_t layer = -1;     // -1: logits
+  std::string tensor;     // "layer_output" | "logits"
+  torch::Tensor error;    // [B, T] float64: max over features of |a - b| / scale (+inf where non-finite)
+  double tolerance = 0.0;
+};
+struct RowErrors {  // one cache tensor after one op
+  size_t op = 0;
+  int64_t layer = 0;
+  std::string tensor;        // "cache.ssm_states" | "cache.conv_states"
+  std::vector<double> error;  // per batch row [B]: max over the row of |a - b| / scale
+  double tolerance = 0.0;
+  bool final_cache = false;   // the final cache (a `file:` side has no per-op caches)
+};
+struct ErrorMap {
+  std::vector<TokenErrors> tokens;  // op order; per op the layers in order, then the logits
+  std::vector<RowErrors> cache;     // op order; per op the layers, ssm_states then conv_states
+  std::vector<std::string> notes;   // tensors left out, and why (shapes that differ)
+};
+ErrorMap map_errors(const ScenarioResult& a, const ScenarioResult& b, const ScenarioResult& reference,
+                    const std::vector<ErrorBaseline>& baselines, const TolerancePolicy& policy = {});
+
 }  // namespace mambadiff

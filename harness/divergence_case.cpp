@@ -125,6 +125,8 @@ CaseRun run_paths(const Scenario& scenario, const Mamba2Checkpoint& ck, const st
   run.comparison = compare_results(run.a, run.b, run.reference, baselines, policy);
   run.path_a = path_a;
   run.path_b = path_b;
+  run.baselines = baselines;
+  run.policy = policy;
   return run;
 }
 

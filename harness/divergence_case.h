@@ -63,6 +63,8 @@ struct CaseRun {
   std::string path_a, path_b;  // the names compared (a result's `path` is its path's own name)
   ScenarioResult a, b, reference;
   Comparison comparison;
+  std::vector<ErrorBaseline> baselines;  // the tolerance baselines compared under (divergence maps redraw them)
+  TolerancePolicy policy;
 };
 
 // Runs the reference, the plain loops of the scenario's dtype (the tolerance baseline) and both

