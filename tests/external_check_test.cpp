@@ -30,12 +30,7 @@ using test_support::run_cli;
 using test_support::run_shell;
 using test_support::source_dir;
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::path(MAMBADIFF_TEST_TMP) / "external" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path external_dir(const std::string& name) { return test_support::fresh_dir("external", name); }
 
 // Emits the matrix of `model` (limited to scenarios containing `filter`) into DIR/scenarios.
 nlohmann::json emit(const fs::path& dir, const std::string& model, const std::string& filter = "") {
@@ -69,7 +64,7 @@ void rewrite(const fs::path& file,
 }
 
 TEST(EmitScenarios, WritesEveryCaseOfTheMatrixWithItsDtypeAndAManifest) {
-  const fs::path dir = fresh_dir("emit");
+  const fs::path dir = external_dir("emit");
   const nlohmann::json m = emit(dir, "tiny");
   const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir("tiny"));
   const auto matrix = check_scenarios(ck, model_dir("tiny"), 20261127);
@@ -103,7 +98,7 @@ TEST(EmitScenarios, WritesEveryCaseOfTheMatrixWithItsDtypeAndAManifest) {
 }
 
 TEST(CheckExternal, ExportsOfACorrectSystemAgreeWithTheSameReport) {
-  const fs::path dir = fresh_dir("agree");
+  const fs::path dir = external_dir("agree");
   const auto m = emit(dir, "tiny", "decode");  // decode and bf16_decode
   export_with_run(dir, m, "chunked");
   const auto r = run_cli("check --external chunked_files=" + (dir / "exports").string() + " --model " +
@@ -124,7 +119,7 @@ TEST(CheckExternal, ExportsOfACorrectSystemAgreeWithTheSameReport) {
 }
 
 TEST(CheckExternal, APlantedLogitErrorIsFoundAtItsOpAndToken) {
-  const fs::path dir = fresh_dir("planted");
+  const fs::path dir = external_dir("planted");
   const auto m = emit(dir, "tiny", "decode");
   export_with_run(dir, m, "chunked");
   // Planted bug: the third decode step's logits (op 3) off by 1e-3 of their scale.
@@ -143,7 +138,7 @@ TEST(CheckExternal, APlantedLogitErrorIsFoundAtItsOpAndToken) {
 }
 
 TEST(CheckExternal, ADifferentDispatchInTheExportedTraceIsFoundAtItsOpAndLayer) {
-  const fs::path dir = fresh_dir("trace");
+  const fs::path dir = external_dir("trace");
   const auto m = emit(dir, "tiny", "bf16_decode");
   export_with_run(dir, m, "chunked");
   // The exporter says layer 1 of op 2 ran the chunked scan (the incident's class: prefill kernels
@@ -164,7 +159,7 @@ TEST(CheckExternal, ADifferentDispatchInTheExportedTraceIsFoundAtItsOpAndLayer) 
 }
 
 TEST(CheckExternalMissing, AMissingExportIsSkippedAndAnExportersErrorIsAnErrorCase) {
-  const fs::path dir = fresh_dir("missing");
+  const fs::path dir = external_dir("missing");
   const auto m = emit(dir, "tiny", "prefill");  // prefill_1, _15, _16, _17, _53, bf16_prefill_53
   export_with_run(dir, m, "chunked");
   fs::remove(dir / "exports" / "tiny" / "prefill_1.safetensors");
@@ -189,14 +184,14 @@ TEST(CheckExternalMissing, AMissingExportIsSkippedAndAnExportersErrorIsAnErrorCa
   EXPECT_NE(detail["bf16_prefill_53"].find("no bf16 here"), std::string::npos);
   EXPECT_EQ(verdict["prefill_16"], "agree");
   // Nothing exported at all is not a pass.
-  const fs::path empty = fresh_dir("empty");
+  const fs::path empty = external_dir("empty");
   const auto e = run_cli("check --external sys=" + empty.string() + " --model " + model_dir("tiny").string());
   EXPECT_EQ(e.exit_code, 2) << e.out;
   EXPECT_NE(e.out.find("nothing was compared"), std::string::npos) << e.out;
 }
 
 TEST(CheckExternalBadInput, IsExitTwoWithOneLineNamingTheFileAndKey) {
-  const fs::path dir = fresh_dir("bad");
+  const fs::path dir = external_dir("bad");
   const auto m = emit(dir, "tiny", "decode");
   export_with_run(dir, m, "chunked");
   const std::string base = " --model " + model_dir("tiny").string() + " --scenario decode";
@@ -238,7 +233,7 @@ fs::path tiny_two_op_scenario(const fs::path& dir) {
 TEST(EcosystemStandIn, TheDriverOnStandInKernelsAgreesWithReferenceOnTheWholeMatrix) {
   // Not bitwise: the stand-in scans sequentially in fp32 (and bf16 runs round where HF's modules
   // round), the reference in fp64; agreement is check's derived tolerance, as for any path.
-  const fs::path dir = fresh_dir("stand_in");
+  const fs::path dir = external_dir("stand_in");
   emit(dir, "tiny");
   const auto x = run_shell(std::string(MAMBADIFF_PYTHON) + " " + (source_dir() / "tools/ecosystem/export.py").string() +
                            " --backend stand_in --device cpu -q --all " + (dir / "scenarios").string() +
@@ -291,7 +286,7 @@ void interpreter_export_matches_its_softplus(const std::string& backend) {
   std::string why;
   const std::string py = ecosystem_python(backend, &why);
   if (py.empty()) GTEST_SKIP() << why;
-  const fs::path dir = fresh_dir("interp_" + backend);
+  const fs::path dir = external_dir("interp_" + backend);
   const fs::path scenario = tiny_two_op_scenario(dir);
   const fs::path out = dir / (backend + ".safetensors"), stand_in = dir / "stand_in_triton_softplus.safetensors";
   const std::string exe = py.substr(0, py.find(' '));

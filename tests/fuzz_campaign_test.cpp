@@ -126,12 +126,7 @@ fs::path stand_in_dir() { return MAMBADIFF_FUZZ_STAND_IN_DIR; }
 #define REQUIRE_STAND_IN()                                                                       \
   if (stand_in_dir().empty()) GTEST_SKIP() << "clang++ (libFuzzer) not found: no stand-in target"
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::path(MAMBADIFF_TEST_TMP) / "fuzz_campaign" / name;
-  fs::remove_all(d);
-  fs::create_directories(d.parent_path());
-  return d;
-}
+fs::path campaign_dir(const std::string& name) { return test_support::fresh_dir("fuzz_campaign", name, false); }
 
 std::string campaign_args(const fs::path& out, double seconds) {
   return "fuzz --time " + std::to_string(seconds) + " --jobs 1 --target scan_diff --minimize-time 2 --out " +
@@ -172,7 +167,7 @@ nlohmann::json check_outputs(const fs::path& out) {
 
 TEST(FuzzCommand, FindsBothPlantedBugsOnceEach) {
   REQUIRE_STAND_IN();
-  const fs::path out = fresh_dir("finds");
+  const fs::path out = campaign_dir("finds");
   const auto r = run_cli(campaign_args(out, 5));  // the stand-in's two bugs are found in about a second
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_NE(r.out.find("fuzz scan_diff: "), std::string::npos) << "no progress line:\n" << r.out;
@@ -210,7 +205,7 @@ TEST(FuzzCommand, FindsBothPlantedBugsOnceEach) {
 
 TEST(FuzzCommand, NoFindingsExitZeroAndCorpusKeptAcrossRuns) {
   REQUIRE_STAND_IN();
-  const fs::path out = fresh_dir("clean");
+  const fs::path out = campaign_dir("clean");
   const std::string cmd = "STAND_IN_CLEAN=1 " + std::string(MAMBADIFF_BINARY) + " " + campaign_args(out, 3) +
                           " --json " + (out.parent_path() / "clean.json").string() + " >/dev/null 2>&1";
   EXPECT_EQ(WEXITSTATUS(std::system(cmd.c_str())), 0);
@@ -226,7 +221,7 @@ TEST(FuzzCommand, NoFindingsExitZeroAndCorpusKeptAcrossRuns) {
 
 TEST(FuzzCommand, BadUsageExitsTwoWithOneLine) {
   REQUIRE_STAND_IN();
-  const fs::path out = fresh_dir("bad");
+  const fs::path out = campaign_dir("bad");
   const std::string stand_in = " --targets-dir " + stand_in_dir().string();
   fs::create_directories(out.parent_path());
   test_support::write_text(out.parent_path() / "a-file", "x");
@@ -254,7 +249,7 @@ TEST(FuzzCommand, BadUsageExitsTwoWithOneLine) {
 
 TEST(FuzzCommand, InterruptedCampaignMergesAndWritesItsFindings) {
   REQUIRE_STAND_IN();
-  const fs::path out = fresh_dir("interrupt");
+  const fs::path out = campaign_dir("interrupt");
   const fs::path log = out.parent_path() / "interrupt.log";
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -302,7 +297,7 @@ TEST(FuzzCommand, InterruptedCampaignMergesAndWritesItsFindings) {
 
 TEST(FuzzCommand, StopAtFirstFindingRecordsTimeAndExecs) {
   REQUIRE_STAND_IN();
-  const fs::path out = fresh_dir("first");
+  const fs::path out = campaign_dir("first");
   const auto r = run_cli(campaign_args(out, 60) + " --stop-at-first-finding");
   EXPECT_EQ(r.exit_code, 1) << r.out;
   const auto j = check_outputs(out);

@@ -46,12 +46,7 @@ test_support::Cli run_cli_stderr(const std::string& args, const fs::path& dir) {
   return r;
 }
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path d = fs::path(MAMBADIFF_TEST_TMP) / "reports" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path report_dir(const std::string& name) { return test_support::fresh_dir("reports", name); }
 
 // --- the browser -------------------------------------------------------------------------------
 
@@ -122,7 +117,7 @@ std::vector<Cell> heat_cells(const std::string& dom) {
 // without the dt clamp (corpus/regressions/hf-decode-no-dt-clamp, its exported tensors vs reference).
 TEST(DivergenceMapPage, DiffReportMarksTheFirstDivergenceTheBrowserRenders) {
   REQUIRE_CHROMIUM();
-  const fs::path dir = fresh_dir("diff_report");
+  const fs::path dir = report_dir("diff_report");
   const fs::path c = source_dir() / "corpus/regressions/hf-decode-no-dt-clamp";
   const auto r = run_cli(fmt::format("diff {}/scenario.json --paths file:{}/transformers-5.17.safetensors,reference "
                                      "--json {}/d.json --report {}/d.html",
@@ -154,7 +149,7 @@ TEST(DivergenceMapPage, DiffReportMarksTheFirstDivergenceTheBrowserRenders) {
 // first kill as a case; `repro --report` draws the replay), shows where it starts and how it spreads.
 TEST(DivergenceMapPage, ReproReportOfAMutantShowsWhereTheErrorStartsAndHowItSpreads) {
   REQUIRE_CHROMIUM();
-  const fs::path dir = fresh_dir("repro_report");
+  const fs::path dir = report_dir("repro_report");
   auto r = run_cli(fmt::format("mutants --model {} --mutant inter-chunk-axis --cases-dir {}/cases",
                                model_dir("tiny").string(), dir.string()));
   ASSERT_EQ(r.exit_code, 0) << r.out;
@@ -202,7 +197,7 @@ TEST(DivergenceMapPage, ReproReportOfAMutantShowsWhereTheErrorStartsAndHowItSpre
 
 // A dispatch-trace divergence (the incident's stand-in cache) is marked on the trace row that differs.
 TEST(DivergenceMapPage, DispatchMismatchIsMarkedOnTheTraceRow) {
-  const fs::path dir = fresh_dir("trace_report");
+  const fs::path dir = report_dir("trace_report");
   const auto r = run_cli(fmt::format("repro {}/corpus/regressions/stand-in-cache --report {}/t.html",
                                      source_dir().string(), dir.string()));
   ASSERT_EQ(r.exit_code, 0) << r.out;
@@ -222,7 +217,7 @@ TEST(DivergenceMapPage, DispatchMismatchIsMarkedOnTheTraceRow) {
 TEST(CheckReportPage, OneRowPerCaseFiltersAndALinkPerFailingCaseToItsMap) {
   REQUIRE_CHROMIUM();
   mutants::install_mutant_paths();
-  const fs::path dir = fresh_dir("check_report");
+  const fs::path dir = report_dir("check_report");
   const fs::path page = dir / "suite.html";
   CheckOptions opt;
   opt.models = {model_dir("tiny")};
@@ -277,7 +272,7 @@ TEST(CheckReportPage, OneRowPerCaseFiltersAndALinkPerFailingCaseToItsMap) {
 
 // Through the CLI: a passing suite's page has a row per case, no links, and no empty maps folder.
 TEST(CheckReportPage, APassingRunLinksNothingAndLeavesNoMapsFolder) {
-  const fs::path dir = fresh_dir("check_report_pass");
+  const fs::path dir = report_dir("check_report_pass");
   const auto r = run_cli(fmt::format("check --model {} --paths reference,chunked --scenario prefill_1 --report {}/c.html",
                                      model_dir("tiny").string(), dir.string()));
   ASSERT_EQ(r.exit_code, 0) << r.out;
@@ -313,7 +308,7 @@ void install_drift_path() {
 TEST(History, TrendFlagsACaseWhoseErrorGrewAcrossThreeRecordedCommits) {
   REQUIRE_CHROMIUM();
   install_drift_path();
-  const fs::path dir = fresh_dir("trend");
+  const fs::path dir = report_dir("trend");
   const fs::path history = dir / "history.jsonl";
   CheckOptions opt;
   opt.models = {model_dir("tiny")};
@@ -401,7 +396,7 @@ TEST(Trend, FlagsHalfTheToleranceAndFourTimesTheEarlierMedianOnly) {
 }
 
 TEST(History, CheckAppendsOneWholeLinePerCaseWithTheCommitFromTheEnvironment) {
-  const fs::path dir = fresh_dir("check_history");
+  const fs::path dir = report_dir("check_history");
   const fs::path h = dir / "h.jsonl";
   const std::string check = fmt::format("check --model {} --paths reference,chunked --scenario prefill_1 --history {}",
                                         model_dir("tiny").string(), h.string());
@@ -431,7 +426,7 @@ TEST(History, CheckAppendsOneWholeLinePerCaseWithTheCommitFromTheEnvironment) {
 }
 
 TEST(History, AppendRefusesAFileWhoseLastLineWasCut) {
-  const fs::path dir = fresh_dir("append_cut");
+  const fs::path dir = report_dir("append_cut");
   const fs::path h = dir / "h.jsonl";
   write_text(h, "{\"format\": \"mambadiff.history.v1\", \"case\": \"x\"");  // no newline: a cut line
   const std::string msg = test_support::input_error([&] { append_lines(h, "{}\n"); });
@@ -445,7 +440,7 @@ TEST(History, AppendRefusesAFileWhoseLastLineWasCut) {
 class ReportsBadInput : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fresh_dir(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = report_dir(::testing::UnitTest::GetInstance()->current_test_info()->name());
     good_ = R"({"format":"mambadiff.history.v1","case":"tiny/decode/reference,chunked/float32","model":"tiny","scenario":"decode","paths":"reference,chunked","dtype":"float32","error":1e-7,"tolerance":2e-6,"verdict":"agree","seed":1,"commit":"c1","date":"2026-12-01T00:00:00Z"})";
   }
   // `trend` on a history of `lines` (joined with newlines, `tail` after the last): exit 2, one line

@@ -33,6 +33,15 @@ class SingleThreadedTorch : public ::testing::Environment {
   void SetUp() override { torch::set_num_threads(1); }
 };
 
+// MAMBADIFF_TEST_TMP/<area>/<name>, emptied; the folder itself is created unless `create` is false
+// (then only its parent is: for commands that must create their own output folder).
+inline std::filesystem::path fresh_dir(const std::string& area, const std::string& name, bool create = true) {
+  const std::filesystem::path d = std::filesystem::path(MAMBADIFF_TEST_TMP) / area / name;
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(create ? d : d.parent_path());
+  return d;
+}
+
 inline std::filesystem::path model_dir(const std::string& name) { return source_dir() / "corpus" / "models" / name; }
 
 inline std::string read_text(const std::filesystem::path& p) {
