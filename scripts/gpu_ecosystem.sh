@@ -79,7 +79,7 @@ export_all corpus_mamba_ssm mamba_ssm "$C" "$E/corpus_mamba_ssm" &
 export_all corpus_vllm vllm "$C" "$E/corpus_vllm" &
 # vLLM's conv kernels as the vllm backend calls them vs the textbook conv (a calling mistake of ours
 # would otherwise read as a vLLM divergence).
-"$PY" tools/ecosystem/probe_vllm_conv.py --device "$DEVICE" --ecosystem "$ECO" > "$OUT/vllm_conv_probe.txt" 2>&1 &
+timeout 120 "$PY" tools/ecosystem/probe_vllm_conv.py --device "$DEVICE" --ecosystem "$ECO" > "$OUT/vllm_conv_probe.txt" 2>&1 &
 # The known behaviour (softplus flush and precision, bf16 state rounding) measured on this device.
 timeout "$EXPORT_TIMEOUT_S" "$PY" tools/ecosystem/measure_known_behaviour.py --device "$DEVICE" --ecosystem "$ECO" \
     > "$OUT/known_behaviour.txt" 2>&1 &
