@@ -104,3 +104,6 @@ first() { find "$E/$1" -name '*.safetensors' 2>/dev/null | sort | head -1; }
 grep -E "^(softplus|state error)" "$OUT/known_behaviour.txt" | tee -a "$OUT/gpu.txt"
 grep -E "^(causal_conv1d|vLLM conv probe)" "$OUT/vllm_conv_probe.txt" | tee -a "$OUT/gpu.txt"
 log "done; table in external.md"
+
+# The device call returns at most 8 files of $OUT (alphabetically first): everything again as one archive.
+tar czf /tmp/mambadiff-all.tgz -C "$OUT" . && mv /tmp/mambadiff-all.tgz "$OUT/all.tgz"

@@ -124,3 +124,6 @@ for target in ("scan_diff", "model_script"):
         print(f"| {target} | {arm} | " + " | ".join(cells) + f" | {execs} | {kept} |")
 PY
 cat "$S"
+
+# The device call returns at most 8 files of $OUT (alphabetically first): everything again as one archive.
+tar czf /tmp/mambadiff-all.tgz -C "$OUT" . && mv /tmp/mambadiff-all.tgz "$OUT/all.tgz"

@@ -49,3 +49,6 @@ done
 "$B/mambadiff" optimize --prompt "The cat sat on the" --target " dog" --path cuda --out /tmp/dog.safetensors > "$OUT/opt_bytes_cuda.txt" 2>&1
 echo "byte model on cuda: exit $?" | tee -a "$OUT/gpu.txt"; tail -12 "$OUT/opt_bytes_cuda.txt"
 python3 .device/anchors/hf_decode_and_functional_optimizer.py 2>&1 | grep -v Warning | tee -a "$OUT/gpu.txt"
+
+# The device call returns at most 8 files of $OUT (alphabetically first): everything again as one archive.
+tar czf /tmp/mambadiff-all.tgz -C "$OUT" . && mv /tmp/mambadiff-all.tgz "$OUT/all.tgz"
