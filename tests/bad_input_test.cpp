@@ -64,8 +64,7 @@ class BadInput : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(MAMBADIFF_TEST_TMP) / "bad_input" / info->name();
-    fs::remove_all(dir_);
+    dir_ = mambadiff::test_support::fresh_dir("bad_input", info->name());
     fs::create_directories(dir_ / "out");
   }
 

@@ -70,8 +70,7 @@ class Hostile : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(MAMBADIFF_TEST_TMP) / "hostile" / info->name();
-    fs::remove_all(dir_);
+    dir_ = mambadiff::test_support::fresh_dir("hostile", info->name());
     fs::create_directories(out());
     tiny_ = copy_model("tiny");
   }
