@@ -49,7 +49,7 @@ std::pair<torch::Tensor, torch::Tensor> CudaPath::ssd_chunk_scan(int64_t l, cons
                                                              const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                              const torch::Tensor& initial_state) {
   return fused::ssd_chunk_scan(x, dt, A_fp32_[static_cast<size_t>(l)], Bm, Cm, weights_.layers[static_cast<size_t>(l)].D,
-                         initial_state);
+                         initial_state, {}, chunk_size_);
 }
 
 std::pair<torch::Tensor, torch::Tensor> CudaPath::selective_state_update(int64_t l, const torch::Tensor& x,

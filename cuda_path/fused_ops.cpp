@@ -320,7 +320,8 @@ k::ScanShape shape_of(const torch::Tensor& x, const torch::Tensor& Bm) {
 struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x_in, const torch::Tensor& dt_in,
                                const torch::Tensor& A_in, const torch::Tensor& Bm_in, const torch::Tensor& Cm_in,
-                               const torch::Tensor& D_in, const torch::Tensor& initial_in, Destination dest) {
+                               const torch::Tensor& D_in, const torch::Tensor& initial_in, Destination dest,
+                               int64_t chunk_size) {
     const torch::Tensor D = D_in.to(torch::kFloat32).contiguous();
     const ScanInputs in = scan_inputs(x_in, Bm_in, Cm_in);
     const k::ScanShape s = shape_of(x_in, Bm_in);
@@ -341,11 +342,36 @@ struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
     }
     torch::Tensor final_state = to_dest ? torch::empty({0}, f32)
                                         : torch::empty({s.batch, s.heads, s.head_dim, s.state_size}, f32);
-    check(k::ssd_chunk_scan_forward(act_of(x_in, "ssd_chunk_scan"), s, in.x.data_ptr(), in.Bm.data_ptr(), in.Cm.data_ptr(),
-                              in.stride, dt.data_ptr<float>(), A.data_ptr<float>(), D.data_ptr<float>(),
-                              has_initial ? initial.data_ptr<float>() : nullptr, y.data_ptr<float>(),
-                              to_dest ? dest.tensor.data_ptr<float>() : final_state.data_ptr<float>(), stream()),
-          "ssd_chunk_scan");
+    float* final_ptr = to_dest ? dest.tensor.data_ptr<float>() : final_state.data_ptr<float>();
+    if (s.tokens > 1) {
+      // Prefill and continue: the chunked SSD kernel (tensor cores), with its workspace from the
+      // caching allocator (graph-capturable: no host synchronization).
+      k::ChunkedScanParams p;
+      p.act = act_of(x_in, "ssd_chunk_scan");
+      p.shape = s;
+      p.chunk_size = chunk_size;
+      p.x = in.x.data_ptr();
+      p.Bm = in.Bm.data_ptr();
+      p.Cm = in.Cm.data_ptr();
+      p.xbc_token_stride = in.stride;
+      p.dt = dt.data_ptr<float>();
+      p.dt_token_stride = s.heads;
+      p.A = A.data_ptr<float>();
+      p.D = D.data_ptr<float>();
+      p.initial = has_initial ? initial.data_ptr<float>() : nullptr;
+      p.y = y.data_ptr<float>();
+      p.final_state = final_ptr;
+      torch::Tensor workspace = torch::empty(
+          {static_cast<int64_t>(k::ssd_chunked_scan_workspace_bytes(s, chunk_size))}, x_in.options().dtype(torch::kUInt8));
+      check(k::ssd_chunked_scan_forward(p, workspace.data_ptr(), stream()), "ssd_chunk_scan (chunked)");
+    } else {
+      // The decode step (and T = 0): the sequential kernel, one token in registers.
+      check(k::ssd_chunk_scan_forward(act_of(x_in, "ssd_chunk_scan"), s, in.x.data_ptr(), in.Bm.data_ptr(),
+                                      in.Cm.data_ptr(), in.stride, dt.data_ptr<float>(), A.data_ptr<float>(),
+                                      D.data_ptr<float>(), has_initial ? initial.data_ptr<float>() : nullptr,
+                                      y.data_ptr<float>(), final_ptr, stream()),
+            "ssd_chunk_scan");
+    }
     ctx->save_for_backward({in.x, in.Bm, in.Cm, dt, A, D, initial});
     ctx->saved_data["stride"] = in.stride;
     ctx->saved_data["shape"] = std::vector<int64_t>{s.batch, s.tokens, s.heads, s.head_dim, s.groups, s.state_size};
@@ -385,7 +411,7 @@ struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
       return g.view({s.batch, s.groups, s.heads / s.groups, s.state_size}).sum(2).unsqueeze(1).to(x.scalar_type());
     };
     return {gx, gdt, torch::Tensor(), per_group(gB_head), per_group(gC_head), torch::Tensor(),
-            has_initial ? gs : torch::Tensor(), torch::Tensor()};
+            has_initial ? gs : torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -451,8 +477,10 @@ torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt
 std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, const torch::Tensor& dt,
                                                  const torch::Tensor& A, const torch::Tensor& Bm,
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
-                                                 const torch::Tensor& initial, const torch::Tensor& final_state_out) {
+                                                 const torch::Tensor& initial, const torch::Tensor& final_state_out,
+                                                 int64_t chunk_size) {
   const LaunchCheck c("ssd_chunk_scan");
+  c.positive("chunk_size", chunk_size);
   // Shapes and the kernel's limits first (they need no device), then devices and dtypes.
   c.shape(x, "x", {kAny, kAny, kAny, kAny});
   const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3);
@@ -477,7 +505,7 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, c
   }
   const c10::cuda::CUDAGuard on_device(x.device());
   auto out = SsdChunkScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()),
-                           Destination{final_state_out});
+                           Destination{final_state_out}, chunk_size);
   return {out[0], final_state_out.defined() ? final_state_out : out[1]};
 }
 

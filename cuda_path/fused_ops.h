@@ -29,8 +29,10 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& input
 // clamp(softplus(dt_raw + dt_bias), lo, hi) in fp32.   dt_raw: [B, T, H]   dt_bias: [H]
 torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double lo, double hi);
 
-// ssd_chunk_scan (computed sequentially in time, kernels/ssd_chunk_scan.cu): the selective scan with
-// initial and final states; differentiable for T == 1, where it is selective_state_update.
+// ssd_chunk_scan: the selective scan with initial and final states — for T > 1 the chunked SSD kernel
+// (kernels/ssd_chunked_scan.cu, chunks of `chunk_size` tokens, tensor cores), for T <= 1 the
+// sequential one (kernels/ssd_chunk_scan.cu); differentiable for T == 1, where it is
+// selective_state_update.
 //   x: [B, T, H, P]   dt: [B, T, H] fp32   A: [H] fp32   Bm, Cm: [B, T, G, N]   D: [H]
 //   initial: [B, H, P, N] fp32 or undefined.  Returns (y [B, T, H, P] fp32, final [B, H, P, N] fp32).
 // `final_state_out`: where the final state goes (may be `initial` itself, updated in place; then
@@ -38,6 +40,7 @@ torch::Tensor discretize_dt(const torch::Tensor& dt_raw, const torch::Tensor& dt
 std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, const torch::Tensor& dt,
                                                  const torch::Tensor& A, const torch::Tensor& Bm,
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
-                                                 const torch::Tensor& initial, const torch::Tensor& final_state_out = {});
+                                                 const torch::Tensor& initial, const torch::Tensor& final_state_out = {},
+                                                 int64_t chunk_size = 256);
 
 }  // namespace mambadiff::fused

@@ -24,6 +24,7 @@
 // L (s > t, or past the sequence) are zero, never exp of a positive difference (mamba_ssm PR #713).
 #include <mma.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "kernels/device_math.cuh"
@@ -40,7 +41,12 @@ namespace wmma = nvcuda::wmma;
 
 constexpr int kTile = 64;        // output tile of a block: kTile x kTile
 constexpr int kTileK = 32;       // the slice of the reduction staged in shared memory per step
-constexpr int kThreads = 128;    // 4 warps as 2 x 2, each a 32 x 32 quarter of the tile (2 x 2 fragments)
+constexpr int kThreads = 256;    // 8 warps as 2 x 4, each 32 x 16 of the tile (2 x 1 fragments)
+#ifndef MAMBADIFF_SCAN_MIN_BLOCKS
+#define MAMBADIFF_SCAN_MIN_BLOCKS 4  // measured on an H200: 12.6 ms at b8 L8192 h80 vs 13.1 (3), 14.7 (2), 33.6 (1)
+#endif
+// Resident blocks per SM the MMA kernels are compiled for (caps registers at 64K / (256 x this)).
+constexpr int kMinBlocksPerSm = MAMBADIFF_SCAN_MIN_BLOCKS;
 constexpr int kLdK = kTileK + 4;  // leading dims with 4 floats of padding against bank conflicts; both keep
 constexpr int kLdM = kTile + 4;   // every fragment's start 32-byte aligned (16 * ld * 4 bytes, 8 * 4 bytes)
 constexpr int kStageFloats = (kTile * kLdK > kTileK * kLdM ? kTile * kLdK : kTileK * kLdM);
@@ -66,67 +72,122 @@ struct SharedTile {
   __device__ float* b() { return mem + kStageFloats; }
 };
 
-// Stages one slice of both operands in shared memory (a(m, k), b(k, n); 0 outside the problem)
-// between two barriers: the previous step's reads of the stage are done before, the stage is
-// complete after. Every thread of the block calls it.
-template <Layout LA, Layout LB, class OperandA, class OperandB>
-__device__ void fill(SharedTile& smem, OperandA a, OperandB b) {
-  __syncthreads();  // the previous step is done reading the stage
-#pragma unroll  // a fixed trip count: the loads of all iterations can be in flight together
-  for (int e = threadIdx.x; e < kTile * kTileK; e += kThreads) {
-    if constexpr (LA == Layout::kRowMajor) {
-      const int m = e / kTileK, k = e % kTileK;
-      smem.a()[m * kLdK + k] = a(m, k);
-    } else {
-      const int k = e / kTile, m = e % kTile;
-      smem.a()[k * kLdM + m] = a(m, k);
-    }
-    if constexpr (LB == Layout::kRowMajor) {
-      const int k = e / kTile, n = e % kTile;
-      smem.b()[k * kLdM + n] = b(k, n);
-    } else {
-      const int n = e / kTileK, k = e % kTileK;
-      smem.b()[n * kLdK + k] = b(k, n);
-    }
+// A run of 8 consecutive elements from global memory, as floats: `valid` of them are real (the
+// rest, past the problem's edge, are 0). One 16-byte (bf16) or two 16-byte (fp32) loads when the
+// run is whole and aligned; element by element otherwise (tails, odd strides of tiny models).
+constexpr int kRun = 8;
+
+__device__ __forceinline__ void load_run(const float* p, int valid, float (&out)[kRun]) {
+  if (valid >= kRun && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+    const float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
+    out[0] = lo.x, out[1] = lo.y, out[2] = lo.z, out[3] = lo.w, out[4] = hi.x, out[5] = hi.y, out[6] = hi.z, out[7] = hi.w;
+    return;
   }
-  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < kRun; ++r) out[r] = r < valid ? p[r] : 0.0f;
 }
 
-// The accumulated kTile x kTile tile of a block; step() adds one staged slice of A · B. Steps with
-// different operand layouts may add into the same tile (the accumulator does not depend on them).
+__device__ __forceinline__ void load_run(const __nv_bfloat16* p, int valid, float (&out)[kRun]) {
+  if (valid >= kRun && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+    for (int r = 0; r < kRun / 2; ++r) {
+      const float2 f = __bfloat1622float2(pairs[r]);
+      out[2 * r] = f.x, out[2 * r + 1] = f.y;
+    }
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < kRun; ++r) out[r] = r < valid ? __bfloat162float(p[r]) : 0.0f;
+}
+
+// One slice of both operands held in registers: load() issues the global reads of the NEXT slice
+// before the block multiplies the current one (software pipelining: the loads' latency hides
+// behind the MMAs), commit() moves the slice to shared memory between two barriers.
+//
+// Each thread stages one run of kRun elements of each operand along the operand's contiguous
+// (stored) dimension. The operand functors get (step, row, first, out): `row` indexes the operand
+// as stored (A row-major: m; A col-major: k; B row-major: k; B col-major: n), out[r] is element
+// first + r along the stored row.
+template <Layout LA, Layout LB>
+struct StagedSlice {
+  static_assert(kTile * kTileK == kThreads * kRun, "one run of each operand per thread");
+  // Stored row length (elements) and the thread's run in it, per layout.
+  static constexpr int kRowLenA = LA == Layout::kRowMajor ? kTileK : kTile;
+  static constexpr int kRowLenB = LB == Layout::kRowMajor ? kTile : kTileK;
+  static constexpr int kLdA = LA == Layout::kRowMajor ? kLdK : kLdM;
+  static constexpr int kLdB = LB == Layout::kRowMajor ? kLdM : kLdK;
+  float a[kRun], b[kRun];
+
+  template <class OperandA, class OperandB>
+  __device__ void load(int64_t step, OperandA& a_of, OperandB& b_of) {
+    constexpr int runs_a = kRowLenA / kRun, runs_b = kRowLenB / kRun;
+    a_of(step, static_cast<int>(threadIdx.x) / runs_a, static_cast<int>(threadIdx.x) % runs_a * kRun, a);
+    b_of(step, static_cast<int>(threadIdx.x) / runs_b, static_cast<int>(threadIdx.x) % runs_b * kRun, b);
+  }
+
+  __device__ void commit(SharedTile& smem) const {
+    constexpr int runs_a = kRowLenA / kRun, runs_b = kRowLenB / kRun;
+    __syncthreads();  // the previous slice's multiply is done reading the stage
+    float* pa = &smem.a()[(threadIdx.x / runs_a) * kLdA + threadIdx.x % runs_a * kRun];
+    float* pb = &smem.b()[(threadIdx.x / runs_b) * kLdB + threadIdx.x % runs_b * kRun];
+    reinterpret_cast<float4*>(pa)[0] = make_float4(a[0], a[1], a[2], a[3]);
+    reinterpret_cast<float4*>(pa)[1] = make_float4(a[4], a[5], a[6], a[7]);
+    reinterpret_cast<float4*>(pb)[0] = make_float4(b[0], b[1], b[2], b[3]);
+    reinterpret_cast<float4*>(pb)[1] = make_float4(b[4], b[5], b[6], b[7]);
+    __syncthreads();
+  }
+};
+
+// acc += Σ_step A_step · B_step over `steps` slices of the reduction, pipelined as StagedSlice says.
+// Every thread of the block calls it.
+template <Layout LA, Layout LB, class Accumulator, class OperandA, class OperandB>
+__device__ void accumulate(Accumulator& acc, SharedTile& smem, int64_t steps, OperandA a_of, OperandB b_of, bool split_a,
+                           bool split_b) {
+  if (steps <= 0) return;
+  StagedSlice<LA, LB> slice;
+  slice.load(0, a_of, b_of);
+  for (int64_t step = 0; step < steps; ++step) {
+    slice.commit(smem);
+    if (step + 1 < steps) slice.load(step + 1, a_of, b_of);
+    acc.template multiply<LA, LB>(smem, split_a, split_b);
+  }
+}
+
+// The accumulated kTile x kTile tile of a block; multiply() adds the staged slice of A · B. Slices
+// of different operand layouts may add into the same tile (the accumulator does not depend on them).
 class TileAccumulator {
  public:
   using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
 
-  __device__ TileAccumulator() : warp_m_(threadIdx.x / 32 / 2), warp_n_(threadIdx.x / 32 % 2) {
+  __device__ TileAccumulator() : warp_m_(threadIdx.x / 32 / 4), warp_n_(threadIdx.x / 32 % 4) {
     for (auto& row : acc_)
       for (auto& f : row) wmma::fill_fragment(f, 0.0f);
   }
 
-  // acc += A · B over one kTileK slice of the reduction: a(m, k) and b(k, n) give the operands
-  // (0 outside the problem), split_a / split_b say whether they need the 3xTF32 split. Every thread
-  // of the block calls it (it synchronizes).
-  template <Layout LA, Layout LB, class OperandA, class OperandB>
-  __device__ void step(SharedTile& smem, OperandA a, OperandB b, bool split_a, bool split_b) {
+  // acc += A · B of the slice staged in shared memory; split_a / split_b say whether an operand
+  // needs the 3xTF32 split.
+  template <Layout LA, Layout LB>
+  __device__ void multiply(SharedTile& smem, bool split_a, bool split_b) {
     using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma_layout<LA>>;
     using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma_layout<LB>>;
-    fill<LA, LB>(smem, a, b);
     constexpr int lda = LA == Layout::kRowMajor ? kLdK : kLdM, ldb = LB == Layout::kRowMajor ? kLdM : kLdK;
     for (int k0 = 0; k0 < kTileK; k0 += 8) {
       FragA a_hi[2], a_lo[2];
-      FragB b_hi[2], b_lo[2];
+      FragB b_hi[1], b_lo[1];
       for (int i = 0; i < 2; ++i) {
         const int m0 = warp_m_ * 32 + i * 16;
         wmma::load_matrix_sync(a_hi[i], LA == Layout::kRowMajor ? &smem.a()[m0 * kLdK + k0] : &smem.a()[k0 * kLdM + m0], lda);
         split(a_hi[i], a_lo[i], split_a);
       }
-      for (int j = 0; j < 2; ++j) {
-        const int n0 = warp_n_ * 32 + j * 16;
+      for (int j = 0; j < 1; ++j) {
+        const int n0 = warp_n_ * 16 + j * 16;
         wmma::load_matrix_sync(b_hi[j], LB == Layout::kRowMajor ? &smem.b()[k0 * kLdM + n0] : &smem.b()[n0 * kLdK + k0], ldb);
         split(b_hi[j], b_lo[j], split_b);
       }
       for (int i = 0; i < 2; ++i) {
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < 1; ++j) {
           // The small cross terms first, the leading product last.
           if (split_a) wmma::mma_sync(acc_[i][j], a_lo[i], b_hi[j], acc_[i][j]);
           if (split_b) wmma::mma_sync(acc_[i][j], a_hi[i], b_lo[j], acc_[i][j]);
@@ -142,8 +203,8 @@ class TileAccumulator {
     float* out = smem.mem;
     __syncthreads();  // the last step's MMAs are done reading the stage
     for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 2; ++j)
-        wmma::store_matrix_sync(&out[(warp_m_ * 32 + i * 16) * kLdM + warp_n_ * 32 + j * 16], acc_[i][j], kLdM,
+      for (int j = 0; j < 1; ++j)
+        wmma::store_matrix_sync(&out[(warp_m_ * 32 + i * 16) * kLdM + warp_n_ * 16 + j * 16], acc_[i][j], kLdM,
                                 wmma::mem_row_major);
     __syncthreads();
     return out;
@@ -162,37 +223,36 @@ class TileAccumulator {
   }
 
   int warp_m_, warp_n_;
-  FragC acc_[2][2];
+  FragC acc_[2][1];
 };
 
 
 // The same tile in plain fp32 FMAs (CUDA cores), for fp32 activations: 3xTF32 keeps ~22 bits of
 // each product, and over a 256-token reduction that measured 2e-6 of the output's scale against the
 // float64 reference — past the fp32 budget (4 x the sequential fp32 kernel's 1e-7, + 1e-6) that the
-// harness gives a path. Thread (tm, tn) owns rows 4 tm … 4 tm + 3 and columns 8 tn … 8 tn + 7;
+// harness gives a path. Thread (tm, tn) owns rows 4 tm … 4 tm + 3 and columns 4 tn … 4 tn + 3;
 // every output is one fixed-order fp32 sum (deterministic).
 class SimtAccumulator {
  public:
-  __device__ SimtAccumulator() : tm_(threadIdx.x / 8), tn_(threadIdx.x % 8) {
+  __device__ SimtAccumulator() : tm_(threadIdx.x / 16), tn_(threadIdx.x % 16) {
     for (auto& row : acc_)
       for (float& v : row) v = 0.0f;
   }
 
-  template <Layout LA, Layout LB, class OperandA, class OperandB>
-  __device__ void step(SharedTile& smem, OperandA a, OperandB b, bool /*split_a*/, bool /*split_b*/) {
-    fill<LA, LB>(smem, a, b);
+  template <Layout LA, Layout LB>
+  __device__ void multiply(SharedTile& smem, bool /*split_a*/, bool /*split_b*/) {
     for (int k = 0; k < kTileK; ++k) {
-      float av[4], bv[8];
+      float av[4], bv[4];
       for (int i = 0; i < 4; ++i) {
         const int m = tm_ * 4 + i;
         av[i] = LA == Layout::kRowMajor ? smem.a()[m * kLdK + k] : smem.a()[k * kLdM + m];
       }
-      for (int j = 0; j < 8; ++j) {
-        const int n = tn_ * 8 + j;
+      for (int j = 0; j < 4; ++j) {
+        const int n = tn_ * 4 + j;
         bv[j] = LB == Layout::kRowMajor ? smem.b()[k * kLdM + n] : smem.b()[n * kLdK + k];
       }
       for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 8; ++j) acc_[i][j] = fmaf(av[i], bv[j], acc_[i][j]);
+        for (int j = 0; j < 4; ++j) acc_[i][j] = fmaf(av[i], bv[j], acc_[i][j]);
     }
   }
 
@@ -200,14 +260,14 @@ class SimtAccumulator {
     float* out = smem.mem;
     __syncthreads();  // the last step is done reading the stage
     for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 8; ++j) out[(tm_ * 4 + i) * kLdM + tn_ * 8 + j] = acc_[i][j];
+      for (int j = 0; j < 4; ++j) out[(tm_ * 4 + i) * kLdM + tn_ * 4 + j] = acc_[i][j];
     __syncthreads();
     return out;
   }
 
  private:
   int tm_, tn_;
-  float acc_[4][8];
+  float acc_[4][4];
 };
 
 // The accumulator of an activation type: tensor cores where the inputs are exact in TF32.
@@ -301,7 +361,7 @@ __global__ void chunk_cumsum_kernel(Geometry g, ChunkedScanParams p, Workspace w
 // ---- 2. C_t · B_s per group and chunk -----------------------------------------------------------
 
 template <typename T>
-__global__ void chunk_cb_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_cb_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const int64_t t_tile = blockIdx.y, s_tile = blockIdx.z;
   if (s_tile > t_tile) return;  // above the diagonal: never read (L is causal)
   const int64_t bgc = blockIdx.x, c = bgc % g.chunks, bg = bgc / g.chunks, grp = bg % g.G, b = bg / g.G;
@@ -313,20 +373,23 @@ __global__ void chunk_cb_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const T* Bm = static_cast<const T*>(p.Bm);
   __shared__ __align__(128) SharedTile smem;
   AccumulatorFor<T> acc;
-  // A(t, n) = C_t[n], B(n, s) = B_s[n]: n fastest in both (coalesced).
-  for (int64_t n0 = 0; n0 < g.N; n0 += kTileK) {
-    acc.step<Layout::kRowMajor, Layout::kColMajor>(
-        smem,
-        [&](int m, int k) {
-          const int64_t t = t_base + m, n = n0 + k;
-          return (t < len && n < g.N) ? load(C, g.row(b, t0 + t) + grp * g.N + n) : 0.0f;
-        },
-        [&](int k, int col) {
-          const int64_t s = s_base + col, n = n0 + k;
-          return (s < len && n < g.N) ? load(Bm, g.row(b, t0 + s) + grp * g.N + n) : 0.0f;
-        },
-        kSplit, kSplit);
-  }
+  // A(t, n) = C_t[n], B(n, s) = B_s[n]: n fastest in both (coalesced). Slices of kTileK state entries.
+  // 64-bit bases of the chunk's rows, 32-bit offsets inside it (the launcher checks they fit).
+  const T* C_rows = C + g.row(b, t0) + grp * g.N;
+  const T* B_rows = Bm + g.row(b, t0) + grp * g.N;
+  const int ld = static_cast<int>(g.xbc_stride), N = static_cast<int>(g.N), L = static_cast<int>(len);
+  const int tb = static_cast<int>(t_base), sb = static_cast<int>(s_base);
+  accumulate<Layout::kRowMajor, Layout::kColMajor>(
+      acc, smem, (g.N + kTileK - 1) / kTileK,
+      [&](int64_t step, int m, int k0, float(&out)[kRun]) {  // C[t][n0 + k0 ...]
+        const int t = tb + m, n = static_cast<int>(step) * kTileK + k0;
+        load_run(C_rows + t * ld + n, t < L ? N - n : 0, out);
+      },
+      [&](int64_t step, int col, int k0, float(&out)[kRun]) {  // B[s][n0 + k0 ...]
+        const int s = sb + col, n = static_cast<int>(step) * kTileK + k0;
+        load_run(B_rows + s * ld + n, s < L ? N - n : 0, out);
+      },
+      kSplit, kSplit);
   const float* tile = acc.store(smem);
   float* cb = w.cb + ((b * g.G + grp) * g.chunks + c) * g.Q * g.Q;
   for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
@@ -338,7 +401,7 @@ __global__ void chunk_cb_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
 // ---- 3. each chunk's own state contribution ---------------------------------------------------
 
 template <typename T>
-__global__ void chunk_state_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_state_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const int64_t bhc = blockIdx.x, c = bhc % g.chunks, bh = bhc / g.chunks, h = bh % g.H, b = bh / g.H;
   const int64_t grp = h / g.heads_per_group(), t0 = c * g.Q, len = g.chunk_len(c);
   const int64_t p_base = int64_t(blockIdx.y) * kTile, n_base = int64_t(blockIdx.z) * kTile;
@@ -346,30 +409,31 @@ __global__ void chunk_state_kernel(Geometry g, ChunkedScanParams p, Workspace w)
   const T* x = static_cast<const T*>(p.x);
   const T* Bm = static_cast<const T*>(p.Bm);
   __shared__ __align__(128) SharedTile smem;
-  __shared__ float weight[kTileK];  // exp(cum_end - cum_s) dt'_s of the staged tokens
   const float* cum = w.cum + bh * g.T + t0;
   const float* dt = w.dt + bh * g.T + t0;
   const float cum_end = cum[len - 1];
   AccumulatorFor<T> acc;
-  // A(p, s) = weight_s x_s[p] (p fastest: coalesced), B(s, n) = B_s[n] (n fastest).
-  for (int64_t s0 = 0; s0 < len; s0 += kTileK) {
-    // The previous step's fill is done reading `weight` (step() synchronizes before its MMAs).
-    if (threadIdx.x < kTileK) {
-      const int64_t s = s0 + threadIdx.x;
-      weight[threadIdx.x] = s < len ? expf(cum_end - cum[s]) * dt[s] : 0.0f;
-    }
-    acc.step<Layout::kColMajor, Layout::kRowMajor>(
-        smem,
-        [&](int m, int k) {
-          const int64_t pp = p_base + m, s = s0 + k;
-          return (pp < g.P && s < len) ? weight[k] * load(x, g.row(b, t0 + s) + h * g.P + pp) : 0.0f;
-        },
-        [&](int k, int col) {
-          const int64_t s = s0 + k, n = n_base + col;
-          return (s < len && n < g.N) ? load(Bm, g.row(b, t0 + s) + grp * g.N + n) : 0.0f;
-        },
-        true, kSplitInputs);
-  }
+  // A(p, s) = exp(cum_end - cum_s) dt'_s x_s[p] (p fastest: coalesced), B(s, n) = B_s[n] (n fastest).
+  // Slices of kTileK tokens.
+  // 64-bit bases of the chunk's rows, 32-bit offsets inside it (the launcher checks they fit).
+  const T* x_rows = x + g.row(b, t0) + h * g.P + p_base;
+  const T* B_rows = Bm + g.row(b, t0) + grp * g.N + n_base;
+  const int ld = static_cast<int>(g.xbc_stride), L = static_cast<int>(len);
+  const int P_left = static_cast<int>(g.P - p_base), N_left = static_cast<int>(g.N - n_base);
+  accumulate<Layout::kColMajor, Layout::kRowMajor>(
+      acc, smem, (len + kTileK - 1) / kTileK,
+      [&](int64_t step, int k, int m0, float(&out)[kRun]) {  // weight_s x[s][p0 + m0 ...]
+        const int s = static_cast<int>(step) * kTileK + k;
+        load_run(x_rows + s * ld + m0, s < L ? P_left - m0 : 0, out);
+        const float weight = s < L ? expf(cum_end - cum[s]) * dt[s] : 0.0f;
+#pragma unroll
+        for (float& v : out) v *= weight;
+      },
+      [&](int64_t step, int k, int n0, float(&out)[kRun]) {  // B[s][n_base + n0 ...]
+        const int s = static_cast<int>(step) * kTileK + k;
+        load_run(B_rows + s * ld + n0, s < L ? N_left - n0 : 0, out);
+      },
+      true, kSplitInputs);
   const float* tile = acc.store(smem);
   float* out = w.states + (bh * g.chunks + c) * g.P * g.N;
   for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
@@ -387,12 +451,18 @@ __global__ void state_passing_kernel(Geometry g, ChunkedScanParams p, Workspace 
   MAMBADIFF_COVER(kChunkedManyChunks, threadIdx.x == 0 && g.chunks > 1);
   if (e >= PN) return;
   float s = p.initial ? p.initial[bh * PN + e] : 0.0f;
+  // The chain is s's FMAs; the chunks' own states are loaded kAhead chunks early (the in-place
+  // write of each slot keeps the compiler from hoisting the loads itself).
+  constexpr int kAhead = 4;
+  float own[kAhead];
+  const auto slot = [&](int64_t c) { return w.states + (bh * g.chunks + c) * PN + e; };
+  for (int i = 0; i < kAhead; ++i) own[i] = i < g.chunks ? *slot(i) : 0.0f;
   for (int64_t c = 0; c < g.chunks; ++c) {
     const float decay = expf(w.cum[bh * g.T + c * g.Q + g.chunk_len(c) - 1]);
-    float* slot = w.states + (bh * g.chunks + c) * PN + e;
-    const float own = *slot;
-    *slot = s;
-    s = decay * s + own;
+    const float own_c = own[c % kAhead];
+    if (c + kAhead < g.chunks) own[c % kAhead] = *slot(c + kAhead);
+    *slot(c) = s;
+    s = decay * s + own_c;
   }
   p.final_state[bh * PN + e] = s;
 }
@@ -400,7 +470,7 @@ __global__ void state_passing_kernel(Geometry g, ChunkedScanParams p, Workspace 
 // ---- 5. the output of each chunk --------------------------------------------------------------
 
 template <typename T>
-__global__ void chunk_output_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_output_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const int64_t bhc = blockIdx.x, c = bhc % g.chunks, bh = bhc / g.chunks, h = bh % g.H, b = bh / g.H;
   const int64_t grp = h / g.heads_per_group(), t0 = c * g.Q, len = g.chunk_len(c);
   const int64_t t_base = int64_t(blockIdx.y) * kTile, p_base = int64_t(blockIdx.z) * kTile;
@@ -411,56 +481,59 @@ __global__ void chunk_output_kernel(Geometry g, ChunkedScanParams p, Workspace w
   __shared__ __align__(128) SharedTile smem;
   __shared__ float decay_t[kTile];  // exp(cum_t) of the tile's tokens
   __shared__ float cum_t[kTile];    // cum of the tile's tokens
-  __shared__ float cum_s[kTileK];   // cum and dt' of the staged tokens
-  __shared__ float dt_s[kTileK];
   const float* cum = w.cum + bh * g.T + t0;
   const float* dt = w.dt + bh * g.T + t0;
   for (int i = threadIdx.x; i < kTile; i += kThreads) {
     cum_t[i] = t_base + i < len ? cum[t_base + i] : 0.0f;
     decay_t[i] = expf(cum_t[i]);
   }
-  // (step() synchronizes before its fill reads cum_t.)
+  __syncthreads();  // cum_t and decay_t are read by every thread's first slice
   const bool has_state_in = c > 0 || p.initial != nullptr;
   const float* state_in = w.states + (bh * g.chunks + c) * g.P * g.N;
   const float* cb = w.cb + ((b * g.G + grp) * g.chunks + c) * g.Q * g.Q;
   const int64_t s_end = len < t_base + kTile ? len : t_base + kTile;  // causal: later tokens never contribute
   AccumulatorFor<T> acc;
-  // Inter-chunk: A(t, n) = exp(cum_t) C_t[n] (n fastest), B(n, p) = S_in[p][n] (n fastest).
+  // Inter-chunk: A(t, n) = exp(cum_t) C_t[n] (n fastest), B(n, p) = S_in[p][n] (n fastest); slices
+  // of kTileK state entries.
+  // 64-bit bases of the chunk's rows, 32-bit offsets inside it (the launcher checks they fit).
+  const T* C_rows = C + g.row(b, t0 + t_base) + grp * g.N;
+  const T* x_rows = x + g.row(b, t0) + h * g.P + p_base;
+  const float* state_rows = state_in + p_base * g.N;
+  const float* cb_rows = cb + t_base * g.Q;
+  const int ld = static_cast<int>(g.xbc_stride), N = static_cast<int>(g.N), Q = static_cast<int>(g.Q);
+  const int T_left = static_cast<int>(len - t_base), P_left = static_cast<int>(g.P - p_base);
+  const int tb = static_cast<int>(t_base), L = static_cast<int>(len);
   if (has_state_in) {
-    for (int64_t n0 = 0; n0 < g.N; n0 += kTileK) {
-      acc.step<Layout::kRowMajor, Layout::kColMajor>(
-          smem,
-          [&](int m, int k) {
-            const int64_t t = t_base + m, n = n0 + k;
-            return (t < len && n < g.N) ? decay_t[m] * load(C, g.row(b, t0 + t) + grp * g.N + n) : 0.0f;
-          },
-          [&](int k, int col) {
-            const int64_t pp = p_base + col, n = n0 + k;
-            return (pp < g.P && n < g.N) ? state_in[pp * g.N + n] : 0.0f;
-          },
-          true, true);
-    }
+    accumulate<Layout::kRowMajor, Layout::kColMajor>(
+        acc, smem, (g.N + kTileK - 1) / kTileK,
+        [&](int64_t step, int m, int k0, float(&out)[kRun]) {  // exp(cum_t) C[t][n ...]
+          const int n = static_cast<int>(step) * kTileK + k0;
+          load_run(C_rows + m * ld + n, m < T_left ? N - n : 0, out);
+#pragma unroll
+          for (float& v : out) v *= decay_t[m];
+        },
+        [&](int64_t step, int col, int k0, float(&out)[kRun]) {  // S_in[p][n ...]
+          const int n = static_cast<int>(step) * kTileK + k0;
+          load_run(state_rows + col * N + n, col < P_left ? N - n : 0, out);
+        },
+        true, true);
   }
   // Intra-chunk: A(t, s) = L[t, s] = CB[t, s] exp(cum_t - cum_s) dt'_s for s <= t (s fastest),
-  // B(s, p) = x_s[p] (p fastest).
-  for (int64_t s0 = 0; s0 < s_end; s0 += kTileK) {
-    if (threadIdx.x < kTileK) {
-      const int64_t s = s0 + threadIdx.x;
-      cum_s[threadIdx.x] = s < len ? cum[s] : 0.0f;
-      dt_s[threadIdx.x] = s < len ? dt[s] : 0.0f;
-    }
-    acc.step<Layout::kRowMajor, Layout::kRowMajor>(
-        smem,
-        [&](int m, int k) {
-          const int64_t t = t_base + m, s = s0 + k;
-          return (t < len && s <= t) ? cb[t * g.Q + s] * expf(cum_t[m] - cum_s[k]) * dt_s[k] : 0.0f;
-        },
-        [&](int k, int col) {
-          const int64_t s = s0 + k, pp = p_base + col;
-          return (s < len && pp < g.P) ? load(x, g.row(b, t0 + s) + h * g.P + pp) : 0.0f;
-        },
-        true, kSplitInputs);
-  }
+  // B(s, p) = x_s[p] (p fastest); slices of kTileK tokens.
+  accumulate<Layout::kRowMajor, Layout::kRowMajor>(
+      acc, smem, (s_end + kTileK - 1) / kTileK,
+      [&](int64_t step, int m, int k0, float(&out)[kRun]) {  // L[t][s ...], zero past s = t
+        const int s = static_cast<int>(step) * kTileK + k0;
+        const int valid = m < T_left ? tb + m + 1 - s : 0;  // s <= t (< len)
+        load_run(cb_rows + m * Q + s, valid, out);
+#pragma unroll
+        for (int r = 0; r < kRun; ++r) out[r] = r < valid ? out[r] * expf(cum_t[m] - cum[s + r]) * dt[s + r] : 0.0f;
+      },
+      [&](int64_t step, int k, int n0, float(&out)[kRun]) {  // x[s][p_base + n0 ...]
+        const int s = static_cast<int>(step) * kTileK + k;
+        load_run(x_rows + s * ld + n0, s < L ? P_left - n0 : 0, out);
+      },
+      true, kSplitInputs);
   const float* tile = acc.store(smem);
   const float d_h = p.D ? p.D[h] : 0.0f;
   for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
@@ -487,6 +560,13 @@ int ssd_chunked_scan_forward(const ChunkedScanParams& p, void* workspace, void* 
   const ScanShape& s = p.shape;
   if (p.chunk_size <= 0 || s.groups <= 0 || s.heads % s.groups != 0) return cudaErrorInvalidValue;
   if (s.batch * s.heads * s.head_dim * s.state_size == 0) return cudaSuccess;
+  // Offsets inside one chunk are 32-bit (cheaper addressing in the staging loops); across chunks,
+  // batches and heads they are 64-bit. A chunk whose rows, CB block or state span 2^31 elements
+  // is refused (chunk 256 allows rows of 8M elements).
+  const int64_t q_eff = p.chunk_size < s.tokens ? p.chunk_size : s.tokens;
+  if (q_eff * p.xbc_token_stride >= (int64_t(1) << 31) || q_eff * q_eff >= (int64_t(1) << 31) ||
+      s.head_dim * s.state_size >= (int64_t(1) << 31))
+    return cudaErrorInvalidValue;
   const Geometry g = geometry_of(p);
   const Workspace w = carve(g, workspace);
   auto stream = static_cast<cudaStream_t>(stream_ptr);

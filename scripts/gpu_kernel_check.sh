@@ -10,6 +10,10 @@ t0=$(date +%s)
 nvcc -std=c++17 -O3 -arch=sm_90 -I. -Werror=all-warnings -lineinfo kernels/check/ssd_chunked_scan_check.cu \
   kernels/ssd_chunked_scan.cu kernels/ssd_chunk_scan.cu -o /tmp/ssd_chunked_scan_check || exit 1
 echo "nvcc: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/kernel_check.txt"
+# Tuning variants (MAMBADIFF_SCAN_VARIANTS="-DMAMBADIFF_SCAN_MIN_BLOCKS=3 ..."): timings only.
+for v in ${MAMBADIFF_SCAN_VARIANTS:-}; do
+  nvcc -std=c++17 -O3 -arch=sm_90 -I. $v kernels/check/ssd_chunked_scan_check.cu kernels/ssd_chunked_scan.cu     kernels/ssd_chunk_scan.cu -o /tmp/variant && echo "variant $v:" && /tmp/variant --bench-only | tee -a "$OUT/kernel_check.txt"
+done
 /tmp/ssd_chunked_scan_check --bench 2>&1 | tee -a "$OUT/kernel_check.txt"
 echo "check exit ${PIPESTATUS[0]}" | tee -a "$OUT/kernel_check.txt"
 for tool in memcheck racecheck; do

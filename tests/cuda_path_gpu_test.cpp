@@ -126,6 +126,47 @@ TEST_F(FusedOps, ScanWithInitialStateMatchesTheChunkedScan) {
   }
 }
 
+// The chunked SSD kernel (T > 1) at chunk sizes that split the sequence every way: one token per
+// chunk, an odd size, the checkpoints' 256, and one longer than the sequence.
+TEST_F(FusedOps, ChunkedKernelMatchesTheChunkedScanAtAnyChunkSize) {
+  const ScanCase c{2, 300, 6, 24, 3, 40};
+  const int64_t I = c.H * c.P, GN = c.G * c.N;
+  for (const bool bf16 : {false, true}) {
+    torch::Tensor xbc = randn({c.B, c.T, I + 2 * GN});
+    if (bf16) xbc = xbc.to(torch::kBFloat16);
+    const torch::Tensor x = xbc.narrow(2, 0, I).view({c.B, c.T, c.H, c.P});
+    const torch::Tensor Bm = xbc.narrow(2, I, GN).view({c.B, c.T, c.G, c.N});
+    const torch::Tensor Cm = xbc.narrow(2, I + GN, GN).view({c.B, c.T, c.G, c.N});
+    const torch::Tensor dt = torch::rand({c.B, c.T, c.H}, opts_) * 0.1, A = -torch::rand({c.H}, opts_) - 0.5;
+    const torch::Tensor D = randn({c.H}), initial = randn({c.B, c.H, c.P, c.N});
+    for (const int64_t chunk : {1, 7, 256, 1000}) {
+      auto [y, final_state] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, {}, chunk);
+      auto [ry, rfinal] = aten_ops::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, 64);
+      EXPECT_LT(rel_err(y, ry), 1e-4) << "chunk " << chunk << (bf16 ? " bf16" : " fp32");
+      EXPECT_LT(rel_err(final_state, rfinal), 1e-4) << "chunk " << chunk << (bf16 ? " bf16" : " fp32");
+    }
+  }
+}
+
+// 70,000 tokens in one prefill: past the ~61K where mamba_ssm #1015's 32-bit offsets overflowed.
+// The kernel against the chunked path's ATen scan on the same GPU, bf16 inputs.
+TEST_F(FusedOps, ChunkedKernelSeventyThousandTokenPrefillMatchesTheChunkedPath) {
+  const ScanCase c{1, 70000, 4, 64, 1, 128};
+  const int64_t I = c.H * c.P, GN = c.G * c.N;
+  const torch::Tensor xbc = randn({c.B, c.T, I + 2 * GN}).to(torch::kBFloat16);
+  const torch::Tensor x = xbc.narrow(2, 0, I).view({c.B, c.T, c.H, c.P});
+  const torch::Tensor Bm = xbc.narrow(2, I, GN).view({c.B, c.T, c.G, c.N});
+  const torch::Tensor Cm = xbc.narrow(2, I + GN, GN).view({c.B, c.T, c.G, c.N});
+  const torch::Tensor dt = torch::rand({c.B, c.T, c.H}, opts_) * 0.05 + 0.001, A = -torch::rand({c.H}, opts_) - 0.5;
+  const torch::Tensor D = randn({c.H}), initial = randn({c.B, c.H, c.P, c.N});
+  auto [y, final_state] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, {}, 256);
+  auto [ry, rfinal] = aten_ops::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, 256);
+  EXPECT_LT(rel_err(y, ry), 1e-4);
+  EXPECT_LT(rel_err(final_state, rfinal), 1e-4);
+  // The last tokens, not only the scale-dominating ones: past token 65,536 the rows must match too.
+  EXPECT_LT(rel_err(y.narrow(1, 65536, c.T - 65536), ry.narrow(1, 65536, c.T - 65536)), 1e-4);
+}
+
 TEST_F(FusedOps, DecodeStepForwardAndBackwardMatchTheStateUpdate) {
   for (const ScanCase c : {ScanCase{2, 1, 4, 8, 2, 16}, ScanCase{1, 1, 24, 64, 1, 128}, ScanCase{3, 1, 8, 16, 4, 40}}) {
     const int64_t I = c.H * c.P, GN = c.G * c.N;
