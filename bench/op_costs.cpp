@@ -8,7 +8,9 @@ std::string ScanShape::label() const {
   return fmt::format("b{} L{} h{} p{} g{} n{}", batch, tokens, heads, head_dim, groups, state_size);
 }
 
-std::string ScanShape::step_label() const { return fmt::format("b{} h{} p{} n{}", batch, heads, head_dim, state_size); }
+std::string ScanShape::step_label() const {
+  return fmt::format("b{} h{} p{} g{} n{}", batch, heads, head_dim, groups, state_size);
+}
 
 OpCost ssd_chunk_scan_cost(const ScanShape& s, const ScanDtypes& d) {
   const int64_t B = s.batch, L = s.tokens, H = s.heads, P = s.head_dim, G = s.groups, N = s.state_size, Q = s.chunk;

@@ -21,7 +21,7 @@ struct ScanShape {
   int64_t batch = 1, tokens = 1, heads = 1, head_dim = 1, groups = 1, state_size = 1, chunk = 256;
   // "b8 L8192 h80 p64 g1 n128" (the chunk is reported apart); the same spelling as tools/bench_peers.py's.
   std::string label() const;
-  // "b64 h80 p64 n128": the decode step's shape (no tokens, no groups).
+  // "b64 h80 p64 g1 n128": the decode step's shape (no tokens).
   std::string step_label() const;
 };
 

@@ -52,6 +52,9 @@ inline CLI::Validator number_in(double min, double max = std::numeric_limits<dou
 inline void require_output_folder(const std::string& file, const char* option) {
   const std::filesystem::path parent = std::filesystem::path(file).parent_path();
   std::error_code ec;
+  if (std::filesystem::is_directory(file, ec)) {
+    throw InputError(fmt::format("{} {}: cannot write: it is a folder", option, file));
+  }
   if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
     throw InputError(fmt::format("{} {}: cannot write: the folder {} does not exist", option, file, parent.string()));
   }
