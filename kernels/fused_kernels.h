@@ -14,6 +14,7 @@
 // ssd_chunk_scan and selective_state_update_backward in ssd_chunk_scan.cu.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace mambadiff::kernels {
@@ -75,6 +76,37 @@ struct ScanShape {
 int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const void* Bm, const void* Cm,
                      int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* initial,
                      float* y, float* final_state, void* stream);
+// ssd_chunked_scan: the same scan in the chunked SSD form on tensor cores (kernels/ssd_chunked_scan.cu),
+// for T > 1 (prefill, continue). Parameters in one struct (flash-attention's habit); shapes as above.
+//   dt: [B, T, H] fp32 rows `dt_token_stride` apart, raw: dt' = clamp(softplus(dt + dt_bias), dt_min,
+//   dt_max), with dt_bias (null = none), the softplus and the limits (±inf = none) each optional.
+//   D: [H] or null. chunk_size: any positive number (the last chunk may be shorter).
+//   workspace: ssd_chunked_scan_workspace_bytes() of device memory, 256-byte aligned.
+// fp32 accumulation throughout; the products are 3xTF32 (fp32-class) for fp32 inputs and exact-input
+// TF32 with split fp32 operands for bf16 ones. Any length: every offset is 64-bit.
+struct ChunkedScanParams {
+  Act act = Act::kFloat32;
+  ScanShape shape{};
+  int64_t chunk_size = 256;
+  const void* x = nullptr;
+  const void* Bm = nullptr;
+  const void* Cm = nullptr;
+  int64_t xbc_token_stride = 0;
+  const float* dt = nullptr;
+  int64_t dt_token_stride = 0;
+  const float* dt_bias = nullptr;
+  bool dt_softplus = false;
+  float dt_min = -__builtin_huge_valf();
+  float dt_max = __builtin_huge_valf();
+  const float* A = nullptr;
+  const float* D = nullptr;
+  const float* initial = nullptr;  // [B, H, P, N] or null (zeros)
+  float* y = nullptr;              // [B, T, H, P]
+  float* final_state = nullptr;    // [B, H, P, N]
+};
+size_t ssd_chunked_scan_workspace_bytes(const ScanShape& s, int64_t chunk_size);
+int ssd_chunked_scan_forward(const ChunkedScanParams& params, void* workspace, void* stream);
+
 // The backward of a one-token scan (the decode step the optimizer differentiates), T == 1.
 //   state: the state before the step   grad_y: [B, H, P] fp32   grad_state_out: [B, H, P, N] fp32
 //   or null   Outputs: grad_x [B, H, P] act, grad_dt [B, H] fp32, grad_B_head/grad_C_head

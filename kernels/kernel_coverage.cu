@@ -9,6 +9,7 @@ int take_ssd_chunk_scan(uint32_t* counts);
 int take_rms_norm(uint32_t* counts);
 int take_causal_conv1d(uint32_t* counts);
 int take_discretize_dt(uint32_t* counts);
+int take_ssd_chunked_scan(uint32_t* counts);
 }  // namespace coverage
 #endif
 
@@ -19,7 +20,8 @@ const char* kernel_branch_name(int branch) {
       "scan.decay_underflow",        "scan.decay_one",         "step_backward.state_grad",
       "step_backward.state_tail",    "dt.clamp_low",           "dt.clamp_high",          "dt.softplus_linear",
       "dt.no_upper_limit",           "conv.thread_tail",       "conv.short_segment",     "conv.zero_tokens",
-      "conv.no_bias",                "norm.thread_tail",       "gated_norm.grouped"};
+      "conv.no_bias",                "norm.thread_tail",       "gated_norm.grouped",
+      "chunked.tail_chunk",          "chunked.dt_transform",   "chunked.many_chunks"};
   return branch >= 0 && branch < kKernelBranchCount ? names[branch] : "?";
 }
 
@@ -36,7 +38,7 @@ int kernel_coverage_take(uint32_t* counts) {
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) return e;
   for (auto take : {coverage::take_ssd_chunk_scan, coverage::take_rms_norm, coverage::take_causal_conv1d,
-                    coverage::take_discretize_dt}) {
+                    coverage::take_discretize_dt, coverage::take_ssd_chunked_scan}) {
     if (const int r = take(counts); r != cudaSuccess) return r;
   }
   return cudaSuccess;

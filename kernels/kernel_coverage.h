@@ -40,6 +40,10 @@ enum class KernelBranch : int {
   // rms_norm / gated_rms_norm
   kNormThreadTail,       // dim % threads != 0: the last round leaves threads idle
   kGatedNormGrouped,     // the gated norm over several groups (n_groups > 1)
+  // ssd_chunked_scan_forward
+  kChunkedTailChunk,     // the last chunk is shorter than chunk_size (T % chunk_size != 0)
+  kChunkedDtTransform,   // dt bias or softplus applied inside the scan
+  kChunkedManyChunks,    // a state passed from chunk to chunk
   kCount
 };
 inline constexpr int kKernelBranchCount = static_cast<int>(KernelBranch::kCount);

@@ -1,0 +1,345 @@
+// The chunked SSD scan beside its CPU reference (llm.c's dev/cuda habit): a float64 sequential
+// scan on the host, the sequential fp32 kernel (kernels/ssd_chunk_scan.cu) and the chunked kernel
+// (kernels/ssd_chunked_scan.cu) on the same inputs, over shapes chosen to hit every edge — tails
+// of every tile (T, P, N not multiples of 64 / 32), chunk sizes 1, 7, 64, 256 and longer than the
+// sequence, groups 1 … heads, dt bias + softplus + limit, initial state or none, zero tokens, and a
+// 70,000-token prefill (past the ~61K where mamba_ssm #1015's 32-bit offsets overflowed).
+//
+// Rule (the harness's, harness/compare.h): error = max |out - ref| / max |ref| per tensor; the
+// chunked kernel passes when its error <= 4 x the sequential fp32 kernel's error + 1e-6 — the same
+// fp32 arithmetic budget the harness gives a path. It must also be bit-identical run to run.
+//
+// Usage: ssd_chunked_scan_check [--bench | --small]   exit 0 all pass, 1 a failure, 77 no CUDA device.
+// --bench also times the issue's shapes (chunked vs sequential kernel, CUDA events, median of 20);
+// --bench-only times without checking (for a profiler); --small leaves out the 70K-token case (for compute-sanitizer, which slows kernels ~100x).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/fused_kernels.h"
+
+namespace k = mambadiff::kernels;
+
+namespace {
+
+#define CUDA_OK(expr)                                                                             \
+  do {                                                                                            \
+    const cudaError_t e_ = static_cast<cudaError_t>(expr);                                        \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+struct Case {
+  const char* name;
+  int64_t B, T, H, P, G, N, chunk;
+  bool bf16, initial, dt_transform;
+};
+
+float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
+
+// Host inputs: activations already rounded to the run's dtype, so reference and kernels see the
+// same values.
+struct Inputs {
+  Case c;
+  std::vector<float> x, Bm, Cm, dt_raw, dt_bias, A, D, initial;
+  float dt_min = -INFINITY, dt_max = INFINITY;
+  // dt' = clamp(softplus(dt + bias)) when the case transforms dt, else dt itself (in fp32: the
+  // value both kernels use).
+  float dt_of(int64_t b, int64_t t, int64_t h) const {
+    float v = dt_raw[(b * c.T + t) * c.H + h];
+    if (!c.dt_transform) return v;
+    v = softplus(v + dt_bias[h]);
+    return std::min(std::max(v, dt_min), dt_max);
+  }
+};
+
+Inputs make_inputs(const Case& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  Inputs in{c};
+  const auto act = [&](float v) { return c.bf16 ? __bfloat162float(__float2bfloat16(v)) : v; };
+  in.x.resize(c.B * c.T * c.H * c.P);
+  for (auto& v : in.x) v = act(normal(rng));
+  in.Bm.resize(c.B * c.T * c.G * c.N);
+  for (auto& v : in.Bm) v = act(normal(rng));
+  in.Cm.resize(c.B * c.T * c.G * c.N);
+  for (auto& v : in.Cm) v = act(normal(rng));
+  in.dt_raw.resize(c.B * c.T * c.H);
+  // Raw dt around softplus⁻¹(0.01 … 0.1) when transformed, else positive dt directly: decays of
+  // exp(dt A) between ~0.7 and ~1, so a state carries across many chunks.
+  for (auto& v : in.dt_raw) v = c.dt_transform ? normal(rng) - 3.0f : 0.01f + 0.09f * uniform(rng);
+  in.dt_bias.resize(c.H);
+  for (auto& v : in.dt_bias) v = 0.5f * normal(rng);
+  in.A.resize(c.H);
+  for (auto& v : in.A) v = -(0.5f + 4.0f * uniform(rng));
+  in.D.resize(c.H);
+  for (auto& v : in.D) v = normal(rng);
+  if (c.initial) {
+    in.initial.resize(c.B * c.H * c.P * c.N);
+    for (auto& v : in.initial) v = normal(rng);
+  }
+  if (c.dt_transform) {
+    in.dt_min = 0.001f;
+    in.dt_max = 0.1f;
+  }
+  return in;
+}
+
+// The float64 sequential scan: s_t = exp(dt A) s + dt x ⊗ B; y = C · s + D x.
+void reference(const Inputs& in, std::vector<double>& y, std::vector<double>& state) {
+  const Case& c = in.c;
+  y.assign(c.B * c.T * c.H * c.P, 0.0);
+  state.assign(c.B * c.H * c.P * c.N, 0.0);
+  if (c.initial) std::copy(in.initial.begin(), in.initial.end(), state.begin());
+  for (int64_t b = 0; b < c.B; ++b) {
+    for (int64_t t = 0; t < c.T; ++t) {
+      const int64_t row = b * c.T + t;
+      for (int64_t h = 0; h < c.H; ++h) {
+        const int64_t g = h / (c.H / c.G);
+        const double dt = in.dt_of(b, t, h), decay = std::exp(dt * in.A[h]);
+        const float* Bv = &in.Bm[(row * c.G + g) * c.N];
+        const float* Cv = &in.Cm[(row * c.G + g) * c.N];
+        for (int64_t p = 0; p < c.P; ++p) {
+          const double xv = in.x[(row * c.H + h) * c.P + p];
+          double* s = &state[((b * c.H + h) * c.P + p) * c.N];
+          double acc = 0.0;
+          for (int64_t n = 0; n < c.N; ++n) {
+            s[n] = decay * s[n] + dt * xv * Bv[n];
+            acc += Cv[n] * s[n];
+          }
+          y[(row * c.H + h) * c.P + p] = acc + in.D[h] * xv;
+        }
+      }
+    }
+  }
+}
+
+template <typename V>
+double max_abs(const std::vector<V>& v) {
+  double m = 0.0;
+  for (V e : v) m = std::max(m, std::abs(static_cast<double>(e)));
+  return m;
+}
+
+// max |a - ref| / max |ref| (NaN anywhere: +inf).
+double error(const std::vector<float>& a, const std::vector<double>& ref) {
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    worst = std::max(worst, std::abs(a[i] - ref[i]));
+  }
+  const double scale = max_abs(ref);
+  return scale > 0 ? worst / scale : worst;
+}
+
+template <typename T>
+T* upload(const std::vector<float>& host, bool bf16) {
+  void* dev = nullptr;
+  if (bf16) {
+    std::vector<__nv_bfloat16> tmp(host.size());
+    for (size_t i = 0; i < host.size(); ++i) tmp[i] = __float2bfloat16(host[i]);
+    CUDA_OK(cudaMalloc(&dev, tmp.size() * sizeof(tmp[0]) + 1));
+    CUDA_OK(cudaMemcpy(dev, tmp.data(), tmp.size() * sizeof(tmp[0]), cudaMemcpyHostToDevice));
+  } else {
+    CUDA_OK(cudaMalloc(&dev, host.size() * sizeof(float) + 1));
+    CUDA_OK(cudaMemcpy(dev, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  return static_cast<T*>(dev);
+}
+
+std::vector<float> download(const float* dev, size_t n) {
+  std::vector<float> host(n);
+  CUDA_OK(cudaMemcpy(host.data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// Device copies of one case's inputs, in the layout of the cuda path: x, B, C as column slices of
+// one [B, T, H·P + 2·G·N] conv-output row (the kernels read them with a token stride).
+struct DeviceCase {
+  const Inputs& in;
+  int64_t stride;
+  void* xbc = nullptr;
+  float *dt_raw = nullptr, *dt_processed = nullptr, *dt_bias = nullptr, *A = nullptr, *D = nullptr,
+        *initial = nullptr, *y = nullptr, *final_state = nullptr, *y_seq = nullptr, *final_seq = nullptr;
+  void* workspace = nullptr;
+
+  explicit DeviceCase(const Inputs& inputs) : in(inputs) {
+    const Case& c = in.c;
+    stride = c.H * c.P + 2 * c.G * c.N;
+    std::vector<float> rows(c.B * c.T * stride);
+    for (int64_t r = 0; r < c.B * c.T; ++r) {
+      std::copy_n(&in.x[r * c.H * c.P], c.H * c.P, &rows[r * stride]);
+      std::copy_n(&in.Bm[r * c.G * c.N], c.G * c.N, &rows[r * stride + c.H * c.P]);
+      std::copy_n(&in.Cm[r * c.G * c.N], c.G * c.N, &rows[r * stride + c.H * c.P + c.G * c.N]);
+    }
+    xbc = upload<void>(rows, c.bf16);
+    dt_raw = upload<float>(in.dt_raw, false);
+    std::vector<float> processed(in.dt_raw.size());
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t t = 0; t < c.T; ++t)
+        for (int64_t h = 0; h < c.H; ++h) processed[(b * c.T + t) * c.H + h] = in.dt_of(b, t, h);
+    dt_processed = upload<float>(processed, false);
+    dt_bias = upload<float>(in.dt_bias, false);
+    A = upload<float>(in.A, false);
+    D = upload<float>(in.D, false);
+    if (c.initial) initial = upload<float>(in.initial, false);
+    const size_t ys = c.B * c.T * c.H * c.P, ss = c.B * c.H * c.P * c.N;
+    CUDA_OK(cudaMalloc(&y, ys * 4 + 4));
+    CUDA_OK(cudaMalloc(&y_seq, ys * 4 + 4));
+    CUDA_OK(cudaMalloc(&final_state, ss * 4));
+    CUDA_OK(cudaMalloc(&final_seq, ss * 4));
+    CUDA_OK(cudaMalloc(&workspace, k::ssd_chunked_scan_workspace_bytes(shape(), c.chunk) + 256));
+  }
+  ~DeviceCase() {
+    for (void* p : {xbc, static_cast<void*>(dt_raw), static_cast<void*>(dt_processed), static_cast<void*>(dt_bias),
+                    static_cast<void*>(A), static_cast<void*>(D), static_cast<void*>(initial), static_cast<void*>(y),
+                    static_cast<void*>(final_state), static_cast<void*>(y_seq), static_cast<void*>(final_seq),
+                    workspace})
+      cudaFree(p);
+  }
+  k::ScanShape shape() const { return {in.c.B, in.c.T, in.c.H, in.c.P, in.c.G, in.c.N}; }
+  k::Act act() const { return in.c.bf16 ? k::Act::kBFloat16 : k::Act::kFloat32; }
+  const char* x_ptr() const { return static_cast<const char*>(xbc); }
+  size_t elem() const { return in.c.bf16 ? 2 : 4; }
+
+  k::ChunkedScanParams params() const {
+    const Case& c = in.c;
+    k::ChunkedScanParams p;
+    p.act = act();
+    p.shape = shape();
+    p.chunk_size = c.chunk;
+    p.x = x_ptr();
+    p.Bm = x_ptr() + c.H * c.P * elem();
+    p.Cm = x_ptr() + (c.H * c.P + c.G * c.N) * elem();
+    p.xbc_token_stride = stride;
+    p.dt = c.dt_transform ? dt_raw : dt_processed;
+    p.dt_token_stride = c.H;
+    if (c.dt_transform) {
+      p.dt_bias = dt_bias;
+      p.dt_softplus = true;
+      p.dt_min = in.dt_min;
+      p.dt_max = in.dt_max;
+    }
+    p.A = A;
+    p.D = D;
+    p.initial = initial;
+    p.y = y;
+    p.final_state = final_state;
+    return p;
+  }
+  void run_chunked() { CUDA_OK(k::ssd_chunked_scan_forward(params(), workspace, nullptr)); }
+  void run_sequential() {
+    const Case& c = in.c;
+    CUDA_OK(k::ssd_chunk_scan_forward(act(), shape(), x_ptr(), x_ptr() + c.H * c.P * elem(),
+                                      x_ptr() + (c.H * c.P + c.G * c.N) * elem(), stride, dt_processed, A, D, initial,
+                                      y_seq, final_seq, nullptr));
+  }
+};
+
+bool check(const Case& c) {
+  const Inputs in = make_inputs(c, 1234u + static_cast<uint32_t>(c.T * 7 + c.chunk));
+  std::vector<double> y_ref, s_ref;
+  reference(in, y_ref, s_ref);
+  DeviceCase d(in);
+  d.run_chunked();
+  d.run_sequential();
+  CUDA_OK(cudaDeviceSynchronize());
+  const size_t ys = y_ref.size(), ss = s_ref.size();
+  const std::vector<float> y = download(d.y, ys), fs = download(d.final_state, ss);
+  const std::vector<float> y_seq = download(d.y_seq, ys), fs_seq = download(d.final_seq, ss);
+  d.run_chunked();
+  CUDA_OK(cudaDeviceSynchronize());
+  const bool deterministic = download(d.y, ys) == y && download(d.final_state, ss) == fs;
+  const double ey = error(y, y_ref), es = error(fs, s_ref), ey_seq = error(y_seq, y_ref), es_seq = error(fs_seq, s_ref);
+  const auto within = [](double chunked, double seq) { return chunked <= 4.0 * seq + 1e-6; };
+  const bool ok = deterministic && within(ey, ey_seq) && within(es, es_seq);
+  std::printf("%-4s %-34s b%ld T%ld h%ld p%ld g%ld n%ld chunk %ld %s: y err %.2e (sequential %.2e), final %.2e (%.2e)%s\n",
+              ok ? "ok" : "FAIL", c.name, c.B, c.T, c.H, c.P, c.G, c.N, c.chunk, c.bf16 ? "bf16" : "fp32", ey, ey_seq,
+              es, es_seq, deterministic ? "" : "  NOT DETERMINISTIC");
+  return ok;
+}
+
+float median_ms(const std::function<void()>& f, int reps) {
+  cudaEvent_t start, stop;
+  CUDA_OK(cudaEventCreate(&start));
+  CUDA_OK(cudaEventCreate(&stop));
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    CUDA_OK(cudaEventRecord(start));
+    f();
+    CUDA_OK(cudaEventRecord(stop));
+    CUDA_OK(cudaEventSynchronize(stop));
+    float t = 0;
+    CUDA_OK(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+void bench(const Case& c) {
+  Inputs in{c};  // random contents do not matter for timing: fill cheaply
+  in.x.assign(c.B * c.T * c.H * c.P, 0.5f);
+  in.Bm.assign(c.B * c.T * c.G * c.N, 0.25f);
+  in.Cm.assign(c.B * c.T * c.G * c.N, 0.25f);
+  in.dt_raw.assign(c.B * c.T * c.H, 0.05f);
+  in.dt_bias.assign(c.H, 0.0f);
+  in.A.assign(c.H, -1.0f);
+  in.D.assign(c.H, 1.0f);
+  if (c.initial) in.initial.assign(c.B * c.H * c.P * c.N, 0.0f);
+  DeviceCase d(in);
+  const float chunked = median_ms([&] { d.run_chunked(); }, 20);
+  const float sequential = median_ms([&] { d.run_sequential(); }, 5);
+  std::printf("bench %-26s b%ld L%ld h%ld p%ld g%ld n%ld %s chunk %ld: chunked %.3f ms, sequential %.3f ms\n", c.name,
+              c.B, c.T, c.H, c.P, c.G, c.N, c.bf16 ? "bf16" : "fp32", c.chunk, chunked, sequential);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  const std::vector<Case> cases = {
+      // name                                 B   T     H   P   G  N    chunk  bf16  init  dt'
+      {"tails everywhere", 2, 300, 4, 20, 2, 40, 64, false, true, true},
+      {"tails everywhere", 2, 300, 4, 20, 2, 40, 64, true, true, true},
+      {"chunk 1", 1, 37, 2, 8, 1, 16, 1, false, true, false},
+      {"chunk 7 (odd)", 1, 100, 3, 16, 3, 32, 7, false, false, true},
+      {"chunk longer than the sequence", 2, 50, 2, 64, 1, 128, 256, false, true, false},
+      {"groups = heads", 1, 260, 8, 32, 8, 64, 64, true, true, true},
+      {"one group, many heads", 1, 513, 12, 64, 1, 128, 256, false, false, false},
+      {"one group, many heads", 1, 513, 12, 64, 1, 128, 256, true, false, false},
+      {"two tokens", 3, 2, 2, 64, 2, 128, 256, false, true, true},
+      {"zero tokens (state passes through)", 2, 0, 2, 16, 1, 32, 256, false, true, false},
+      {"head_dim 128, state 256", 1, 200, 2, 128, 1, 256, 64, false, true, false},
+      {"70K tokens (64-bit offsets)", 1, 70000, 2, 64, 1, 128, 256, true, true, true},
+  };
+  const std::string mode = argc > 1 ? argv[1] : "";
+  bool all = true;
+  for (const Case& c : cases) {
+    if ((mode == "--small" && c.T > 10000) || mode == "--bench-only") continue;
+    all = check(c) && all;
+  }
+  if (mode == "--bench" || mode == "--bench-only") {
+    bench({"issue goal shape", 8, 8192, 80, 64, 1, 128, 256, true, true, false});
+    bench({"groups 8", 4, 4096, 64, 64, 8, 128, 256, true, true, false});
+    bench({"launch-bound", 1, 2048, 24, 64, 1, 128, 256, true, true, false});
+    bench({"130m prefill fp32", 1, 2048, 24, 64, 1, 128, 256, false, true, false});
+  }
+  std::printf("%s\n", all ? "all cases pass" : "FAILURES");
+  return all ? 0 : 1;
+}
