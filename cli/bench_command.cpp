@@ -23,7 +23,8 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   std::vector<std::string> choices = bench::item_names();
   choices.push_back("all");
   cmd->add_option("--what", a->what, "scan | state-update | decode | optimize | all")->check(CLI::IsMember(choices));
-  cmd->add_option("--path", a->path, "Execution path: cuda (default with a CUDA device), chunked-gpu, chunked (default without)");
+  cmd->add_option("--path", a->path,
+                  "Execution path: cuda (default with a CUDA device), chunked-gpu, chunked (default without one)");
   cmd->add_option("--model", a->model,
                   "Model directory for decode and optimize (default: random weights built in memory, the 130m shape on a GPU)");
   cmd->add_option("--reps", a->reps, "Timed calls per row (optimizer steps for optimize)")
@@ -33,7 +34,11 @@ void add_bench_command(CLI::App& app, int& exit_code) {
   cmd->callback([a, &exit_code] {
     bench::BenchOptions o;
     o.items = a->what == "all" ? bench::item_names() : std::vector<std::string>{a->what};
-    o.path = !a->path.empty() ? a->path : path_available("cuda", torch::kFloat32) ? "cuda" : "chunked";
+    // Default: the fused kernels where they run, else the ATen path on the GPU, else on the CPU.
+    o.path = a->path;
+    for (const char* candidate : {"cuda", "chunked-gpu", "chunked"}) {
+      if (o.path.empty() && path_available(candidate, torch::kFloat32)) o.path = candidate;
+    }
     o.model = a->model;
     o.reps = a->reps;
     o.warmup = a->warmup;
