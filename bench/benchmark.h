@@ -76,7 +76,7 @@ void check_options(const BenchOptions& options);
 BenchReport run_benchmark(const BenchOptions& options, const std::function<void(const BenchResult&)>& on_result = {});
 
 nlohmann::json to_json(const BenchReport& report);
-// The human table: one header, one line per row; `header_only` / `row` print it as it grows.
+// The human table, printed as it grows: the header once, then one line per row.
 std::string table_header();
 std::string table_row(const BenchResult& r);
 
