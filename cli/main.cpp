@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   mambadiff::cli::add_generate_command(app, exit_code);
   mambadiff::cli::add_fuzz_command(app, exit_code);
   mambadiff::cli::add_trend_command(app, exit_code);
+  mambadiff::cli::add_bench_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

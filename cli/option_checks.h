@@ -2,16 +2,23 @@
 // error (exit 2) whose one line names the option, e.g. "--lr: inf is not a finite number > 0".
 // CLI11's own Range/NonNegativeNumber let NaN through (every comparison with NaN is false), and an
 // unsigned option would wrap "-1" to 2^64 - 1, so the value is read here as the text it was given.
+// Also the check every output option makes before any work: its folder exists and can be written.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <limits>
 #include <string>
+
+#include "engine/errors.h"
 
 namespace mambadiff::cli {
 
@@ -38,6 +45,24 @@ inline CLI::Validator number_in(double min, double max = std::numeric_limits<dou
         return "";
       },
       domain, "NUMBER_IN");
+}
+
+// A usage error before any work when the folder an output goes to does not exist or cannot be
+// written (a suite or a benchmark would otherwise run for minutes and then fail to write).
+inline void require_output_folder(const std::string& file, const char* option) {
+  const std::filesystem::path parent = std::filesystem::path(file).parent_path();
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec)) {
+    throw InputError(fmt::format("{} {}: cannot write: it is a folder", option, file));
+  }
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+    throw InputError(fmt::format("{} {}: cannot write: the folder {} does not exist", option, file, parent.string()));
+  }
+  const std::string folder = parent.empty() ? "." : parent.string();
+  if (::access(folder.c_str(), W_OK) != 0) {
+    throw InputError(fmt::format("{} {}: cannot write: the folder {} is not writable ({})", option, file, folder,
+                                 std::strerror(errno)));
+  }
 }
 
 }  // namespace mambadiff::cli

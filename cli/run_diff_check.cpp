@@ -22,20 +22,6 @@
 
 namespace mambadiff::cli {
 
-namespace {
-
-// A usage error before any work when the folder an output goes to does not exist (the suite would
-// otherwise run for minutes and then fail to write).
-void require_output_folder(const std::string& file, const char* option) {
-  const std::filesystem::path parent = std::filesystem::path(file).parent_path();
-  std::error_code ec;
-  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
-    throw InputError(fmt::format("{} {}: cannot write: the folder {} does not exist", option, file, parent.string()));
-  }
-}
-
-}  // namespace
-
 void add_run_command(CLI::App& app, int& exit_code) {
   struct Args {
     std::string scenario, path = "reference", out;

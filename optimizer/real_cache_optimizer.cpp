@@ -265,6 +265,7 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
     }
     result.steps = step;
     result.cuda_graph = graph != nullptr;
+    result.step_seconds = step_seconds;
     if (!step_seconds.empty()) {
       // The median over steps: the first steps pay allocator warm-up and the capture.
       std::nth_element(step_seconds.begin(), step_seconds.begin() + step_seconds.size() / 2, step_seconds.end());

@@ -65,7 +65,8 @@ struct OptimizeResult {
   bool interrupted = false;
   // The step whose loss or Δ was NaN or infinite (the loop stopped there; a failure), or -1.
   int64_t nonfinite_step = -1;
-  double seconds_per_step = 0.0;
+  double seconds_per_step = 0.0;  // the median of step_seconds
+  std::vector<double> step_seconds;  // every completed step's wall time, in order (`bench` drops the first)
   bool cuda_graph = false;  // whether the iterations after the first two were graph replays
   std::vector<int64_t> generated_without_delta, generated_with_delta;
 };
