@@ -12,7 +12,7 @@
 #include "engine/errors.h"
 #include "harness/history.h"
 #include "harness/path_registry.h"
-#include "optimizer/cuda_graph.h"
+#include "optimizer/decode_graph.h"
 #include "optimizer/real_cache_optimizer.h"
 // The random in-memory model of the property tests and fuzz targets (needs only LibTorch): the
 // default model of decode and optimize, so that `bench` runs without any file.
@@ -201,23 +201,20 @@ struct Run {
     r.timing = time_calls([&] { path->forward(token, cache); synchronize(device); }, device, timer(false));
     emit(r);
 
-    if (!CapturedProgram::supported(device)) return;
-    // THE PLACE WHERE A CAPTURED DECODE PLUGS IN: until ExecutionPath has its own captured decode
-    // (issue 11 item 2), bench captures forward_validated (which reads no device data on the host)
-    // the way the optimizer captures its iteration (optimizer/cuda_graph.h). Replace the capture
-    // below with that API when it lands.
-    const torch::Tensor token_on_device = token.to(device);
-    std::unique_ptr<CapturedProgram> graph;
+    if (!DecodeGraph::supported(*path)) return;
+    // The whole-model decode replayed from one CUDA graph on the cache's storage (optimizer/
+    // decode_graph.h): what generate and the optimizer's deployment check run on a GPU.
+    const torch::Tensor token_ids = token.view({1}).to(device);  // on the device: the step copies it device to device
+    std::unique_ptr<DecodeGraph> graph;
     try {
-      graph = std::make_unique<CapturedProgram>(
-          device, [&] { path->forward_validated(token_on_device, cache); }, /*warmup=*/2);
+      graph = std::make_unique<DecodeGraph>(*path, cache);
     } catch (const std::exception& e) {
       report.notes.push_back(fmt::format("decode cuda-graph: capture failed: {}", first_line(e)));
       return;
     }
     r.variant = "cuda-graph";
-    r.op = "ExecutionPath::forward_validated (T = 1) captured by bench (optimizer/cuda_graph.h)";
-    r.timing = time_calls([&] { graph->replay(); }, device, timer(false));  // replay() waits for the step
+    r.op = "DecodeGraph::step (optimizer/decode_graph.h): the whole model's T = 1 step replayed";
+    r.timing = time_calls([&] { graph->step(token_ids); }, device, timer(false));  // step() waits for the replay
     emit(r);
   }
 

@@ -14,11 +14,9 @@ namespace {
 constexpr const char* kFusedPath = "cuda";
 
 #if MAMBADIFF_CUDA_PATH
-// ISSUE 11 item 1 adds a chunk-size argument to fused::ssd_chunk_scan: pass `chunk` here then.
 std::pair<torch::Tensor, torch::Tensor> fused_scan(const ScanInputs& in, int64_t chunk,
                                                    const torch::Tensor& final_state_out) {
-  (void)chunk;  // the sequential kernel has no chunks
-  return fused::ssd_chunk_scan(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.initial, final_state_out);
+  return fused::ssd_chunk_scan(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.initial, final_state_out, chunk);
 }
 #else
 [[noreturn]] void no_fused_build() {

@@ -16,6 +16,7 @@
 #include "engine/tensor_bytes.h"
 #include "harness/path_registry.h"
 #include "optimizer/cuda_graph.h"
+#include "optimizer/decode_graph.h"
 #include "optimizer/delta_loop.h"
 
 namespace mambadiff {
@@ -132,10 +133,28 @@ RankReport deploy_on(ExecutionPath& deploy, const std::vector<int64_t>& prompt, 
   path->forward(tokens_tensor({prompt.begin(), prompt.end() - 1}), cache);
   for (const auto& [layer, d] : delta) cache.inject(layer, d);
   const auto after_delta = cache.snapshot();
+  // On a GPU every decode step is one replay of the whole model captured on this cache's storage
+  // (optimizer/decode_graph.h); elsewhere the eager forward. The graph's forward skips the id
+  // check (it reads no tensor on the host), so the ids it will see are checked here.
+  std::unique_ptr<DecodeGraph> graph;
+  if (DecodeGraph::supported(*path) && cache.seqlen_offset > 0) {
+    std::vector<int64_t> ids = target;
+    ids.push_back(prompt.back());
+    for (const int64_t id : ids) {
+      if (id < 0 || id >= path->config().vocab_size) {
+        throw InputError(fmt::format("token id {} outside [0, vocab_size={})", id, path->config().vocab_size));
+      }
+    }
+    graph = std::make_unique<DecodeGraph>(*path, cache);
+  }
+  const auto decode_step = [&](int64_t token) -> torch::Tensor {  // [V]
+    if (graph) return graph->step(torch::tensor({token}, torch::kInt64))[0].clone();
+    return path->forward(one_token(token), cache).logits[0][0];
+  };
   std::vector<torch::Tensor> logits;
   int64_t token = prompt.back();
   for (size_t k = 0; k < target.size(); ++k) {
-    logits.push_back(path->forward(one_token(token), cache).logits[0][0]);
+    logits.push_back(decode_step(token));
     token = target[k];
   }
   if (generated && generate_tokens > 0) {
@@ -143,7 +162,7 @@ RankReport deploy_on(ExecutionPath& deploy, const std::vector<int64_t>& prompt, 
     generated->clear();
     token = prompt.back();
     for (int64_t i = 0; i < generate_tokens && !(interrupt && interrupt->load()); ++i) {
-      token = path->forward(one_token(token), cache).logits[0][0].argmax().item<int64_t>();
+      token = decode_step(token).argmax().item<int64_t>();
       generated->push_back(token);
     }
   }

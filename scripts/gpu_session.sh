@@ -14,7 +14,7 @@ t0=$(date +%s)
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 \
   -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
   -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/build.txt" 2>&1
-if ! cmake --build "$B" -j16 --target mambadiff gpu_tests >> "$OUT/build.txt" 2>&1; then
+if ! cmake --build "$B" -j16 --target mambadiff gpu_tests ssd_chunked_scan_check >> "$OUT/build.txt" 2>&1; then
   grep -E "error|Error" "$OUT/build.txt" | head -40; exit 1
 fi
 # The rest is reported, not fatal: the GPU tests and check still run if one of these fails.
@@ -23,6 +23,17 @@ cmake --build "$B" -j16 --target unit_tests fuzz_replay >> "$OUT/build.txt" 2>&1
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
 "$B/tests/gpu_tests" > "$OUT/gpu_tests.txt" 2>&1; echo "gpu tests exit $?" | tee -a "$OUT/gpu.txt"
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|error:|Expected|Which is|rel_err|  Actual" "$OUT/gpu_tests.txt" | head -40
+# The chunked SSD kernel beside its float64 CPU reference (kernels/check/), with its timings.
+"$B/ssd_chunked_scan_check" --bench > "$OUT/kernel_check.txt" 2>&1; echo "ssd_chunked_scan_check exit $?" | tee -a "$OUT/gpu.txt"
+grep -E "FAIL|bench|all cases" "$OUT/kernel_check.txt"
+# compute-sanitizer over the fused-op GPU tests (the 70K-token prefill and the optimizer runs are
+# left out: ~100x slower under the tools, and their kernels are the ones the fused-op tests run).
+for tool in memcheck racecheck; do
+  timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 "$B/tests/gpu_tests" \
+    --gtest_filter='FusedOps.*:KernelCoverage*:-*SeventyThousand*:*Optimizer*:*GraphReplayEquals*' > "$OUT/sanitizer_$tool.txt" 2>&1
+  echo "compute-sanitizer $tool on the GPU tests: exit $?" | tee -a "$OUT/gpu.txt"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY|tests ran|PASSED|FAILED" "$OUT/sanitizer_$tool.txt" | tail -4 | tee -a "$OUT/gpu.txt"
+done
 # The differential fuzz corpora replayed with chunked-gpu and cuda among the paths (the targets add
 # them when a device is present), and the optimizer's unit tests on a GPU machine (device-side rank).
 for t in scan_diff model_script; do

@@ -10,6 +10,7 @@
 #include "engine/aten_ops.h"
 #include "engine/chunked_path.h"
 #include "harness/path_registry.h"
+#include "optimizer/decode_graph.h"
 #include "optimizer/real_cache_optimizer.h"
 #if MAMBADIFF_CUDA_PATH
 #include "cuda_path/cuda_path.h"
@@ -268,6 +269,39 @@ TEST_F(FusedOps, OptimizerOnCudaPathReachesDeployedRankOne) {
   EXPECT_TRUE(r.restore_bit_identical);
   EXPECT_TRUE(r.zero_delta_gate_passed);
   EXPECT_EQ(r.deployed_rank_by_path.at("chunked"), 1);
+}
+
+// Whole-model decode replayed from one graph (optimizer/decode_graph.h) computes bit for bit what
+// the eager forward computes, on a batch of 2, step after step: logits, every layer's conv and
+// SSM state, seqlen_offset; and building it leaves the cache untouched.
+TEST_F(FusedOps, DecodeGraphReplayEqualsEagerDecodeBitForBit) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("grouped"));
+  for (const char* name : {"cuda", "chunked-gpu"}) {
+    auto path = make_path(name, ck, torch::kFloat32);
+    torch::NoGradGuard no_grad;
+    Mamba2Cache eager = path->new_cache(2), replayed = path->new_cache(2);
+    const torch::Tensor prompt = torch::tensor({3, 1, 4, 1, 5, 9, 2, 6, 5, 3}, torch::kInt64).view({2, 5});
+    path->forward(prompt, eager);
+    path->forward(prompt, replayed);
+    const auto before = replayed.snapshot();
+    DecodeGraph graph(*path, replayed);
+    for (size_t l = 0; l < before.ssm_states.size(); ++l) {
+      EXPECT_TRUE(torch::equal(replayed.ssm_states[l], before.ssm_states[l])) << name << " construction, layer " << l;
+      EXPECT_TRUE(torch::equal(replayed.conv_states[l], before.conv_states[l])) << name << " construction, layer " << l;
+    }
+    EXPECT_EQ(replayed.seqlen_offset, before.seqlen_offset);
+    for (const auto& ids : std::vector<std::vector<int64_t>>{{7, 2}, {0, 9}, {4, 4}}) {
+      const torch::Tensor tokens = torch::tensor(ids, torch::kInt64);
+      const torch::Tensor want = path->forward(tokens.view({2, 1}), eager).logits.select(1, 0);
+      const torch::Tensor got = graph.step(tokens).clone();
+      EXPECT_TRUE(torch::equal(got, want)) << name << " logits after token " << ids[0];
+      EXPECT_EQ(replayed.seqlen_offset, eager.seqlen_offset) << name;
+      for (size_t l = 0; l < eager.ssm_states.size(); ++l) {
+        EXPECT_TRUE(torch::equal(replayed.ssm_states[l], eager.ssm_states[l])) << name << " ssm layer " << l;
+        EXPECT_TRUE(torch::equal(replayed.conv_states[l], eager.conv_states[l])) << name << " conv layer " << l;
+      }
+    }
+  }
 }
 
 // The replayed CUDA graph computes bit for bit what the eager loop computes: 12 iterations toward

@@ -10,6 +10,7 @@
 #include "engine/chunked_path.h"
 #include "engine/errors.h"
 #include "harness/path_registry.h"
+#include "optimizer/decode_graph.h"
 #include "optimizer/delta_loop.h"
 #include "optimizer/real_cache_optimizer.h"
 #include "tests/test_support.h"
@@ -166,6 +167,16 @@ TEST_F(PrefilledCache, ZeroDeltaGateRefusesAStandInWorld) {
   before.expect_equal_to(cache);
   // The real world passes the same gate.
   EXPECT_TRUE(optimize_on_cache(ck, *path, cache, *deploy, opt).zero_delta_gate_passed);
+}
+
+// A CPU path has no graph: DecodeGraph says so, and refuses to be built rather than half-working
+// (deploy_on then decodes eagerly).
+TEST(DecodeGraph, UnsupportedOffTheGpuAndRefusedWithoutPrefill) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("tiny"));
+  ChunkedPath cpu(ck, torch::kFloat32, torch::kCPU);
+  EXPECT_FALSE(DecodeGraph::supported(cpu));
+  Mamba2Cache cache = cpu.new_cache(1);
+  EXPECT_THROW(DecodeGraph(cpu, cache), std::logic_error);
 }
 
 TEST(RealCacheOptimizer, DeltaFileRoundTripsWithMetadata) {
