@@ -291,10 +291,13 @@ Geometry geometry_of(const ChunkedScanParams& p) {
           (s.tokens + p.chunk_size - 1) / p.chunk_size, p.xbc_token_stride};
 }
 
-// The workspace: four fp32 arrays, each 256-byte aligned.
+// The workspace: four arrays, each 256-byte aligned.
 struct Workspace {
   float* dt;      // [B, H, T] dt' after bias, softplus and the limit
-  float* cum;     // [B, H, T] Σ dt' A inside each chunk
+  // [B, H, T] Σ dt' A inside each chunk, in float64: the decays are exp(cum_t - cum_s), and after one
+  // huge dt' A (dt = 1e4 in scan_diff's corpus: cum ~ -5e5, where fp32's spacing is 0.03) the fp32
+  // difference of two such sums lost 5% to cancellation. float64 keeps it to ~1e-10.
+  double* cum;
   float* cb;      // [B, G, chunks, Q, Q] C_t · B_s of each chunk (s <= t tiles only)
   float* states;  // [B, H, chunks, P, N] S_c, then (in place) S_in[c]
 };
@@ -306,8 +309,8 @@ Workspace carve(const Geometry& g, void* base) {
   Workspace w{};
   w.dt = p;
   p += aligned(g.B * g.H * g.T);
-  w.cum = p;
-  p += aligned(g.B * g.H * g.T);
+  w.cum = reinterpret_cast<double*>(p);
+  p += 2 * aligned(g.B * g.H * g.T);
   w.cb = p;
   p += aligned(g.B * g.G * g.chunks * g.Q * g.Q);
   w.states = p;
@@ -319,14 +322,14 @@ Workspace carve(const Geometry& g, void* base) {
 constexpr int kScanThreads = 256;
 
 __global__ void chunk_cumsum_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
-  __shared__ float warp_totals[kScanThreads / 32];
+  __shared__ double warp_totals[kScanThreads / 32];
   const int64_t bh = blockIdx.x, b = bh / g.H, h = bh % g.H, c = blockIdx.y;
   const int64_t t0 = c * g.Q, len = g.chunk_len(c);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float a_h = p.A[h], bias = p.dt_bias ? p.dt_bias[h] : 0.0f;
   MAMBADIFF_COVER(kChunkedTailChunk, threadIdx.x == 0 && len < g.Q);
   MAMBADIFF_COVER(kChunkedDtTransform, threadIdx.x == 0 && (p.dt_bias || p.dt_softplus));
-  float carry = 0.0f;  // Σ dt' A of the chunk's earlier tokens (a fixed order: deterministic)
+  double carry = 0.0;  // Σ dt' A of the chunk's earlier tokens (a fixed order: deterministic)
   for (int64_t base = 0; base < len; base += kScanThreads) {
     const int64_t t = base + threadIdx.x;
     float dtv = 0.0f;
@@ -337,16 +340,16 @@ __global__ void chunk_cumsum_kernel(Geometry g, ChunkedScanParams p, Workspace w
       if (dtv < p.dt_min) dtv = p.dt_min;
       if (dtv > p.dt_max) dtv = p.dt_max;
     }
-    float v = dtv * a_h;
+    double v = static_cast<double>(dtv) * a_h;
     for (int offset = 1; offset < 32; offset *= 2) {  // inclusive scan inside the warp
-      const float up = __shfl_up_sync(0xffffffffu, v, offset);
+      const double up = __shfl_up_sync(0xffffffffu, v, offset);
       if (lane >= offset) v += up;
     }
     if (lane == 31) warp_totals[warp] = v;
     __syncthreads();
-    float before = carry;
+    double before = carry;
     for (int i = 0; i < warp; ++i) before += warp_totals[i];
-    float round_total = 0.0f;
+    double round_total = 0.0;
     for (int i = 0; i < kScanThreads / 32; ++i) round_total += warp_totals[i];
     if (t < len) {
       const int64_t k = bh * g.T + t0 + t;
@@ -409,9 +412,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_state_kernel(
   const T* x = static_cast<const T*>(p.x);
   const T* Bm = static_cast<const T*>(p.Bm);
   __shared__ __align__(128) SharedTile smem;
-  const float* cum = w.cum + bh * g.T + t0;
+  const double* cum = w.cum + bh * g.T + t0;
   const float* dt = w.dt + bh * g.T + t0;
-  const float cum_end = cum[len - 1];
+  const double cum_end = cum[len - 1];
   AccumulatorFor<T> acc;
   // A(p, s) = exp(cum_end - cum_s) dt'_s x_s[p] (p fastest: coalesced), B(s, n) = B_s[n] (n fastest).
   // Slices of kTileK tokens.
@@ -425,7 +428,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_state_kernel(
       [&](int64_t step, int k, int m0, float(&out)[kRun]) {  // weight_s x[s][p0 + m0 ...]
         const int s = static_cast<int>(step) * kTileK + k;
         load_run(x_rows + s * ld + m0, s < L ? P_left - m0 : 0, out);
-        const float weight = s < L ? expf(cum_end - cum[s]) * dt[s] : 0.0f;
+        const float weight = s < L ? expf(static_cast<float>(cum_end - cum[s])) * dt[s] : 0.0f;
 #pragma unroll
         for (float& v : out) v *= weight;
       },
@@ -458,7 +461,7 @@ __global__ void state_passing_kernel(Geometry g, ChunkedScanParams p, Workspace 
   const auto slot = [&](int64_t c) { return w.states + (bh * g.chunks + c) * PN + e; };
   for (int i = 0; i < kAhead; ++i) own[i] = i < g.chunks ? *slot(i) : 0.0f;
   for (int64_t c = 0; c < g.chunks; ++c) {
-    const float decay = expf(w.cum[bh * g.T + c * g.Q + g.chunk_len(c) - 1]);
+    const float decay = expf(static_cast<float>(w.cum[bh * g.T + c * g.Q + g.chunk_len(c) - 1]));
     const float own_c = own[c % kAhead];
     if (c + kAhead < g.chunks) own[c % kAhead] = *slot(c + kAhead);
     *slot(c) = s;
@@ -480,12 +483,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_output_kernel
   const T* C = static_cast<const T*>(p.Cm);
   __shared__ __align__(128) SharedTile smem;
   __shared__ float decay_t[kTile];  // exp(cum_t) of the tile's tokens
-  __shared__ float cum_t[kTile];    // cum of the tile's tokens
-  const float* cum = w.cum + bh * g.T + t0;
+  __shared__ double cum_t[kTile];   // cum of the tile's tokens
+  const double* cum = w.cum + bh * g.T + t0;
   const float* dt = w.dt + bh * g.T + t0;
   for (int i = threadIdx.x; i < kTile; i += kThreads) {
-    cum_t[i] = t_base + i < len ? cum[t_base + i] : 0.0f;
-    decay_t[i] = expf(cum_t[i]);
+    cum_t[i] = t_base + i < len ? cum[t_base + i] : 0.0;
+    decay_t[i] = expf(static_cast<float>(cum_t[i]));
   }
   __syncthreads();  // cum_t and decay_t are read by every thread's first slice
   const bool has_state_in = c > 0 || p.initial != nullptr;
@@ -527,7 +530,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_output_kernel
         const int valid = m < T_left ? tb + m + 1 - s : 0;  // s <= t (< len)
         load_run(cb_rows + m * Q + s, valid, out);
 #pragma unroll
-        for (int r = 0; r < kRun; ++r) out[r] = r < valid ? out[r] * expf(cum_t[m] - cum[s + r]) * dt[s + r] : 0.0f;
+        for (int r = 0; r < kRun; ++r) {
+          out[r] = r < valid ? out[r] * expf(static_cast<float>(cum_t[m] - cum[s + r])) * dt[s + r] : 0.0f;
+        }
       },
       [&](int64_t step, int k, int n0, float(&out)[kRun]) {  // x[s][p_base + n0 ...]
         const int s = static_cast<int>(step) * kTileK + k;
@@ -550,7 +555,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_output_kernel
 size_t ssd_chunked_scan_workspace_bytes(const ScanShape& s, int64_t chunk_size) {
   if (chunk_size <= 0) return 0;
   const int64_t chunks = (s.tokens + chunk_size - 1) / chunk_size;
-  const int64_t floats = aligned(s.batch * s.heads * s.tokens) * 2 +
+  const int64_t floats = aligned(s.batch * s.heads * s.tokens) * 3 +  // dt' (fp32) and cum (fp64)
                          aligned(s.batch * s.groups * chunks * chunk_size * chunk_size) +
                          aligned(s.batch * s.heads * chunks * s.head_dim * s.state_size);
   return static_cast<size_t>(floats) * sizeof(float);

@@ -52,12 +52,25 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMAMBADIFF_PYTHON=python3 \
   -DMAMBADIFF_VENDOR_INCLUDE="$PWD/.device/include" -DMAMBADIFF_GTEST_SOURCE="$PWD/.device/googletest" \
   -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$OUT/build.txt" 2>&1
-if ! cmake --build "$B" -j16 --target mambadiff >> "$OUT/build.txt" 2>&1; then
+if ! cmake --build "$B" -j16 --target mambadiff ${EXTRA_TARGETS:-} >> "$OUT/build.txt" 2>&1; then
   grep -E "error|Error" "$OUT/build.txt" | head -40; log "build failed"; exit 1
 fi
 fi
 log "build done"
 "$PY" tools/make_bench_model.py --shape 130m --out "$MODEL" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+
+# 1b. Correctness of what is about to be timed, when asked (EXTRA_TARGETS="ssd_chunked_scan_check
+# fuzz_replay"): the kernel against its float64 check, the fuzz corpora on the GPU paths.
+if [ -x "$B/ssd_chunked_scan_check" ]; then
+  "$B/ssd_chunked_scan_check" > "$OUT/kernel_check.txt" 2>&1; log "ssd_chunked_scan_check: exit $?"
+  grep -E "FAIL|huge|all cases" "$OUT/kernel_check.txt" | tee -a "$OUT/gpu.txt"
+fi
+if [ -x "$B/fuzz/fuzz_replay" ]; then
+  for t in scan_diff model_script; do
+    "$B/fuzz/fuzz_replay" $t corpus/fuzz/$t > "$OUT/replay_$t.txt" 2>&1; log "fuzz replay $t on the GPU paths: exit $?"
+    tail -2 "$OUT/replay_$t.txt" | tee -a "$OUT/gpu.txt"
+  done
+fi
 
 # 2. Ours.
 BENCH_CMD=("$B/mambadiff" bench --what all --model "$MODEL" --reps "$REPS" --warmup "$WARMUP" --json "$OUT/bench.json")

@@ -42,6 +42,7 @@ struct Case {
   const char* name;
   int64_t B, T, H, P, G, N, chunk;
   bool bf16, initial, dt_transform;
+  bool dt_spike = false;  // one token of every (b, h) gets dt = 1e4: Σ dt A jumps by ~1e4 … 5e4
 };
 
 float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
@@ -87,6 +88,10 @@ Inputs make_inputs(const Case& c, uint32_t seed) {
   if (c.initial) {
     in.initial.resize(c.B * c.H * c.P * c.N);
     for (auto& v : in.initial) v = normal(rng);
+  }
+  if (c.dt_spike) {
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.H; ++h) in.dt_raw[(b * c.T + c.T / 3) * c.H + h] = 1e4f;
   }
   if (c.dt_transform) {
     in.dt_min = 0.001f;
@@ -327,6 +332,10 @@ int main(int argc, char** argv) {
       {"zero tokens (state passes through)", 2, 0, 2, 16, 1, 32, 256, false, true, false},
       {"head_dim 128, state 256", 1, 200, 2, 128, 1, 256, 64, false, true, false},
       {"70K tokens (64-bit offsets)", 1, 70000, 2, 64, 1, 128, 256, true, true, true},
+      // scan_diff's corpus (pokes.bin) on the H200: a dt of 1e4 inside a chunk; fp32 cumulative
+      // sums then lost 5% of exp(cum_t - cum_s) to cancellation for every later pair of tokens.
+      {"one huge dt inside a chunk", 2, 300, 4, 16, 2, 32, 256, false, true, false, true},
+      {"one huge dt inside a chunk", 2, 300, 4, 16, 2, 32, 256, true, true, false, true},
   };
   const std::string mode = argc > 1 ? argv[1] : "";
   bool all = true;
