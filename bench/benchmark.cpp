@@ -213,7 +213,8 @@ struct Run {
       return;
     }
     r.variant = "cuda-graph";
-    r.op = "DecodeGraph::step (optimizer/decode_graph.h): the whole model's T = 1 step replayed";
+    r.op = fmt::format("DecodeGraph::step (optimizer/decode_graph.h): the whole model's T = 1 step replayed, {} kernels",
+                       graph->kernel_count());
     r.timing = time_calls([&] { graph->step(token_ids); }, device, timer(false));  // step() waits for the replay
     emit(r);
   }

@@ -3,10 +3,12 @@
 #include <torch/cuda.h>
 
 #include <stdexcept>
+#include <vector>
 
 #if MAMBADIFF_TORCH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -17,7 +19,7 @@ namespace mambadiff {
 struct CapturedProgram::Impl {
   explicit Impl(const torch::Device& device) : stream(c10::cuda::getStreamFromPool(false, device.index())) {}
   c10::cuda::CUDAStream stream;
-  at::cuda::CUDAGraph graph;
+  at::cuda::CUDAGraph graph{/*keep_graph=*/true};  // kept (not only its executable) to count its kernels
 };
 
 bool CapturedProgram::supported(const torch::Device& device) {
@@ -35,6 +37,16 @@ CapturedProgram::CapturedProgram(const torch::Device& device, const std::functio
     impl_->graph.capture_begin();
     program();
     impl_->graph.capture_end();
+  }
+  cudaGraph_t graph = impl_->graph.raw_cuda_graph();
+  size_t nodes = 0;
+  C10_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  std::vector<cudaGraphNode_t> all(nodes);
+  C10_CUDA_CHECK(cudaGraphGetNodes(graph, all.data(), &nodes));
+  for (cudaGraphNode_t node : all) {
+    cudaGraphNodeType type{};
+    C10_CUDA_CHECK(cudaGraphNodeGetType(node, &type));
+    kernel_count_ += type == cudaGraphNodeTypeKernel ? 1 : 0;
   }
 }
 

@@ -31,9 +31,13 @@ class CapturedProgram {
   // Launches the captured program and waits for it.
   void replay();
 
+  // Kernel launches recorded in the graph (what one replay runs), counted at capture.
+  int64_t kernel_count() const { return kernel_count_; }
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  int64_t kernel_count_ = 0;
 };
 
 }  // namespace mambadiff

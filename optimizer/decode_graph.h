@@ -36,6 +36,9 @@ class DecodeGraph {
   // graph's output buffer: valid until the next step (clone to keep).
   torch::Tensor step(const torch::Tensor& tokens);
 
+  // Kernels one step launches (the captured graph's kernel nodes).
+  int64_t kernel_count() const { return program_->kernel_count(); }
+
  private:
   ExecutionPath& path_;
   Mamba2Cache& cache_;
