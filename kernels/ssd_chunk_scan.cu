@@ -6,6 +6,8 @@
 // registers and walks the tokens in order, so every path-visible number is a fixed-order fp32
 // sum (deterministic). Sequential in time: a chunked (SSD) formulation would be faster for long
 // prompts; the product's hot loop (the optimizer, generation) is the T = 1 decode.
+#include <cstdint>
+
 #include "kernels/device_math.cuh"
 #include "kernels/kernel_coverage.cuh"
 
@@ -63,6 +65,84 @@ __global__ void ssd_chunk_scan_forward_kernel(ScanShape s, const T* x, const T* 
   for (int i = 0; i < kMaxStatePerLane; ++i) {
     const int64_t n = lane + 32 * i;
     if (n < N) final_state[state_base + n] = state[i];
+  }
+}
+
+// The decode step (T = 1) when state_size % 4 == 0, at the state's copy bandwidth: a warp owns
+// kStepRowsPerWarp rows p of one (batch, head) and each lane 4 consecutive state entries per round of
+// 128 (one 16-byte load and store), so a warp has 2 KB of state in flight instead of 512 bytes; B and
+// C are read once per warp for all its rows. The same arithmetic as the sequential kernel at T = 1
+// (the fixed-order warp sum differs only in which lane holds which n).
+constexpr int kStepRowsPerWarp = 4;
+constexpr int kStepWarps = 8;
+constexpr int kStepRowsPerBlock = kStepRowsPerWarp * kStepWarps;
+constexpr int kStepRounds = 2;  // N <= 2 * 128 = 256
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kStepWarps) decode_step_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm,
+                                                                     int64_t stride, const float* dt, const float* A,
+                                                                     const float* D, const float* initial, float* y,
+                                                                     float* final_state) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
+  const int64_t P = s.head_dim, N = s.state_size, H = s.heads, g = h / (s.heads / s.groups);
+  const int64_t p0 = int64_t(blockIdx.y) * kStepRowsPerBlock + warp * kStepRowsPerWarp;
+  MAMBADIFF_COVER(kScanHeadDimTail, threadIdx.x == 0 && (int64_t(blockIdx.y) + 1) * kStepRowsPerBlock > P);
+  if (p0 >= P) return;
+  const int64_t row = b * stride;  // T == 1: batch b's only row
+  const float dtv = dt[b * H + h], decay = expf(dtv * A[h]), d_h = D[h];
+  float Bv[kStepRounds][4], Cv[kStepRounds][4];
+  for (int j = 0; j < kStepRounds; ++j) {
+    for (int e = 0; e < 4; ++e) {
+      const int64_t n = 128 * j + 4 * lane + e;
+      Bv[j][e] = n < N ? load(Bm, row + g * N + n) : 0.0f;
+      Cv[j][e] = n < N ? load(Cm, row + g * N + n) : 0.0f;
+    }
+  }
+  // Every row's state loads are issued before any is used (the loops have constant trip counts).
+  float4 st[kStepRowsPerWarp][kStepRounds];
+  float xv[kStepRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kStepRowsPerWarp; ++r) {
+    const int64_t p = p0 + r;
+    xv[r] = p < P ? load(x, row + h * P + p) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kStepRounds; ++j) {
+      const int64_t n = 128 * j + 4 * lane;
+      st[r][j] = (p < P && n < N && initial) ? *reinterpret_cast<const float4*>(&initial[((b * H + h) * P + p) * N + n])
+                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kStepRowsPerWarp; ++r) {
+    const int64_t p = p0 + r;
+    if (p >= P) break;  // warp-uniform
+    // Counted once per row, as the sequential kernel counts once per warp (one row each).
+    MAMBADIFF_COVER(kScanStateTail, lane == 0 && N % 32 != 0);
+    MAMBADIFF_COVER(kScanStateManyRounds, lane == 0 && N > 32);
+    MAMBADIFF_COVER(kScanInitialState, lane == 0 && initial != nullptr);
+    MAMBADIFF_COVER(kScanZeroState, lane == 0 && initial == nullptr);
+    MAMBADIFF_COVER(kScanGroupBroadcast, lane == 0 && s.heads / s.groups > 1);
+    MAMBADIFF_COVER(kScanOneToken, lane == 0);
+    MAMBADIFF_COVER(kScanDecayUnderflow, lane == 0 && decay == 0.0f);
+    MAMBADIFF_COVER(kScanDecayOne, lane == 0 && decay == 1.0f);
+    const float dx = dtv * xv[r];
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kStepRounds; ++j) {
+      const int64_t n = 128 * j + 4 * lane;
+      if (n >= N) continue;
+      float4& v = st[r][j];
+      v.x = decay * v.x + dx * Bv[j][0];
+      v.y = decay * v.y + dx * Bv[j][1];
+      v.z = decay * v.z + dx * Bv[j][2];
+      v.w = decay * v.w + dx * Bv[j][3];
+      acc += Cv[j][0] * v.x + Cv[j][1] * v.y + Cv[j][2] * v.z + Cv[j][3] * v.w;
+      // In place when final_state == initial: this lane read exactly these 4 values above.
+      *reinterpret_cast<float4*>(&final_state[((b * H + h) * P + p) * N + n]) = v;
+    }
+    acc = device::warp_sum(acc);
+    if (lane == 0) y[(b * H + h) * P + p] = acc + d_h * xv[r];
   }
 }
 
@@ -131,6 +211,15 @@ int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const voi
                      float* y, float* final_state, void* stream) {
   if (s.state_size > 32 * kMaxStatePerLane || s.groups <= 0 || s.heads % s.groups != 0) return cudaErrorInvalidValue;
   if (s.batch * s.heads * s.head_dim == 0) return cudaSuccess;
+  const bool aligned16 = ((reinterpret_cast<uintptr_t>(initial) | reinterpret_cast<uintptr_t>(final_state)) & 15) == 0;
+  if (s.tokens == 1 && s.state_size % 4 == 0 && aligned16) {  // the decode step: 16-byte state rows (decode_step_kernel)
+    const dim3 step_grid(static_cast<unsigned>(s.batch * s.heads),
+                         static_cast<unsigned>(device::ceil_div(s.head_dim, kStepRowsPerBlock)));
+    MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T><<<step_grid, 32 * kStepWarps, 0, static_cast<cudaStream_t>(stream)>>>(
+                                    s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
+                                    xbc_token_stride, dt, A, D, initial, y, final_state)));
+    return cudaGetLastError();
+  }
   const dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(device::ceil_div(s.head_dim, kWarpsPerBlock)));
   MAMBADIFF_DISPATCH_ACT(act, (ssd_chunk_scan_forward_kernel<T><<<grid, 32 * kWarpsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(
                                   s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
