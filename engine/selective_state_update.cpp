@@ -7,17 +7,24 @@ std::pair<torch::Tensor, torch::Tensor> selective_state_update(const torch::Tens
                                                                const torch::Tensor& A, const torch::Tensor& Bm,
                                                                const torch::Tensor& Cm, const torch::Tensor& D,
                                                                const torch::Tensor& state) {
-  const int64_t H = x.size(1), G = Bm.size(1);
+  const int64_t Bsz = x.size(0), H = x.size(1), P = x.size(2), G = Bm.size(1), N = Bm.size(2);
   TORCH_CHECK(H % G == 0, "selective_state_update: heads ", H, " not a multiple of groups ", G);
+  const int64_t R = H / G;  // heads per group: head h = g R + r reads group g (HF PR #37533's order)
   const auto f = state.scalar_type();
+  // Few ops on purpose: the decode step runs once per token per layer, and on small models (the
+  // fuzz targets', the check matrix's) each ATen op's fixed cost — dispatch and an allocation — is
+  // the step's cost. Groups are views [B, G, R, ...] (no repeat_interleave copies); the state
+  // update is one addcmul and C · state one batched matmul (reshape: x, B and C may be column slices
+  // of the conv output, and then are copied once).
   const torch::Tensor xs = x.to(f);                                         // [B, H, P]
   const torch::Tensor dtf = dt.to(f);                                       // [B, H]
-  const torch::Tensor Bh = Bm.to(f).repeat_interleave(H / G, 1);            // [B, H, N]
-  const torch::Tensor Ch = Cm.to(f).repeat_interleave(H / G, 1);            // [B, H, N]
   const torch::Tensor decay = (dtf * A.to(f)).exp();                        // [B, H]
-  const torch::Tensor new_state = state * decay.unsqueeze(-1).unsqueeze(-1) +
-                                  (dtf.unsqueeze(-1) * xs).unsqueeze(-1) * Bh.unsqueeze(2);  // [B, H, P, N]
-  const torch::Tensor y = torch::einsum("bhpn,bhn->bhp", {new_state, Ch}) + D.to(f).view({1, H, 1}) * xs;
+  const torch::Tensor decayed = (state * decay.view({Bsz, H, 1, 1})).reshape({Bsz, G, R, P, N});
+  const torch::Tensor new_state = torch::addcmul(decayed, (dtf.unsqueeze(-1) * xs).reshape({Bsz, G, R, P, 1}),
+                                                 Bm.to(f).reshape({Bsz, G, 1, 1, N}))
+                                      .view({Bsz, H, P, N});                  // [B, H, P, N]
+  const torch::Tensor Cy = torch::matmul(new_state.reshape({Bsz, G, R * P, N}), Cm.to(f).reshape({Bsz, G, N, 1}));
+  const torch::Tensor y = torch::addcmul(Cy.view({Bsz, H, P}), D.to(f).view({1, H, 1}), xs);  // [B, H, P]
   return {y, new_state};
 }
 

@@ -18,11 +18,13 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
   const auto f = x_in.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   namespace F = torch::nn::functional;
 
-  // Head h reads group h / (H/G): repeat_interleave, not repeat (HF PR #37533).
+  // Head h = g R + r reads group g (R = H / G heads a group; HF PR #37533's order): the heads are
+  // viewed as [G, R] and B, C stay [.., G, N], never copied per head.
+  const int64_t R = H / G;
   torch::Tensor x = x_in.to(f);                                           // [B, T, H, P]
   torch::Tensor dt = dt_in.to(f);                                         // [B, T, H]
-  torch::Tensor Bm = B_in.to(f).repeat_interleave(H / G, 2);              // [B, T, H, N]
-  torch::Tensor Cm = C_in.to(f).repeat_interleave(H / G, 2);              // [B, T, H, N]
+  torch::Tensor Bm = B_in.to(f);                                          // [B, T, G, N]
+  torch::Tensor Cm = C_in.to(f);                                          // [B, T, G, N]
   const torch::Tensor A = A_in.to(f);                                     // [H]
   const torch::Tensor D = D_in.to(f);                                     // [H]
 
@@ -35,57 +37,63 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
     Bm = F::pad(Bm, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
     Cm = F::pad(Cm, F::PadFuncOptions({0, 0, 0, 0, 0, pad}));
   }
-  x = x.view({Bsz, nc, Q, H, P});
-  dt = dt.view({Bsz, nc, Q, H});
-  Bm = Bm.view({Bsz, nc, Q, H, N});
-  Cm = Cm.view({Bsz, nc, Q, H, N});
+  x = x.reshape({Bsz, nc, Q, G, R, P});
+  dt = dt.reshape({Bsz, nc, Q, H});
+  Bm = Bm.reshape({Bsz, nc, Q, G, N});
+  Cm = Cm.reshape({Bsz, nc, Q, G, N});
 
-  const torch::Tensor xdt = x * dt.unsqueeze(-1);                          // [B, nc, Q, H, P]
+  const torch::Tensor xdt = x * dt.reshape({Bsz, nc, Q, G, R, 1});           // [B, nc, Q, G, R, P]
   const torch::Tensor dA = (dt * A).permute({0, 3, 1, 2});                 // [B, H, nc, Q], <= 0
   const torch::Tensor Acs = dA.cumsum(-1);                                 // [B, H, nc, Q]
 
-  // Segment sums seg[i, j] = Σ_{k=j+1..i} dA_k, summed directly rather than as Acs_i − Acs_j:
-  // with strong decay Acs runs into the hundreds within a chunk, and the difference of two such
-  // fp32 sums loses ~1e-5 relative in the small segments that matter (measured: cache-state error
-  // 7.8e-6 against a derived tolerance of 3.3e-6 on a medium-decay model). Row i of the masked
-  // matrix holds dA_i below the diagonal; its cumulative sum down the rows is the segment sum.
-  const auto opts_bool = torch::TensorOptions().dtype(torch::kBool).device(Acs.device());
-  const torch::Tensor below = torch::ones({Q, Q}, opts_bool).tril(-1);
-  const torch::Tensor seg_sums =
-      dA.unsqueeze(-1).expand({Bsz, H, nc, Q, Q}).masked_fill(below.logical_not(), 0.0).cumsum(-2);  // [B, H, nc, Q(i), Q(j)]
+  // Segment sums seg[i, j] = Σ_{k=j+1..i} v_k of a sequence v, summed directly rather than as
+  // cumsum_i − cumsum_j: with strong decay the cumulative sums run into the hundreds, and the
+  // difference of two such fp32 sums loses ~1e-5 relative in the small segments that matter
+  // (measured: cache-state error 7.8e-6 against a derived tolerance of 3.3e-6 on a medium-decay
+  // model). Row i of the masked matrix holds v_i below the diagonal; its cumulative sum down the
+  // rows is the segment sum. Above the diagonal: -inf (exp = 0); clamped to <= 0 before exp, as
+  // mamba_ssm PR #713 does (direct sums of non-positive terms cannot round above 0: a guard).
+  const auto segment_sums = [](const torch::Tensor& v) {  // v [..., L] -> [..., L(i), L(j)]
+    const int64_t L = v.size(-1);
+    const auto opts_bool = torch::TensorOptions().dtype(torch::kBool).device(v.device());
+    std::vector<int64_t> sizes = v.sizes().vec();
+    sizes.push_back(L);
+    const torch::Tensor below = torch::ones({L, L}, opts_bool).tril(-1);
+    const torch::Tensor sums = v.unsqueeze(-1).expand(sizes).masked_fill(below.logical_not(), 0.0).cumsum(-2);
+    const torch::Tensor causal = torch::ones({L, L}, opts_bool).tril();
+    return sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).clamp_max(0.0);
+  };
+  const torch::Tensor seg = segment_sums(dA);                              // [B, H, nc, Q(i), Q(j)]
 
-  // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(seg[i, j]) dt_j x_j.
-  // Clamped to <= 0 before exp, as mamba_ssm PR #713 does for its differences (direct sums of
-  // non-positive terms cannot round above 0; the clamp stays as a guard).
-  const torch::Tensor causal = torch::ones({Q, Q}, opts_bool).tril();
-  const torch::Tensor seg = seg_sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity())
-                                .clamp_max(0.0);
-  const torch::Tensor CB = torch::einsum("bcihn,bcjhn->bhcij", {Cm, Bm});  // [B, H, nc, Q, Q]
-  const torch::Tensor y_diag = torch::einsum("bhcij,bcjhp->bcihp", {CB * seg.exp(), xdt});
+  // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(seg[i, j]) dt_j x_j. C·B is
+  // computed once per group.
+  const torch::Tensor CB = torch::einsum("bcign,bcjgn->bgcij", {Cm, Bm});  // [B, G, nc, Q, Q]
+  const torch::Tensor L = CB.unsqueeze(2) * seg.exp().reshape({Bsz, G, R, nc, Q, Q});  // [B, G, R, nc, Q, Q]
+  const torch::Tensor y_diag = torch::einsum("bgrcij,bcjgrp->bcigrp", {L, xdt});    // [B, nc, Q, G, R, P]
 
   // 2. Each chunk's contribution to the state at its end, starting from zero: token j decays by
   // seg[Q-1, j] to the chunk's end.
-  const torch::Tensor decay_to_end = seg_sums.select(3, Q - 1).clamp_max(0.0).exp();  // [B, H, nc, Q]
+  const torch::Tensor decay_to_end = seg.select(3, Q - 1).exp().reshape({Bsz, G, R, nc, Q});  // [B, G, R, nc, Q]
   const torch::Tensor chunk_states =
-      torch::einsum("bcjhn,bhcj,bcjhp->bchpn", {Bm, decay_to_end, xdt});   // [B, nc, H, P, N]
+      torch::einsum("bcjgn,bgrcj,bcjgrp->bcgrpn", {Bm, decay_to_end, xdt}).reshape({Bsz, nc, H, P, N});
 
-  // 3. Inter-chunk recurrence over chunks (sequential; nc is small): the state entering chunk c.
-  const torch::Tensor chunk_decay = Acs.select(3, Q - 1).exp();            // [B, H, nc]
-  torch::Tensor s = initial_state.defined() ? initial_state.to(f)
-                                            : torch::zeros({Bsz, H, P, N}, x.options());
-  std::vector<torch::Tensor> entering;
-  entering.reserve(static_cast<size_t>(nc));
-  for (int64_t c = 0; c < nc; ++c) {
-    entering.push_back(s);
-    s = s * chunk_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) + chunk_states.select(1, c);
-  }
-  const torch::Tensor S = torch::stack(entering, 1);                       // [B, nc, H, P, N]
+  // 3. The state entering each chunk, all chunks at once: with the initial state as chunk "-1" and
+  // the chunks' total decays padded by a 0 in front, S_c = Σ_{k <= c} exp(segc[c, k]) states[k]
+  // (the same direct segment sums, over chunk totals); entry nc is the final state.
+  const torch::Tensor init = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
+  const torch::Tensor states = torch::cat({init.unsqueeze(1), chunk_states}, 1);  // [B, nc + 1, H, P, N]
+  const torch::Tensor chunk_totals = F::pad(Acs.select(3, Q - 1), F::PadFuncOptions({1, 0}));  // [B, H, nc + 1]
+  const torch::Tensor passing = segment_sums(chunk_totals).exp();                                // [B, H, nc + 1, nc + 1]
+  const torch::Tensor entering = torch::einsum("bhzk,bkhpn->bzhpn", {passing, states});          // [B, nc + 1, H, P, N]
+  const torch::Tensor S = entering.narrow(1, 0, nc);                                             // [B, nc, H, P, N]
 
   // 4. Off-diagonal blocks: y_i += exp(Acs_i) C_i . S_c.
-  const torch::Tensor y_off = torch::einsum("bcihn,bchpn,bhci->bcihp", {Cm, S, Acs.exp()});
+  const torch::Tensor y_off =
+      torch::einsum("bcign,bcgrpn,bgrci->bcigrp",
+                    {Cm, S.reshape({Bsz, nc, G, R, P, N}), Acs.exp().reshape({Bsz, G, R, nc, Q})});  // [B, nc, Q, G, R, P]
 
-  torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, H, 1})).reshape({Bsz, nc * Q, H, P});
-  return {y.narrow(1, 0, T), s};
+  torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, G, R, 1})).reshape({Bsz, nc * Q, H, P});
+  return {y.narrow(1, 0, T), entering.select(1, nc)};
 }
 
 }  // namespace mambadiff::aten_ops
