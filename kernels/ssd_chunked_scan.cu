@@ -1,8 +1,9 @@
 // ssd_chunked_scan: the selective scan of a prefill or continue (T > 1) in the chunked SSD form
-// (Dao & Gu, "Transformers are SSMs", §6), four launches:
+// (Dao & Gu, "Transformers are SSMs", §6), five launches:
 //
 //   1. chunk_cumsum   per (b, h, chunk): dt' = clamp(softplus(dt + dt_bias), lo, hi) (each part
-//                     optional) and the running sum cum_t = Σ_{s<=t} dt'_s A_h inside the chunk.
+//                     optional) and the running sum cum_t = Σ_{s<=t} dt'_s A_h inside the chunk, in
+//                     float64 (the decays are exp of differences of these sums; see Workspace).
 //   2. chunk_cb       per (b, g, chunk, t-tile, s-tile <= t-tile): CB[t, s] = C_t · B_s.
 //   3. chunk_state    per (b, h, chunk, p-tile, n-tile): the chunk's own state contribution
 //                       S_c[p, n] = Σ_s exp(cum_end - cum_s) dt'_s x_s[p] B_s[n].
@@ -11,17 +12,20 @@
 //   5. chunk_output   per (b, h, chunk, t-tile, p-tile):
 //                       y_t = exp(cum_t) C_t · S_in[c] + Σ_{s<=t} CB[t, s] exp(cum_t - cum_s) dt'_s x_s + D x_t
 //
-// The three products (C·Bᵀ, (w x)ᵀ·B, C·S and L·x) run on tensor cores as TF32 MMAs (wmma
+// The products (C·Bᵀ, (w x)ᵀ·B, C·S and L·x) of bf16 runs run on tensor cores as TF32 MMAs (wmma
 // m16n16k8, fp32 accumulation). Plain TF32 keeps 10 mantissa bits: mamba_ssm's fp32 path diverges
 // from the float64 reference for exactly that reason (docs/external.md). So every operand that is
 // not already exact in TF32 is split, a = hi + lo with hi = tf32(a), lo = tf32(a - hi), and a·b is
-// taken as hi·hi + hi·lo + lo·hi ("3xTF32"): about 21 bits of each product, fp32-class. bf16
-// activations (x, B, C) are exact in TF32 (8 < 10 mantissa bits) and are not split; the computed
-// operands (decay-weighted x, L, exp(cum) C, the states) always are.
+// taken as hi·hi + hi·lo + lo·hi ("3xTF32"): about 21 bits of each product. bf16 activations (x, B,
+// C) are exact in TF32 (8 < 10 mantissa bits) and are not split; the computed operands
+// (decay-weighted x, L, exp(cum) C, the states) always are. fp32 runs use fp32 FMAs instead
+// (SimtAccumulator: 3xTF32 measured past the harness's fp32 budget over a 256-token chunk).
 //
-// Every index is 64-bit (mamba_ssm #1015 overflowed 32-bit offsets past ~61K tokens). The chunk
-// size is any positive number; the last chunk may be shorter (T % chunk != 0). Masked entries of
-// L (s > t, or past the sequence) are zero, never exp of a positive difference (mamba_ssm PR #713).
+// Offsets are 64-bit across batches, heads and chunks (mamba_ssm #1015 overflowed 32-bit offsets
+// past ~61K tokens) and 32-bit inside one chunk (the launcher refuses a chunk spanning 2^31
+// elements). The chunk size is any positive number; the last chunk may be shorter (T % chunk != 0).
+// Masked entries of L (s > t, or past the sequence) are zero, never exp of a positive difference
+// (mamba_ssm PR #713).
 #include <mma.h>
 
 #include <cstdint>
