@@ -77,15 +77,16 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
   const torch::Tensor chunk_states =
       torch::einsum("bcjgn,bgrcj,bcjgrp->bcgrpn", {Bm, decay_to_end, xdt}).reshape({Bsz, nc, H, P, N});
 
-  // 3. The state entering each chunk, all chunks at once: with the initial state as chunk "-1" and
-  // the chunks' total decays padded by a 0 in front, S_c = Σ_{k <= c} exp(segc[c, k]) states[k]
-  // (the same direct segment sums, over chunk totals); entry nc is the final state.
-  const torch::Tensor init = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
-  const torch::Tensor states = torch::cat({init.unsqueeze(1), chunk_states}, 1);  // [B, nc + 1, H, P, N]
-  const torch::Tensor chunk_totals = F::pad(Acs.select(3, Q - 1), F::PadFuncOptions({1, 0}));  // [B, H, nc + 1]
-  const torch::Tensor passing = segment_sums(chunk_totals).exp();                                // [B, H, nc + 1, nc + 1]
-  const torch::Tensor entering = torch::einsum("bhzk,bkhpn->bzhpn", {passing, states});          // [B, nc + 1, H, P, N]
-  const torch::Tensor S = entering.narrow(1, 0, nc);                                             // [B, nc, H, P, N]
+  // 3. Inter-chunk recurrence over chunks (sequential; nc is small): the state entering chunk c.
+  const torch::Tensor chunk_decay = Acs.select(3, Q - 1).exp();            // [B, H, nc]
+  torch::Tensor s = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
+  std::vector<torch::Tensor> entering;
+  entering.reserve(static_cast<size_t>(nc));
+  for (int64_t c = 0; c < nc; ++c) {
+    entering.push_back(s);
+    s = s * chunk_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) + chunk_states.select(1, c);
+  }
+  const torch::Tensor S = torch::stack(entering, 1);                       // [B, nc, H, P, N]
 
   // 4. Off-diagonal blocks: y_i += exp(Acs_i) C_i . S_c.
   const torch::Tensor y_off =
@@ -93,7 +94,7 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
                     {Cm, S.reshape({Bsz, nc, G, R, P, N}), Acs.exp().reshape({Bsz, G, R, nc, Q})});  // [B, nc, Q, G, R, P]
 
   torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, G, R, 1})).reshape({Bsz, nc * Q, H, P});
-  return {y.narrow(1, 0, T), entering.select(1, nc)};
+  return {y.narrow(1, 0, T), s};
 }
 
 }  // namespace mambadiff::aten_ops

@@ -92,19 +92,36 @@ std::pair<torch::Tensor, torch::Tensor> buggy_ssd_chunk_scan(const torch::Tensor
   const torch::Tensor chunk_states =
       torch::einsum("bcjgn,bgrcj,bcjgrp->bcgrpn", {Bm, decay_to_end, xdt}).reshape({Bsz, nc, H, P, N});
 
-  // 3. The state entering each chunk, all chunks at once: with the initial state as chunk "-1" and
-  // the chunks' total decays padded by a 0 in front, S_c = Σ_{k <= c} exp(segc[c, k]) states[k]
-  // (the same direct segment sums, over chunk totals); entry nc is the final state.
-  const torch::Tensor init = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
-  const torch::Tensor states = torch::cat({init.unsqueeze(1), chunk_states}, 1);  // [B, nc + 1, H, P, N]
-  const torch::Tensor chunk_totals = F::pad(Acs.select(3, Q - 1), F::PadFuncOptions({1, 0}));  // [B, H, nc + 1]
-  const torch::Tensor passing = segment_sums(chunk_totals).exp();                                // [B, H, nc + 1, nc + 1]
-  // MUTANT(inter-chunk-axis): summed over the target chunk z instead of the source chunk k:
-  // new[k] = states[k] * Σ_z passing[z, k] -- HF #34817 before #35154.
-  const torch::Tensor entering = bug == ScanBug::kInterChunkAxis
-                                     ? torch::einsum("bhzk,bkhpn->bkhpn", {passing, states})
-                                     : torch::einsum("bhzk,bkhpn->bzhpn", {passing, states});  // [B, nc + 1, H, P, N]
-  const torch::Tensor S = entering.narrow(1, 0, nc);                                             // [B, nc, H, P, N]
+  // 3. Inter-chunk recurrence: the state entering chunk c, and the final state.
+  torch::Tensor s = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
+  torch::Tensor S;  // [B, nc, H, P, N]
+  if (bug == ScanBug::kInterChunkAxis) {
+    // HF's matrix form: states = [s_0, chunk_states...] ([B, nc+1, H, P, N]); decay_chunk[z, c] =
+    // exp(sum of the chunk totals of chunks c .. z-1) for z >= c, else 0  ([B, H, nc+1, nc+1]).
+    const torch::Tensor totals = F::pad(Acs.select(3, Q - 1), F::PadFuncOptions({1, 0}));  // [B, H, nc+1]
+    const torch::Tensor cum = totals.cumsum(-1);
+    const auto lower =
+        torch::ones({nc + 1, nc + 1}, torch::TensorOptions().dtype(torch::kBool).device(cum.device())).tril();
+    const torch::Tensor decay_chunk = (cum.unsqueeze(-1) - cum.unsqueeze(-2))
+                                          .masked_fill(lower.logical_not(), -std::numeric_limits<double>::infinity())
+                                          .exp();  // [B, H, z, c]
+    const torch::Tensor states = torch::cat({s.unsqueeze(1), chunk_states}, 1).permute({0, 2, 1, 3, 4});  // [B, H, c, P, N]
+    // MUTANT(inter-chunk-axis): .sum over dim 2 (the target chunk z) instead of dim 3 (the source
+    // chunk c): new[c] = state[c] * sum_z decay_chunk[z, c] -- HF #34817 before #35154.
+    const torch::Tensor product = decay_chunk.unsqueeze(-1).unsqueeze(-1) * states.unsqueeze(2);  // [B, H, z, c, P, N]
+    const torch::Tensor new_states = product.sum(2).permute({0, 2, 1, 3, 4});  // [B, nc+1, H, P, N]
+    S = new_states.narrow(1, 0, nc);
+    s = new_states.select(1, nc);
+  } else {
+    const torch::Tensor chunk_decay = Acs.select(3, Q - 1).exp();  // [B, H, nc]
+    std::vector<torch::Tensor> entering;
+    entering.reserve(static_cast<size_t>(nc));
+    for (int64_t c = 0; c < nc; ++c) {
+      entering.push_back(s);
+      s = s * chunk_decay.select(2, c).unsqueeze(-1).unsqueeze(-1) + chunk_states.select(1, c);
+    }
+    S = torch::stack(entering, 1);
+  }
 
   // 4. Off-diagonal blocks: y_i += exp(Acs_i) C_i . S_c.
   const torch::Tensor y_off =
@@ -112,7 +129,7 @@ std::pair<torch::Tensor, torch::Tensor> buggy_ssd_chunk_scan(const torch::Tensor
                     {Cm, S.reshape({Bsz, nc, G, R, P, N}), Acs.exp().reshape({Bsz, G, R, nc, Q})});  // [B, nc, Q, G, R, P]
 
   torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, G, R, 1})).reshape({Bsz, nc * Q, H, P});
-  return {y.narrow(1, 0, T), entering.select(1, nc)};
+  return {y.narrow(1, 0, T), s};
 }
 
 }  // namespace mambadiff::mutants
