@@ -177,6 +177,14 @@ void add_fuzz_command(CLI::App& app, int& exit_code) {
       for (const auto& t : kDifferentialTargets) {
         o.target = t;
         validate_fuzz_campaign(o);
+        // The matrix is defined from the seeds: without them every mutant would start from nothing,
+        // and the first divergence the fuzzer met (the open tolerance class included) would count
+        // as the kill (seen on an out-of-tree binary, whose default --seeds-dir does not exist).
+        if (!std::filesystem::is_directory(o.seeds_dir / t)) {
+          throw InputError(fmt::format("fuzz --kill-matrix: no seed corpus {} (every mutant starts from the seeds; "
+                                       "pass --seeds-dir <repo>/corpus/fuzz)",
+                                       (o.seeds_dir / t).string()));
+        }
       }
       o.target.reset();
     } else {

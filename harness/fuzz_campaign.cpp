@@ -406,7 +406,13 @@ class TargetCampaign {
     std::vector<std::string> dirs;
     if (fs::is_directory(corpus_)) dirs.push_back(corpus_.string());
     const fs::path seeds = o_.seeds_dir / name_;
-    if (!o_.seeds_dir.empty() && fs::is_directory(seeds)) dirs.push_back(seeds.string());
+    if (!o_.seeds_dir.empty() && fs::is_directory(seeds)) {
+      dirs.push_back(seeds.string());
+    } else if (!warned_no_seeds_) {
+      // Said once per target, not silently: a campaign from an empty corpus finds less, later.
+      fmt::print(stderr, "fuzz {}: no seed corpus at {}: starting from an empty corpus\n", name_, seeds.string());
+      warned_no_seeds_ = true;
+    }
     return dirs;
   }
 
@@ -633,6 +639,7 @@ class TargetCampaign {
   FuzzCampaignResult& result_;
   const fs::path bin_, work_, corpus_;
   FuzzTargetStats stats_;
+  mutable bool warned_no_seeds_ = false;
 };
 
 }  // namespace

@@ -247,6 +247,25 @@ TEST(FuzzCommand, BadUsageExitsTwoWithOneLine) {
   EXPECT_FALSE(fs::exists(out / "summary.json"));
 }
 
+// The kill matrix starts every mutant from the seeds: without a seed corpus (an out-of-tree binary's
+// default --seeds-dir does not exist) it refuses, instead of crediting a mutant with whatever the
+// fuzzer meets first from an empty corpus.
+TEST(FuzzCommand, KillMatrixRefusesAMissingSeedCorpus) {
+  REQUIRE_STAND_IN();
+  const fs::path out = campaign_dir("kill-no-seeds");
+  const fs::path targets = out.parent_path() / "kill-no-seeds-targets";
+  fs::create_directories(targets);
+  for (const char* t : {"model_script", "scan_diff"}) {  // both differential target builds present
+    fs::copy_file(stand_in_dir() / "scan_diff", targets / t, fs::copy_options::overwrite_existing);
+  }
+  const auto r = run_cli("fuzz --kill-matrix --time 5 --jobs 1 --out " + out.string() + " --targets-dir " +
+                         targets.string() + " --seeds-dir " + (out.parent_path() / "no-such-seeds").string());
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("no-such-seeds/model_script"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_FALSE(fs::exists(out / "kill_matrix.json"));
+}
+
 TEST(FuzzCommand, InterruptedCampaignMergesAndWritesItsFindings) {
   REQUIRE_STAND_IN();
   const fs::path out = campaign_dir("interrupt");
