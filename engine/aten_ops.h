@@ -37,6 +37,14 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, c
                                                        const torch::Tensor& Cm, const torch::Tensor& D,
                                                        const torch::Tensor& initial_state, int64_t chunk_size);
 
+// Segment sums of v over its last dim, the decays of the chunked scan: seg[..., i, j] =
+// Σ_{k=j+1..i} v_k for j <= i, summed directly rather than as cumsum_i − cumsum_j (with strong decay
+// the cumulative sums run into the hundreds, and the difference of two such fp32 sums loses ~1e-5
+// relative in the small segments that matter: measured cache-state error 7.8e-6 against a derived
+// tolerance of 3.3e-6 on a medium-decay model); -inf above the diagonal, clamped to <= 0.
+//   v: [..., L]   Returns [..., L(i), L(j)].
+torch::Tensor segment_sums(const torch::Tensor& v);
+
 // One decode step of the recurrence, s = exp(dt*A) * s + dt * (x outer B); y = C.s + D*x.
 //   x: [B, H, P]   dt: [B, H]   A: [H]   Bm, Cm: [B, G, N]   D: [H]   state: [B, H, P, N]
 // Returns (y: [B, H, P], new_state: [B, H, P, N]), both in state's dtype (fp32 or fp64).

@@ -7,6 +7,20 @@
 
 namespace mambadiff::aten_ops {
 
+torch::Tensor segment_sums(const torch::Tensor& v) {
+  // Row i of the masked matrix holds v_i below the diagonal; its cumulative sum down the rows is the
+  // segment sum. Above the diagonal: -inf (exp = 0); clamped to <= 0 before exp, as mamba_ssm PR #713
+  // does (direct sums of non-positive terms cannot round above 0: a guard).
+  const int64_t L = v.size(-1);
+  const auto opts_bool = torch::TensorOptions().dtype(torch::kBool).device(v.device());
+  std::vector<int64_t> sizes = v.sizes().vec();
+  sizes.push_back(L);
+  const torch::Tensor below = torch::ones({L, L}, opts_bool).tril(-1);
+  const torch::Tensor sums = v.unsqueeze(-1).expand(sizes).masked_fill(below.logical_not(), 0.0).cumsum(-2);
+  const torch::Tensor causal = torch::ones({L, L}, opts_bool).tril();
+  return sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).clamp_max(0.0);
+}
+
 std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in, const torch::Tensor& dt_in,
                                                        const torch::Tensor& A_in, const torch::Tensor& B_in,
                                                        const torch::Tensor& C_in, const torch::Tensor& D_in,
@@ -46,23 +60,6 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
   const torch::Tensor dA = (dt * A).permute({0, 3, 1, 2});                 // [B, H, nc, Q], <= 0
   const torch::Tensor Acs = dA.cumsum(-1);                                 // [B, H, nc, Q]
 
-  // Segment sums seg[i, j] = Σ_{k=j+1..i} v_k of a sequence v, summed directly rather than as
-  // cumsum_i − cumsum_j: with strong decay the cumulative sums run into the hundreds, and the
-  // difference of two such fp32 sums loses ~1e-5 relative in the small segments that matter
-  // (measured: cache-state error 7.8e-6 against a derived tolerance of 3.3e-6 on a medium-decay
-  // model). Row i of the masked matrix holds v_i below the diagonal; its cumulative sum down the
-  // rows is the segment sum. Above the diagonal: -inf (exp = 0); clamped to <= 0 before exp, as
-  // mamba_ssm PR #713 does (direct sums of non-positive terms cannot round above 0: a guard).
-  const auto segment_sums = [](const torch::Tensor& v) {  // v [..., L] -> [..., L(i), L(j)]
-    const int64_t L = v.size(-1);
-    const auto opts_bool = torch::TensorOptions().dtype(torch::kBool).device(v.device());
-    std::vector<int64_t> sizes = v.sizes().vec();
-    sizes.push_back(L);
-    const torch::Tensor below = torch::ones({L, L}, opts_bool).tril(-1);
-    const torch::Tensor sums = v.unsqueeze(-1).expand(sizes).masked_fill(below.logical_not(), 0.0).cumsum(-2);
-    const torch::Tensor causal = torch::ones({L, L}, opts_bool).tril();
-    return sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).clamp_max(0.0);
-  };
   const torch::Tensor seg = segment_sums(dA);                              // [B, H, nc, Q(i), Q(j)]
 
   // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(seg[i, j]) dt_j x_j. C·B is
