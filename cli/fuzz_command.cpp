@@ -37,6 +37,7 @@ struct KillRow {
   double time_s = 0;           // fuzzing wall time until the first crash input, all slices
   double cpu_s = 0;            // CPU time of the fuzzer processes until then (slices before, and the finding one whole)
   std::uint64_t execs = 0;     // executions until then
+  int not_credited = 0;        // findings before it that the target without the mutant also made
 };
 
 // The fuzz kill matrix (issue 10 §7): for each mutant, MAMBADIFF_FUZZ_MUTANT=<name> and one job;
@@ -71,9 +72,20 @@ std::vector<KillRow> run_kill_matrix(const FuzzCampaignOptions& base, const std:
       const FuzzTargetStats& t = r.targets.at(0);
       if (t.first_finding_s && !r.findings.empty()) {
         const FuzzFinding& f = r.findings.front();
-        row = {m.name, true, t.name, f.crash.signature, f.crash.first_divergence,
-               f.case_dir.empty() ? f.dir.string() : f.case_dir.string(), spent + *t.first_finding_s,
-               cpu + t.fuzz_cpu_s, execs + t.first_finding_execs.value_or(t.execs)};
+        // The finding is the mutant's only if the target without it runs the same input clean: a
+        // divergence the product itself has (or a crash of the harness) would be credited to
+        // whichever mutant was loaded.
+        const auto clean = replay_fuzz_input(o.targets_dir / t.name, f.dir / "input", {"MAMBADIFF_FUZZ_MUTANT="},
+                                             o.timeout_s);
+        if (clean) {
+          ++row.not_credited;
+          fmt::print(stderr, "kill matrix: {}: not credited, the target without the mutant fails on that input too: {}\n",
+                     m.name, clean->key());
+        } else {
+          row = {m.name, true, t.name, f.crash.signature, f.crash.first_divergence,
+                 f.case_dir.empty() ? f.dir.string() : f.case_dir.string(), spent + *t.first_finding_s,
+                 cpu + t.fuzz_cpu_s, execs + t.first_finding_execs.value_or(t.execs), row.not_credited};
+        }
       }
       spent += t.fuzz_time_s;
       cpu += t.fuzz_cpu_s;
@@ -100,7 +112,7 @@ nlohmann::json kill_matrix_json(const std::vector<KillRow>& rows, double budget_
   for (const auto& r : rows) {
     list.push_back({{"mutant", r.mutant}, {"found", r.found}, {"target", r.target}, {"time_s", r.time_s},
                     {"cpu_s", r.cpu_s}, {"execs", r.execs}, {"signature", r.signature}, {"first_divergence", r.first_divergence},
-                    {"case", r.case_dir}});
+                    {"case", r.case_dir}, {"not_credited", r.not_credited}});
     found += r.found;
     times.push_back(r.found ? r.cpu_s : std::numeric_limits<double>::infinity());
   }

@@ -27,6 +27,7 @@
 #include "fuzz/fuzz_support.h"
 #include "fuzz/kernel_counters.h"
 #include "harness/path_registry.h"
+#include "harness/tolerance_baseline.h"
 #include "oracles/reference_path.h"
 #include "mutants/catalog.h"
 #include "tests/random_model.h"
@@ -108,23 +109,25 @@ ScanCase decode(ByteReader& in) {
 // recurrence's y ([B, T, H*P]) and final state (the chunked scan and the steps are compared with
 // the same sequential answer).
 template <typename S>
-ScenarioResult sequential(const ScanCase& c, const std::string& path, const std::string& dtype) {
+ScenarioResult sequential(const ScanCase& c, const std::string& path, const std::string& dtype,
+                          uint64_t rounding_seed = 0) {
   const ModelSpec& s = c.spec;
   const int64_t B = c.batch, T = c.T, H = s.num_heads, P = s.head_dim, G = s.n_groups, N = s.state_size;
-  const auto dt = torch::CppTypeToScalarType<S>::value;
-  auto flat = [&](const torch::Tensor& t) { return t.to(dt).contiguous(); };
+  // Inputs rounded to the modelled dtype, held in the buffers of S (float64 for stochastic rounding).
+  auto flat = [&](const torch::Tensor& t) { return t.to(kDtype<S>).to(kStorage<S>).contiguous(); };
   const torch::Tensor x = flat(c.x), dt_raw = flat(c.dt_raw), Bm = flat(c.Bm), Cm = flat(c.Cm);
   torch::Tensor state = flat(c.init).clone();  // [B, H, P, N]
-  torch::Tensor y = torch::empty({B, T, H * P}, dt);
-  const torch::Tensor A_log = torch::tensor(c.A_log).to(dt), dt_bias = torch::tensor(c.dt_bias).to(dt),
-                      D = torch::tensor(c.D).to(dt);
+  torch::Tensor y = torch::empty({B, T, H * P}, kStorage<S>);
+  const torch::Tensor A_log = flat(torch::tensor(c.A_log)), dt_bias = flat(torch::tensor(c.dt_bias)),
+                      D = flat(torch::tensor(c.D));
   const SsmShape shape{H, P, N, G, s.time_step_min, s.time_step_max};
+  const sr::RoundingSeed rounding(rounding_seed);  // used only by the stochastic instance
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
-      ssm_token_step<S>(shape, x.data_ptr<S>() + (b * T + t) * H * P, Bm.data_ptr<S>() + (b * T + t) * G * N,
-                        Cm.data_ptr<S>() + (b * T + t) * G * N, dt_raw.data_ptr<S>() + (b * T + t) * H,
-                        dt_bias.data_ptr<S>(), A_log.data_ptr<S>(), D.data_ptr<S>(),
-                        state.data_ptr<S>() + b * H * P * N, y.data_ptr<S>() + (b * T + t) * H * P);
+      ssm_token_step<S>(shape, data<S>(x) + (b * T + t) * H * P, data<S>(Bm) + (b * T + t) * G * N,
+                        data<S>(Cm) + (b * T + t) * G * N, data<S>(dt_raw) + (b * T + t) * H, data<S>(dt_bias),
+                        data<S>(A_log), data<S>(D), data<S>(state) + b * H * P * N,
+                        data<S>(y) + (b * T + t) * H * P);
   ScenarioResult r;
   r.path = path;
   r.dtype = dtype;
@@ -133,7 +136,7 @@ ScenarioResult sequential(const ScanCase& c, const std::string& path, const std:
     o.op_index = op;
     o.logits = y;
     o.cache.ssm_states = {state};
-    o.cache.conv_states = {torch::zeros({B, 1, 1}, dt)};  // no conv in a scan: an empty stand-in
+    o.cache.conv_states = {torch::zeros({B, 1, 1}, kStorage<S>)};  // no conv in a scan: an empty stand-in
     o.cache.seqlen_offset = T;
     r.ops.push_back(std::move(o));
   }
@@ -263,8 +266,14 @@ MAMBADIFF_FUZZ_TEST_ONE_INPUT(scan_diff) {
   }
   const Mamba2Checkpoint ck = case_checkpoint(c);
   const ScenarioResult ref = sequential<double>(c, "reference", "float64");
-  const ScenarioResult plain = sequential<float>(c, "plain-float32", "float32");
-  const std::vector<ErrorBaseline> baselines = {measure_baseline(plain, ref)};
+  // The tolerance baseline as the harness derives it (harness/tolerance_baseline.h): the worst of
+  // the plain float32 loops and of the same loops under stochastic rounding.
+  std::vector<ErrorBaseline> baselines = {measure_baseline(sequential<float>(c, "plain-float32", "float32"), ref)};
+  for (int run = 0; run < kStochasticBaselineRuns; ++run) {
+    const uint64_t seed = kStochasticBaselineSeed + static_cast<uint64_t>(run);
+    add_stochastic_run(baselines.front(),
+                       measure_baseline(sequential<sr::StochasticFloat32>(c, "plain-float32", "float32", seed), ref));
+  }
   // The plain float32 loops overflowed (or the oracle itself did) where float32 cannot hold the
   // values: no float32 tolerance can be derived for this input, so it tests nothing (a non-finite
   // tolerance is never used: compare_results would call every path divergent here).

@@ -18,9 +18,18 @@ double TolerancePolicy::floor(const std::string& dtype) const {
   return floor_float32;
 }
 
+double TolerancePolicy::stochastic(const std::string& dtype) const {
+  return dtype == "bfloat16" ? stochastic_multiplier_bfloat16 : stochastic_multiplier;
+}
+
 double ErrorBaseline::at(const std::string& key) const {
   auto it = error.find(key);
   return it == error.end() ? 0.0 : it->second;
+}
+
+double ErrorBaseline::stochastic_at(const std::string& key) const {
+  auto it = stochastic_error.find(key);
+  return it == stochastic_error.end() ? 0.0 : it->second;
 }
 
 namespace {
@@ -85,7 +94,13 @@ struct Checker {
   double path_tolerance(const std::string& path, const std::string& dtype, const std::string& key) const {
     if (is_oracle(path)) return 0.0;
     for (const auto& bl : baselines)
-      if (bl.dtype == dtype) return policy.multiplier * bl.at(key) + policy.floor(dtype);
+      if (bl.dtype == dtype) {
+        const double plain = policy.multiplier * bl.at(key);
+        const double stochastic = policy.stochastic(dtype) * bl.stochastic_at(key);
+        // NaN in either (loops that computed NaN) must stay NaN: no tolerance can be derived.
+        if (std::isnan(plain) || std::isnan(stochastic)) return std::numeric_limits<double>::quiet_NaN();
+        return std::max(plain, stochastic) + policy.floor(dtype);
+      }
     return policy.floor(dtype);
   }
   double tolerance(const std::string& key) const {

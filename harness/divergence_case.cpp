@@ -13,6 +13,7 @@
 #include "engine/safetensors.h"
 #include "engine/tensor_bytes.h"
 #include "harness/path_registry.h"
+#include "harness/tolerance_baseline.h"
 
 namespace mambadiff {
 
@@ -109,8 +110,9 @@ std::string case_dir_name(const std::string& text) {
 ReferenceRun run_reference(const Scenario& scenario, const Mamba2Checkpoint& ck) {
   ReferenceRun r;
   r.reference = evaluate_path(oracle_path(), scenario, ck);
-  // The same choice as `check` and `diff`: bf16 runs are bounded by the bf16 loops, others by fp32's.
-  r.baselines = {measure_baseline(evaluate_path(baseline_path(scenario.dtype), scenario, ck), r.reference)};
+  // bf16 runs are bounded by the bf16 loops, others by fp32's, each the worst of a deterministic and
+  // stochastically rounded runs (harness/tolerance_baseline.h).
+  r.baselines = {derive_baseline(scenario, ck, r.reference)};
   return r;
 }
 
@@ -195,6 +197,18 @@ DivergenceCase DivergenceCase::from_json(const nlohmann::json& j, const fs::path
     *field = json_to_double(t[key], tsrc, key);
     // A NaN tolerance compares false with every error (so everything would "agree"); a negative
     // or infinite one means nothing either.
+    if (!std::isfinite(*field) || *field < 0) {
+      throw InputError(fmt::format("{}: key '{}': {} is not a finite number >= 0", tsrc, key, *field));
+    }
+  }
+  // Optional: cases recorded before the stochastic baselines (harness/tolerance_baseline.h) replay
+  // under the policy they were recorded with, the plain loops' error alone.
+  c.tolerance.stochastic_multiplier = 0.0;
+  c.tolerance.stochastic_multiplier_bfloat16 = 0.0;
+  for (const auto& [key, field] : {std::pair<const char*, double*>{"stochastic_multiplier", &c.tolerance.stochastic_multiplier},
+                                   {"stochastic_multiplier_bfloat16", &c.tolerance.stochastic_multiplier_bfloat16}}) {
+    if (!t.contains(key)) continue;
+    *field = json_to_double(t[key], tsrc, key);
     if (!std::isfinite(*field) || *field < 0) {
       throw InputError(fmt::format("{}: key '{}': {} is not a finite number >= 0", tsrc, key, *field));
     }
@@ -338,6 +352,8 @@ void DivergenceCase::save(const fs::path& out, const CaseRun* run) const {
   j["model_layers"] = model_layers;
   j["paths"] = {a, b};
   j["tolerance"] = {{"multiplier", tolerance.multiplier},
+                    {"stochastic_multiplier", tolerance.stochastic_multiplier},
+                    {"stochastic_multiplier_bfloat16", tolerance.stochastic_multiplier_bfloat16},
                     {"floor_float32", tolerance.floor_float32},
                     {"floor_bfloat16", tolerance.floor_bfloat16},
                     {"floor_float16", tolerance.floor_float16}};

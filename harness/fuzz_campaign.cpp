@@ -644,6 +644,14 @@ class TargetCampaign {
 
 }  // namespace
 
+std::optional<CrashClassification> replay_fuzz_input(const fs::path& target_binary, const fs::path& input,
+                                                     const std::vector<std::string>& env, double timeout_s) {
+  const auto child = run_child({target_binary.string(), fmt::format("-timeout={}", std::lround(timeout_s)), input.string()},
+                               env, timeout_s + 60, nullptr, nullptr);
+  if (child.exit_code == 0) return std::nullopt;
+  return classify_crash_output(child.output);
+}
+
 FuzzCampaignResult run_fuzz_campaign(const FuzzCampaignOptions& options) {
   validate_fuzz_campaign(options);
   std::vector<std::string> targets;

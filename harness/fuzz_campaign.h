@@ -67,6 +67,12 @@ struct CrashClassification {
 // `output` is the target's stdout and stderr on the input; `target` names it for crashes.
 CrashClassification classify_crash_output(std::string_view output);
 
+// One execution of `input` by the libFuzzer binary `target_binary`, with `env` added to ours
+// ("NAME=value"; "NAME=" clears one): nullopt when it runs clean, else what it found.
+std::optional<CrashClassification> replay_fuzz_input(const std::filesystem::path& target_binary,
+                                                     const std::filesystem::path& input,
+                                                     const std::vector<std::string>& env, double timeout_s);
+
 struct FuzzCampaignOptions {
   double time_s = 0;         // the whole budget; each target gets an equal share of fuzzing time
   int jobs = 0;              // -fork=jobs

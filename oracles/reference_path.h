@@ -4,9 +4,36 @@
 // Its cache holds float64 states, so the oracle never rounds its own state.
 #pragma once
 
+#include <type_traits>
+
 #include "engine/execution_path.h"
+#include "oracles/stochastic_rounding.h"
 
 namespace mambadiff {
+
+// The torch dtype a scalar type models (weights are rounded to it, the path reports it) and the one
+// of the buffers holding it: the same for the hardware types; float64 for sr::Rounded, a float64 on
+// the grid of the modelled format.
+template <typename S> inline constexpr torch::ScalarType kDtype = torch::kFloat64;
+template <> inline constexpr torch::ScalarType kDtype<float> = torch::kFloat32;
+template <> inline constexpr torch::ScalarType kDtype<c10::BFloat16> = torch::kBFloat16;
+template <> inline constexpr torch::ScalarType kDtype<sr::StochasticFloat32> = torch::kFloat32;
+template <> inline constexpr torch::ScalarType kDtype<sr::StochasticBFloat16> = torch::kBFloat16;
+
+template <typename S> struct HeldInFloat64 : std::false_type {};
+template <int kBits, sr::Rounding kMode> struct HeldInFloat64<sr::Rounded<kBits, kMode>> : std::true_type {};
+template <typename S> inline constexpr torch::ScalarType kStorage = HeldInFloat64<S>::value ? torch::kFloat64 : kDtype<S>;
+
+// The elements of a CPU tensor of kStorage<S> as S.
+template <typename S>
+S* data(const torch::Tensor& t) {
+  if constexpr (HeldInFloat64<S>::value) {
+    static_assert(sizeof(S) == sizeof(double) && std::is_standard_layout_v<S>, "a float64 in a wrapper");
+    return reinterpret_cast<S*>(t.data_ptr<double>());
+  } else {
+    return t.data_ptr<S>();
+  }
+}
 
 // The shape of one token's SSM update; G divides H (Mamba2Config::validate checks it).
 struct SsmShape {
@@ -17,7 +44,8 @@ struct SsmShape {
 // The oracle's recurrence for one token of one batch row, in Scalar (every operation rounded to
 // it): dt = clamp(softplus(dt_raw + dt_bias)), s = exp(dt * A) * s + dt * x B, y = C.s + D x with
 // A = -exp(A_log); head h reads group h / (H/G). The reference path runs it per token; the
-// fuzz target scan_diff runs it on raw scan inputs. Instantiated for double, float, BFloat16.
+// fuzz target scan_diff runs it on raw scan inputs. Instantiated for double, float, BFloat16 and
+// sr::StochasticFloat32.
 //   xs: [H, P]   Bv, Cv: [G, N]   dt_raw, dt_bias, A_log, D: [H]   state: [H, P, N] (updated)   y: [H, P]
 template <typename Scalar>
 void ssm_token_step(const SsmShape& shape, const Scalar* xs, const Scalar* Bv, const Scalar* Cv,
@@ -34,10 +62,16 @@ void ssm_token_step(const SsmShape& shape, const Scalar* xs, const Scalar* Bv, c
 // the scan), the SSM state and dt_bias, A_log, D kept in fp32. (Rounding the accumulators to bf16
 // too, as an earlier version did, put the bf16 tolerance ~8x above a correct kernel's error, where a
 // bf16-only bug of a few percent passed: docs/mutants.md.)
+//
+// Instantiated in sr::StochasticFloat32 / sr::StochasticBFloat16, the same loops round every result
+// stochastically (oracles/stochastic_rounding.h) from a stream seeded by `rounding_seed`: runs with
+// other seeds sample the rounding error a correct implementation of that precision may have, which
+// the tolerance baselines take the worst of (harness/compare.h derive_baseline). Their tensors are
+// float64 holding values of the modelled format; the path reports the modelled dtype.
 template <typename Scalar>
 class SequentialScanPath : public ExecutionPath {
  public:
-  explicit SequentialScanPath(const Mamba2Checkpoint& checkpoint);
+  explicit SequentialScanPath(const Mamba2Checkpoint& checkpoint, uint64_t rounding_seed = 0);
 
   std::string name() const override;
   Mamba2Cache new_cache(int64_t batch_size) const override;
@@ -47,10 +81,13 @@ class SequentialScanPath : public ExecutionPath {
 
  private:
   Mamba2Weights w_;  // values stored in Scalar, held in its accumulation type (float for bfloat16); CPU
+  uint64_t rounding_seed_;  // the stochastic instances' seed (their name carries it; unused by the others)
 };
 
 using ReferencePath = SequentialScanPath<double>;
 using PlainFloat32Path = SequentialScanPath<float>;
 using PlainBFloat16Path = SequentialScanPath<c10::BFloat16>;
+using StochasticFloat32Path = SequentialScanPath<sr::StochasticFloat32>;
+using StochasticBFloat16Path = SequentialScanPath<sr::StochasticBFloat16>;
 
 }  // namespace mambadiff

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "harness/fuzz_campaign.h"
+#include "mutants/catalog.h"
 #include "tests/test_support.h"
 
 namespace mambadiff {
@@ -264,6 +265,41 @@ TEST(FuzzCommand, KillMatrixRefusesAMissingSeedCorpus) {
   EXPECT_NE(r.out.find("no-such-seeds/model_script"), std::string::npos) << r.out;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
   EXPECT_FALSE(fs::exists(out / "kill_matrix.json"));
+}
+
+// A finding is the mutant's only if the target without the mutant runs its input clean: the
+// stand-in's "MD" divergence fires with or without a mutant (a divergence of the product itself),
+// its "MX" one only with one loaded. With "MX" disarmed, every finding is "MD": never credited; with
+// "MD" disarmed, "MX" is found and credited.
+TEST(FuzzCommand, KillMatrixCreditsOnlyFindingsTheCleanTargetDoesNotMake) {
+  REQUIRE_STAND_IN();
+  const fs::path targets = campaign_dir("kill-credit-targets");
+  const fs::path seeds = campaign_dir("kill-credit-seeds");
+  fs::create_directories(targets);
+  for (const char* t : {"model_script", "scan_diff"}) {
+    fs::copy_file(stand_in_dir() / "scan_diff", targets / t, fs::copy_options::overwrite_existing);
+    fs::create_directories(seeds / t);
+    test_support::write_text(seeds / t / "seed", "M");  // one byte from either bug
+  }
+  const std::string mutant = mutants::mutant_catalog().front().name;
+  const std::string common = " --jobs 1 --slice 2 --mutant " + mutant + " --targets-dir " + targets.string() +
+                             " --seeds-dir " + seeds.string();
+  const fs::path out = campaign_dir("kill-credit");
+  const auto r = test_support::run_shell("STAND_IN_NO_MUTANT_BUG=1 " + std::string(MAMBADIFF_BINARY) +
+                                         " fuzz --kill-matrix --time 3" + common + " --out " + out.string());
+  EXPECT_EQ(r.exit_code, 1) << r.out;  // a mutant alive
+  EXPECT_NE(r.out.find("not credited"), std::string::npos) << r.out;
+  const auto j = nlohmann::json::parse(read_text(out / "kill_matrix.json"));
+  EXPECT_FALSE(j["rows"][0]["found"].get<bool>()) << j.dump();
+  EXPECT_GE(j["rows"][0]["not_credited"].get<int>(), 1) << j.dump();
+
+  const fs::path out2 = campaign_dir("kill-credit-armed");
+  const auto armed = test_support::run_shell("STAND_IN_NO_PRODUCT_BUG=1 " + std::string(MAMBADIFF_BINARY) +
+                                             " fuzz --kill-matrix --time 30" + common + " --out " + out2.string());
+  EXPECT_EQ(armed.exit_code, 0) << armed.out;
+  const auto j2 = nlohmann::json::parse(read_text(out2 / "kill_matrix.json"));
+  EXPECT_TRUE(j2["rows"][0]["found"].get<bool>()) << j2.dump();
+  EXPECT_EQ(j2["rows"][0]["signature"], "model_script|0:forward|0|logits|prefill") << "credited: the mutant's own";
 }
 
 TEST(FuzzCommand, InterruptedCampaignMergesAndWritesItsFindings) {

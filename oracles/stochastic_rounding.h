@@ -1,0 +1,139 @@
+// Stochastic rounding: arithmetic of a low precision whose every result is rounded to one of its two
+// neighbours at random, with the probability of each proportional to its nearness (Monte Carlo
+// arithmetic, Parker 1997; Verificarlo's "sr" mode). The tolerance baselines use it
+// (harness/compare.h): one run of the plain float32 loops rounds deterministically and on a tensor of
+// two or three elements can be lucky -- a sum that cancels to 1 % of its terms, rounded exactly where
+// the oracle's order happens to put it, measured 1e-7 where two independent correct float32
+// implementations (the chunked path and HF's torch path) were both off by 3-6e-6. Runs of the same
+// loops under stochastic rounding sample the spread a correct implementation may have: rounding at
+// another place is another draw from the same distribution.
+//
+// Rounded<kBits> holds a float64 on the grid of a binary format with kBits significant bits (24:
+// float32, 8: bfloat16; the exponent range is float64's: no overflow or subnormals are modelled, the
+// deterministic plain loops cover those). Its random bits come from the value and the seed of the
+// RoundingSeed open on the thread, so a run is reproducible from its seed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace mambadiff::sr {
+
+// The random bits of a rounding: a hash of the exact result's bits and this thread's seed
+// (MurmurHash3's 64-bit finalizer, public domain), not a generator's next draw. The loops round
+// every operation, and a generator's state is one serial chain through all of them; a hash of the
+// value leaves only the arithmetic's own chain, which the loops interleave (matvec's four rows): it
+// made `check` 2x faster than a one-multiply LCG. A result that occurs twice in a run rounds the
+// same way twice; another seed rounds it independently. No stream open: seed 0.
+namespace detail {
+inline thread_local uint64_t open_seed = 0;
+}  // namespace detail
+inline uint64_t random_bits_for(uint64_t value_bits) {
+  uint64_t h = value_bits ^ detail::open_seed;
+  h ^= h >> 33;
+  h *= 0xFF51AFD7ED558CCDull;
+  h ^= h >> 33;
+  h *= 0xC4CEB9FE1A85EC53ull;
+  return h ^ (h >> 33);
+}
+
+// Makes `seed` this thread's for its lifetime (a path's run() opens its own), restoring the
+// previous one after.
+class RoundingSeed {
+ public:
+  explicit RoundingSeed(uint64_t seed) : previous_(detail::open_seed) {
+    // Mixed once, so that seeds 1, 2, 3 differ in every bit, not only the last two.
+    detail::open_seed = 0;
+    detail::open_seed = random_bits_for(seed + 0x9E3779B97F4A7C15ull);
+  }
+  ~RoundingSeed() { detail::open_seed = previous_; }
+  RoundingSeed(const RoundingSeed&) = delete;
+  RoundingSeed& operator=(const RoundingSeed&) = delete;
+
+ private:
+  uint64_t previous_;
+};
+
+// v rounded to kBits significant bits: kept when it is on the grid, else its neighbour of larger
+// magnitude with probability (distance from the smaller one) / ulp, the smaller one otherwise. The
+// magnitude is rounded in the bit pattern (the carry of an increment moves into the exponent, as it
+// must); NaN and infinities pass through.
+template <int kBits>
+[[gnu::always_inline]] inline double round_stochastically(double v) {
+  static_assert(kBits >= 2 && kBits <= 52, "a format narrower than float64");
+  if (!std::isfinite(v)) return v;
+  constexpr int kDropped = 53 - kBits;  // float64 has 53 significant bits
+  constexpr uint64_t kMask = (uint64_t{1} << kDropped) - 1;
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const uint64_t below = bits & kMask;  // the part of the magnitude under the last kept bit
+  if (below == 0) return v;             // on the grid: exact, nothing to round
+  const bool up = (random_bits_for(bits) >> (64 - kDropped)) < below;
+  bits &= ~kMask;
+  if (up) bits += uint64_t{1} << kDropped;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// v rounded to the nearest of kBits significant bits, ties to even (what hardware does).
+template <int kBits>
+double round_to_nearest(double v) {
+  static_assert(kBits >= 2 && kBits <= 52, "a format narrower than float64");
+  if (!std::isfinite(v)) return v;
+  constexpr int kDropped = 53 - kBits;
+  constexpr uint64_t kMask = (uint64_t{1} << kDropped) - 1;
+  uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const uint64_t last_kept = (bits >> kDropped) & 1;
+  bits += (uint64_t{1} << (kDropped - 1)) - 1 + last_kept;  // half an ulp, a hair less unless odd
+  bits &= ~kMask;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+enum class Rounding { kStochastic, kNearest };
+
+template <int kBits, Rounding kMode = Rounding::kStochastic>
+class Rounded {
+ public:
+  static constexpr int kSignificantBits = kBits;
+  Rounded() = default;
+  Rounded(double v) : v_(round(v)) {}  // NOLINT: implicit, as A(0) and A(eps) in the loops need
+  template <int kOther, Rounding kOtherMode>
+  explicit Rounded(Rounded<kOther, kOtherMode> other) : Rounded(static_cast<double>(other)) {}
+  explicit operator double() const { return v_; }
+  explicit operator float() const { return static_cast<float>(v_); }
+
+  // The exact float64 result of two kBits-bit operands (kBits <= 26: products are exact; sums are
+  // unless the exponents differ by more than 29), then rounded once.
+  friend Rounded operator+(Rounded a, Rounded b) { return Rounded(a.v_ + b.v_); }
+  friend Rounded operator-(Rounded a, Rounded b) { return Rounded(a.v_ - b.v_); }
+  friend Rounded operator*(Rounded a, Rounded b) { return Rounded(a.v_ * b.v_); }
+  friend Rounded operator/(Rounded a, Rounded b) { return Rounded(a.v_ / b.v_); }
+  friend Rounded operator-(Rounded a) { return from_grid(-a.v_); }
+  // acc + a * b rounded once, as a fused multiply-add does (what float32 dot products run on): the
+  // product of two kBits-bit values is exact in float64, the sum rounds to float64 then to kBits.
+  friend Rounded multiply_add(Rounded acc, Rounded a, Rounded b) { return Rounded(acc.v_ + a.v_ * b.v_); }
+
+ private:
+  static double round(double v) {
+    return kMode == Rounding::kStochastic ? round_stochastically<kBits>(v) : round_to_nearest<kBits>(v);
+  }
+  static Rounded from_grid(double v) {  // v is on the grid already (a negation)
+    Rounded r;
+    r.v_ = v;
+    return r;
+  }
+  double v_ = 0.0;
+};
+
+// The formats the baselines sample: every operation rounded stochastically, float32's, and for
+// bfloat16 the stored activations at 8 bits over float32 sums (the plain bf16 loops' arithmetic).
+// A bf16 implementation that stores at other places (the chunked path keeps the scan's y in fp32
+// where mamba_ssm's kernel stores it in bf16) differs from the plain loops by whole bf16 roundings;
+// on a fuzzed model of width 1, whose RMSNorm is a sign function, that flipped a logit's sign.
+using StochasticFloat32 = Rounded<24>;
+using StochasticBFloat16 = Rounded<8>;
+
+}  // namespace mambadiff::sr
