@@ -266,14 +266,19 @@ MAMBADIFF_FUZZ_TEST_ONE_INPUT(scan_diff) {
   }
   const Mamba2Checkpoint ck = case_checkpoint(c);
   const ScenarioResult ref = sequential<double>(c, "reference", "float64");
-  // The tolerance baseline as the harness derives it (harness/tolerance_baseline.h): the worst of
-  // the plain float32 loops and of the same loops under stochastic rounding.
+  // The tolerance baseline as the harness derives it (harness/tolerance_baseline.h): the plain
+  // float32 loops' error, and -- only for a comparison that diverges under that alone, the verdict
+  // being the same -- the worst of the same loops under stochastic rounding.
   std::vector<ErrorBaseline> baselines = {measure_baseline(sequential<float>(c, "plain-float32", "float32"), ref)};
-  for (int run = 0; run < kStochasticBaselineRuns; ++run) {
-    const uint64_t seed = kStochasticBaselineSeed + static_cast<uint64_t>(run);
-    add_stochastic_run(baselines.front(),
-                       measure_baseline(sequential<sr::StochasticFloat32>(c, "plain-float32", "float32", seed), ref));
-  }
+  bool stochastic_sampled = false;
+  auto add_stochastic_runs = [&] {
+    for (int run = 0; run < kStochasticBaselineRuns; ++run) {
+      const uint64_t seed = kStochasticBaselineSeed + static_cast<uint64_t>(run);
+      add_stochastic_run(baselines.front(),
+                         measure_baseline(sequential<sr::StochasticFloat32>(c, "plain-float32", "float32", seed), ref));
+    }
+    stochastic_sampled = true;
+  };
   // The plain float32 loops overflowed (or the oracle itself did) where float32 cannot hold the
   // values: no float32 tolerance can be derived for this input, so it tests nothing (a non-finite
   // tolerance is never used: compare_results would call every path divergent here).
@@ -293,7 +298,11 @@ MAMBADIFF_FUZZ_TEST_ONE_INPUT(scan_diff) {
       // The oracle ran this configuration: a path that rejects it breaks "all reject or none".
       finding(c, name, {"scan_diff", "construct", "0", "reject", name}, name + " rejects: " + first_line(e));
     }
-    const Comparison cmp = compare_results(got, ref, ref, baselines);
+    Comparison cmp = compare_results(got, ref, ref, baselines);
+    if (!cmp.agree && !stochastic_sampled) {
+      add_stochastic_runs();
+      cmp = compare_results(got, ref, ref, baselines);
+    }
     if (cmp.agree) continue;
     const Divergence& d = *cmp.first_divergence;
     const bool scan = d.op == 0;

@@ -57,7 +57,9 @@ struct ReferenceRun {
   ScenarioResult reference;
   std::vector<ErrorBaseline> baselines;
 };
-ReferenceRun run_reference(const Scenario& scenario, const Mamba2Checkpoint& checkpoint);
+// `stochastic` false: the baseline without its stochastic runs (harness/tolerance_baseline.h
+// plain_baseline: for a caller that adds them only to a comparison that diverged).
+ReferenceRun run_reference(const Scenario& scenario, const Mamba2Checkpoint& checkpoint, bool stochastic = true);
 
 // One replay of a scenario on two paths: both results, the reference's (the scale and the
 // tolerance baseline) and their comparison.

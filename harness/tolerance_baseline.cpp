@@ -1,7 +1,6 @@
 #include "harness/tolerance_baseline.h"
 
 #include <algorithm>
-#include <memory>
 
 #include "harness/path_registry.h"
 #include "oracles/reference_path.h"
@@ -16,16 +15,37 @@ void add_stochastic_run(ErrorBaseline& baseline, const ErrorBaseline& run) {
   }
 }
 
-ErrorBaseline derive_baseline(const Scenario& scenario, const Mamba2Checkpoint& ck, const ScenarioResult& reference) {
-  ErrorBaseline baseline = measure_baseline(evaluate_path(baseline_path(scenario.dtype), scenario, ck), reference);
-  const bool bf16 = baseline.dtype == dtype_string(torch::kBFloat16);  // the plain loops' dtype
+namespace {
+
+// The stochastic runs on one path (its weights copied once), reseeded before each.
+template <typename StochasticPath>
+void add_stochastic_runs(ErrorBaseline& baseline, const Scenario& scenario, const Mamba2Checkpoint& ck,
+                         const ScenarioResult& reference) {
+  StochasticPath path(ck, kStochasticBaselineSeed);
   for (int run = 0; run < kStochasticBaselineRuns; ++run) {
-    const uint64_t seed = kStochasticBaselineSeed + static_cast<uint64_t>(run);
-    std::unique_ptr<ExecutionPath> path;
-    if (bf16) path = std::make_unique<StochasticBFloat16Path>(ck, seed);
-    else path = std::make_unique<StochasticFloat32Path>(ck, seed);
-    add_stochastic_run(baseline, measure_baseline(run_scenario(scenario, *path), reference));
+    path.set_rounding_seed(kStochasticBaselineSeed + static_cast<uint64_t>(run));
+    add_stochastic_run(baseline, measure_baseline(run_scenario(scenario, path), reference));
   }
+}
+
+}  // namespace
+
+ErrorBaseline plain_baseline(const Scenario& scenario, const Mamba2Checkpoint& ck, const ScenarioResult& reference) {
+  return measure_baseline(evaluate_path(baseline_path(scenario.dtype), scenario, ck), reference);
+}
+
+void add_stochastic_baseline(ErrorBaseline& baseline, const Scenario& scenario, const Mamba2Checkpoint& ck,
+                             const ScenarioResult& reference) {
+  if (baseline.dtype == dtype_string(torch::kBFloat16)) {  // the plain loops' dtype
+    add_stochastic_runs<StochasticBFloat16Path>(baseline, scenario, ck, reference);
+  } else {
+    add_stochastic_runs<StochasticFloat32Path>(baseline, scenario, ck, reference);
+  }
+}
+
+ErrorBaseline derive_baseline(const Scenario& scenario, const Mamba2Checkpoint& ck, const ScenarioResult& reference) {
+  ErrorBaseline baseline = plain_baseline(scenario, ck, reference);
+  add_stochastic_baseline(baseline, scenario, ck, reference);
   return baseline;
 }
 

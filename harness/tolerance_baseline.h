@@ -33,4 +33,13 @@ void add_stochastic_run(ErrorBaseline& baseline, const ErrorBaseline& run);
 ErrorBaseline derive_baseline(const Scenario& scenario, const Mamba2Checkpoint& checkpoint,
                               const ScenarioResult& reference);
 
+// Its two halves. The stochastic runs only ever raise a tolerance, so a comparison that agrees
+// under the plain loops' error alone agrees under the whole baseline: the fuzz targets compare
+// with plain_baseline first and add the stochastic runs only to a comparison that diverged (the
+// verdict is the same, at a fraction of the cost; the reported tolerances are the whole baseline's).
+ErrorBaseline plain_baseline(const Scenario& scenario, const Mamba2Checkpoint& checkpoint,
+                             const ScenarioResult& reference);
+void add_stochastic_baseline(ErrorBaseline& baseline, const Scenario& scenario, const Mamba2Checkpoint& checkpoint,
+                             const ScenarioResult& reference);
+
 }  // namespace mambadiff

@@ -75,6 +75,8 @@ class SequentialScanPath : public ExecutionPath {
 
   std::string name() const override;
   Mamba2Cache new_cache(int64_t batch_size) const override;
+  // Another run of the stochastic instances from another seed, without copying the weights again.
+  void set_rounding_seed(uint64_t seed) { rounding_seed_ = seed; }
 
  protected:
   ForwardOutput run(const torch::Tensor& tokens, Mamba2Cache& cache, Branch branch) override;
