@@ -2,6 +2,7 @@
 // test mutant catalog (mutants/) into path evaluation, so a case that names "mutant:<name>"
 // replays and reduces; `run`, `diff` and `check` know only the product paths.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <nlohmann/json.hpp>
@@ -118,6 +119,10 @@ void add_reduce_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-seconds", args->opt.max_seconds, "Wall-clock budget (the best case so far is written)")
       ->check(number_in(0));
   cmd->add_option("--max-candidates", args->opt.max_candidates, "Replays to try at most")->check(number_in(0));
+  cmd->add_option("--exporter", args->opt.exporter,
+                  "For a case with a file: side: the command that exports a scenario on that system, with {scenario} "
+                  "and {out} (e.g. \"python tools/ecosystem/export.py --backend mamba_ssm {scenario} --out {out}\"); "
+                  "run once per candidate");
   add_threads_option(cmd, args->threads);
   cmd->callback([args, &exit_code] {
     torch::set_num_threads(args->threads);
@@ -131,6 +136,19 @@ void add_reduce_command(CLI::App& app, int& exit_code) {
     // Ctrl-C stops the search; the best case so far is written (atomically) below.
     const InterruptScope ctrl_c;
     opt.interrupt = ctrl_c.flag_ptr();
+    // The exporter's candidates (each a checkpoint, a scenario and an export) in a folder of their
+    // own, removed when the reduced case is written (or on error).
+    struct WorkDir {
+      std::filesystem::path path;
+      ~WorkDir() {
+        std::error_code ec;
+        if (!path.empty()) std::filesystem::remove_all(path, ec);
+      }
+    } work;
+    if (!opt.exporter.empty()) {
+      work.path = std::filesystem::temp_directory_path() / fmt::format("mambadiff-reduce-{}", ::getpid());
+      opt.work_dir = work.path;
+    }
     const ReduceOutcome r = reduce_case(input, opt);
     if (!r.diverges) {
       fmt::print("reduce: {} does not diverge here ({} vs {} agree): nothing to reduce\n", args->case_path,

@@ -12,6 +12,7 @@
 
 #include "engine/errors.h"
 #include "engine/input_file.h"
+#include "engine/output_file.h"
 #include "engine/safetensors.h"
 
 namespace mambadiff {
@@ -256,6 +257,36 @@ Mamba2Checkpoint Mamba2Checkpoint::first_layers(int64_t num_layers) const {
   ck.weights.layers.resize(static_cast<size_t>(num_layers));
   ck.hash = fmt::format("{}-first{}", hash, num_layers);
   return ck;
+}
+
+void Mamba2Checkpoint::save(const std::filesystem::path& dir) const {
+  std::filesystem::create_directories(dir);
+  write_text_atomically(dir / "config.json", config.to_json().dump(1) + "\n");
+  const Mamba2Config& c = config;
+  const auto& w = weights;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  tensors.emplace_back("backbone.embeddings.weight", w.embeddings);
+  tensors.emplace_back("backbone.norm_f.weight", w.norm_f_weight);
+  if (!c.tie_word_embeddings) tensors.emplace_back("lm_head.weight", w.lm_head);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    const LayerWeights& l = w.layers[i];
+    const std::string p = fmt::format("backbone.layers.{}.", i);
+    auto put = [&](const std::string& name, const torch::Tensor& t) {
+      if (t.defined()) tensors.emplace_back(p + name, t);
+    };
+    put("norm.weight", l.norm_weight);
+    put("mixer.in_proj.weight", l.in_proj_weight);
+    put("mixer.in_proj.bias", l.in_proj_bias);
+    put("mixer.conv1d.weight", l.conv1d_weight.reshape({c.conv_dim(), 1, c.conv_kernel}));  // HF's [C, 1, K]
+    put("mixer.conv1d.bias", l.conv1d_bias);
+    put("mixer.dt_bias", l.dt_bias);
+    put("mixer.A_log", l.A_log);
+    put("mixer.D", l.D);
+    put("mixer.norm.weight", l.gated_norm_weight);
+    put("mixer.out_proj.weight", l.out_proj_weight);
+    put("mixer.out_proj.bias", l.out_proj_bias);
+  }
+  safetensors::write(dir / "model.safetensors", tensors);
 }
 
 }  // namespace mambadiff

@@ -48,6 +48,9 @@ struct Mamba2Checkpoint {
 
   // The same model truncated to its first `num_layers` layers (for reducing divergence cases).
   Mamba2Checkpoint first_layers(int64_t num_layers) const;
+  // Writes it as a HuggingFace Mamba2 checkpoint directory (config.json, model.safetensors) that
+  // load() reads back as these weights (the inverse of the loader's naming). Each file atomic.
+  void save(const std::filesystem::path& directory) const;
 };
 
 // 64-bit FNV-1a, for model hashes in metadata (identity, not security).

@@ -87,35 +87,6 @@ std::vector<std::string> paths_under_test(torch::ScalarType dtype) {
   return names;
 }
 
-void write_checkpoint(const Mamba2Checkpoint& ck, const fs::path& dir) {
-  fs::create_directories(dir);
-  write_text_atomically(dir / "config.json", ck.config.to_json().dump(1) + "\n");
-  const Mamba2Config& c = ck.config;
-  const auto& w = ck.weights;
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  tensors.emplace_back("backbone.embeddings.weight", w.embeddings);
-  tensors.emplace_back("backbone.norm_f.weight", w.norm_f_weight);
-  if (!c.tie_word_embeddings) tensors.emplace_back("lm_head.weight", w.lm_head);
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    const LayerWeights& l = w.layers[i];
-    const std::string p = fmt::format("backbone.layers.{}.", i);
-    auto put = [&](const std::string& name, const torch::Tensor& t) {
-      if (t.defined()) tensors.emplace_back(p + name, t);
-    };
-    put("norm.weight", l.norm_weight);
-    put("mixer.in_proj.weight", l.in_proj_weight);
-    put("mixer.in_proj.bias", l.in_proj_bias);
-    put("mixer.conv1d.weight", l.conv1d_weight.reshape({c.conv_dim(), 1, c.conv_kernel}));  // HF's [C, 1, K]
-    put("mixer.conv1d.bias", l.conv1d_bias);
-    put("mixer.dt_bias", l.dt_bias);
-    put("mixer.A_log", l.A_log);
-    put("mixer.D", l.D);
-    put("mixer.norm.weight", l.gated_norm_weight);
-    put("mixer.out_proj.weight", l.out_proj_weight);
-    put("mixer.out_proj.bias", l.out_proj_bias);
-  }
-  safetensors::write(dir / "model.safetensors", tensors);
-}
 
 namespace {
 
@@ -142,7 +113,7 @@ fs::path write_case(const Signature& sig, const Scenario& scenario, const Mamba2
   try {
     fs::create_directories(root);
     fs::remove_all(tmp);
-    write_checkpoint(ck, tmp / "model");
+    ck.save(tmp / "model");
     Scenario s = scenario;
     s.model_dir = tmp / "model";
     s.model = "model";

@@ -104,9 +104,6 @@ void init_differential_target();
 // with a CUDA device, whichever of `chunked-gpu` and `cuda` run `dtype` here.
 std::vector<std::string> paths_under_test(torch::ScalarType dtype);
 
-// Writes a HuggingFace Mamba2 checkpoint directory (config.json, model.safetensors) that
-// Mamba2Checkpoint::load reads back as `ck` (the inverse of the loader's naming).
-void write_checkpoint(const Mamba2Checkpoint& ck, const std::filesystem::path& dir);
 
 // The finding's numeric signature: `target|op|layer|tensor|branch` (COMMON fuzz interface).
 struct Signature {

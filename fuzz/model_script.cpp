@@ -215,7 +215,7 @@ MAMBADIFF_FUZZ_TEST_ONE_INPUT(model_script) {
   }
   if (const char* out = std::getenv("MAMBADIFF_FUZZ_SCENARIO_DIR"); out != nullptr && *out != '\0') {
     const std::filesystem::path dir = std::filesystem::path(out) / fmt::format("{:016x}", fnv1a64(data, size));
-    write_checkpoint(ck, dir / "model");
+    ck.save(dir / "model");
     sc.model_dir = dir / "model";
     sc.save(dir / "scenario.json");
     return 0;

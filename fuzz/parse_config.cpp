@@ -19,7 +19,7 @@ const std::filesystem::path& model_dir() {
     mambadiff::props::ModelSpec spec;  // its defaults: V=16, D=8, 1 layer, H=1, P=8, N=1
     spec.seed = 1;
     const auto d = mambadiff::fuzz::scratch_dir() / "config-model";
-    mambadiff::fuzz::write_checkpoint(mambadiff::props::make_checkpoint(spec), d);
+    mambadiff::props::make_checkpoint(spec).save(d);
     return d;
   }();
   return dir;

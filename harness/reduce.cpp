@@ -1,14 +1,18 @@
 #include "harness/reduce.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "engine/errors.h"
 #include "harness/path_registry.h"
+#include "harness/scenario_runner.h"
 
 namespace mambadiff {
 
@@ -295,15 +299,91 @@ std::string scenario_size(const Scenario& s, int64_t layers) {
                      longest, rows, rows == 1 ? "" : "s", layers, layers == 1 ? "" : "s");
 }
 
-ReduceOutcome reduce_case(const DivergenceCase& input, const ReduceOptions& opt) {
-  for (const auto& p : {input.path_a, input.path_b}) {
-    if (is_file_path(p)) {
-      throw InputError(fmt::format("{}: key 'paths': '{}' holds fixed results that cannot be re-run on a smaller "
-                                   "scenario; reduce needs two executable paths",
-                                   (input.dir / "case.json").string(), p));
+namespace {
+
+// The `file:` side of a case played anew by an exporter command on each candidate: a path from
+// outside the registry (a PathProvider, like the mutants), named "exporter:<the file's name>".
+class ExporterPath {
+ public:
+  ExporterPath(std::string command, std::filesystem::path work) : command_(std::move(command)), work_(std::move(work)) {
+    std::filesystem::create_directories(work_);
+  }
+
+  ScenarioResult evaluate(const Scenario& scenario, const Mamba2Checkpoint& ck) {
+    const std::filesystem::path dir = work_ / std::to_string(++runs_);
+    std::filesystem::create_directories(dir);
+    ck.save(dir / "model");
+    Scenario s = scenario;
+    s.model_dir = dir / "model";
+    s.save(dir / "scenario.json");
+    last_export_ = dir / "export.safetensors";
+    std::string cmd = command_;
+    replace_all(cmd, "{scenario}", quoted(dir / "scenario.json"));
+    replace_all(cmd, "{out}", quoted(last_export_));
+    const int status = std::system((cmd + " > " + quoted(dir / "log.txt") + " 2>&1").c_str());
+    if (status != 0 || !std::filesystem::exists(last_export_)) {
+      throw InputError(fmt::format("exporter: '{}' failed on {} (status {}; its output in {})", command_,
+                                   (dir / "scenario.json").string(), status, (dir / "log.txt").string()));
+    }
+    return read_result_file(last_export_, scenario, ck.config.vocab_size);
+  }
+  // The export of the scenario evaluated last.
+  const std::filesystem::path& last_export() const { return last_export_; }
+
+ private:
+  static std::string quoted(const std::filesystem::path& p) {
+    std::string out = "'";
+    for (char ch : p.string()) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+    return out + "'";
+  }
+  static void replace_all(std::string& s, const std::string& what, const std::string& with) {
+    for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + with.size())) {
+      s.replace(at, what.size(), with);
     }
   }
-  return Reducer(input, opt).run();
+
+  std::string command_;
+  std::filesystem::path work_;
+  int runs_ = 0;
+  std::filesystem::path last_export_;
+};
+
+constexpr const char* kExporterPrefix = "exporter:";
+
+}  // namespace
+
+ReduceOutcome reduce_case(const DivergenceCase& input, const ReduceOptions& opt) {
+  const bool a_file = is_file_path(input.path_a), b_file = is_file_path(input.path_b);
+  if (!a_file && !b_file) return Reducer(input, opt).run();
+  const std::string file_side = a_file ? input.path_a : input.path_b;
+  if (opt.exporter.empty()) {
+    throw InputError(fmt::format("{}: key 'paths': '{}' holds fixed results that cannot be re-run on a smaller "
+                                 "scenario; give reduce --exporter CMD to export each candidate anew",
+                                 (input.dir / "case.json").string(), file_side));
+  }
+  if (a_file && b_file) {
+    throw InputError(fmt::format("{}: key 'paths': both sides are files; reduce re-runs one exporter, for one side",
+                                 (input.dir / "case.json").string()));
+  }
+  const std::filesystem::path work =
+      opt.work_dir.empty() ? std::filesystem::temp_directory_path() / fmt::format("mambadiff-reduce-{}", ::getpid())
+                           : opt.work_dir;
+  auto exporter = std::make_shared<ExporterPath>(opt.exporter, work);
+  const std::string name = kExporterPrefix + file_path_target(file_side).filename().string();
+  install_path_provider({kExporterPrefix, [name] { return std::vector<std::string>{name}; },
+                         [exporter](const std::string&, const Scenario& s, const Mamba2Checkpoint& ck) {
+                           return exporter->evaluate(s, ck);
+                         }});
+  DivergenceCase played = input;
+  (a_file ? played.path_a : played.path_b) = name;
+  ReduceOutcome out = Reducer(played, opt).run();
+  // The reduced case as a case of files again: the export of its own scenario (the best candidate's;
+  // exported once more so that the file is that scenario's whatever was tried last).
+  exporter->evaluate(out.reduced.scenario, out.reduced.checkpoint());
+  const std::string exported = file_path_name(exporter->last_export());
+  (a_file ? out.reduced.path_a : out.reduced.path_b) = exported;
+  (a_file ? out.run.path_a : out.run.path_b) = exported;
+  return out;
 }
 
 }  // namespace mambadiff

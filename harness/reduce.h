@@ -12,12 +12,16 @@
 //   values  token ids to 0 (the op at once, halved, then one by one for short ops); deltas scaled
 //           by 0, 0.1, 0.5 while it still diverges
 // A candidate that the paths reject (InputError, an invalid op sequence) is not interesting.
-// Every replay runs the reference, the plain baseline and both paths: the case's paths must be
-// executable (`file:` results cannot be re-run on a smaller scenario).
+// Every replay runs the reference, the plain baseline and both paths. A `file:` side (another
+// system's export) cannot be re-run by itself: with ReduceOptions::exporter, every candidate is
+// exported anew by that command (the candidate's checkpoint and scenario written to a work folder,
+// the command run on them), and the reduced case keeps the export of its own scenario beside it, so
+// `repro` replays it on any CPU without the other system.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <string>
 
@@ -33,6 +37,14 @@ struct ReduceOptions {
   // Polled before every candidate (may be null): when set (Ctrl-C), the reduction stops like a
   // spent budget and the best case so far is returned, marked interrupted.
   const std::atomic<bool>* interrupt = nullptr;
+  // For a case with a `file:` side: the shell command that plays a scenario on the system that made
+  // it, with {scenario} and {out} where the scenario file and the .safetensors to write go, e.g.
+  // "python tools/ecosystem/export.py --backend mamba_ssm {scenario} --out {out}". It runs once per
+  // candidate (its output in WORK/<n>/log.txt); a candidate whose export fails is not interesting.
+  std::string exporter;
+  // Where the candidates' exports go (made if missing); the reduced case's export stays there until
+  // the case is saved. Default: a fresh folder under the system's temporary directory.
+  std::filesystem::path work_dir;
 };
 
 struct ReduceOutcome {
@@ -46,7 +58,7 @@ struct ReduceOutcome {
   double seconds = 0.0;
 };
 
-// InputError for a case with a `file:` path, or for bad case contents.
+// InputError for a case with a `file:` path and no exporter, or for bad case contents.
 ReduceOutcome reduce_case(const DivergenceCase& input, const ReduceOptions& options = {});
 
 // "3 ops (2 forward, 4 tokens, longest 3), 1 row, 1 layer" for a scenario run on `layers` layers.

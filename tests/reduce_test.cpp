@@ -129,13 +129,48 @@ TEST_F(Reduce, ACaseThatAgreesHasNothingToReduce) {
   EXPECT_EQ(r.steps, 0);
 }
 
-TEST_F(Reduce, FixedFileResultsCannotBeReduced) {
+TEST_F(Reduce, FixedFileResultsNeedAnExporter) {
   DivergenceCase c;
   c.scenario = Scenario::load(fs::path(MAMBADIFF_SOURCE_DIR) / "corpus/scenarios/tiny/decode.json");
   c.model_layers = 2;
   c.path_a = "file:hf.safetensors";
   c.path_b = "reference";
-  EXPECT_THROW(reduce_case(c), InputError);
+  try {
+    reduce_case(c);
+    ADD_FAILURE() << "a file: side cannot be re-run without an exporter";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--exporter"), std::string::npos) << e.what();
+  }
+}
+
+// An external case reduced by re-exporting every candidate: the Triton-softplus regression case
+// (mamba_ssm's export vs reference), with the stand-in backend of tools/ecosystem/export.py playing
+// the system (plain torch with that softplus: it reproduces the kernels' numbers, docs/external.md).
+// The reduced case carries its own export and replays on the CPU without the exporter.
+TEST_F(Reduce, AnExternalCaseShrinksThroughItsExporter) {
+  const fs::path input = fs::path(MAMBADIFF_SOURCE_DIR) / "corpus/regressions/triton-softplus-cancellation";
+  const fs::path out = test_support::fresh_dir("reduce", "external", false);
+  const std::string exporter = std::string("MAMBADIFF_STAND_IN_SOFTPLUS=triton ") + MAMBADIFF_PYTHON + " " +
+                               MAMBADIFF_SOURCE_DIR + "/tools/ecosystem/export.py --backend stand_in --device cpu " +
+                               "{scenario} --out {out}";
+  const auto r = test_support::run_cli("reduce " + input.string() + " -o " + out.string() +
+                                       " --max-candidates 3 --exporter \"" + exporter + "\"");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("keep the first 1 layer"), std::string::npos) << r.out;  // the first candidate tried
+  const DivergenceCase reduced = DivergenceCase::load(out);
+  EXPECT_EQ(reduced.model_layers, 1);
+  EXPECT_EQ(reduced.path_a, "file:" + (out / "a.safetensors").string());
+  EXPECT_TRUE(fs::exists(out / "a.safetensors"));
+  const auto replay = test_support::run_cli("repro " + out.string());
+  EXPECT_EQ(replay.exit_code, 0) << replay.out;
+  EXPECT_NE(replay.out.find("REPRODUCED"), std::string::npos) << replay.out;
+
+  // An exporter that fails: the case cannot even be replayed at the start; a clear error, no case.
+  const fs::path out2 = test_support::fresh_dir("reduce", "external-failing", false);
+  const auto bad = test_support::run_cli("reduce " + input.string() + " -o " + out2.string() + " --exporter false");
+  EXPECT_EQ(bad.exit_code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("exporter: 'false' failed"), std::string::npos) << bad.out;
+  EXPECT_FALSE(fs::exists(out2 / "case.json"));
 }
 
 }  // namespace
