@@ -8,7 +8,8 @@
 //     rounding (oracles/stochastic_rounding.h), each from its own fixed seed.
 // One deterministic run can be lucky where a tensor is ill-conditioned (a tiny model whose layer
 // output is a sum that cancels): its error then says nothing about the error of an implementation
-// that rounds in other places. The stochastic runs sample that error. Fixed seeds: the baseline, and so every verdict, replays bit for bit.
+// that rounds in other places. The stochastic runs sample that error. Fixed seeds: the baseline,
+// and so every verdict, replays bit for bit.
 #pragma once
 
 #include "engine/checkpoint.h"
@@ -20,7 +21,7 @@ namespace mambadiff {
 // Four samples: a correct implementation's error is one more draw, which exceeds the worst of K
 // draws with probability 1 / (K + 1) where the stochastic term decides (TolerancePolicy's
 // stochastic multipliers cover that); each run costs one pass of the loops, and `check` on the
-// embedded models went from 1.5 s to 10 s with four (docs/fuzz.md, "The tolerance class closed").
+// embedded models went from 1.5 s to 10 s with four (docs/fuzz.md, "The tolerance class, narrowed").
 inline constexpr int kStochasticBaselineRuns = 4;
 // Run k rounds from seed kStochasticBaselineSeed + k.
 inline constexpr uint64_t kStochasticBaselineSeed = 0x5EED0000u;

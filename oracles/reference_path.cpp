@@ -203,7 +203,8 @@ ForwardOutput SequentialScanPath<S>::run(const torch::Tensor& tokens, Mamba2Cach
       }
     }
     out.layer_outputs.push_back(torch::from_blob(x.data(), {Bsz, T, Dm}, kStorage<A>)
-                                    .to(residual_in_acc ? kStorage<A> : kStorage<S>, /*non_blocking=*/false, /*copy=*/true));
+                                    .to(residual_in_acc ? kStorage<A> : kStorage<S>, /*non_blocking=*/false,
+                                        /*copy=*/true));
     out.trace.push_back({l, branch, logical_kernels(branch)});
   }
   std::vector<A> logits(static_cast<size_t>(Bsz * T * V));

@@ -22,7 +22,8 @@ template <> inline constexpr torch::ScalarType kDtype<sr::StochasticBFloat16> = 
 
 template <typename S> struct HeldInFloat64 : std::false_type {};
 template <int kBits, sr::Rounding kMode> struct HeldInFloat64<sr::Rounded<kBits, kMode>> : std::true_type {};
-template <typename S> inline constexpr torch::ScalarType kStorage = HeldInFloat64<S>::value ? torch::kFloat64 : kDtype<S>;
+template <typename S>
+inline constexpr torch::ScalarType kStorage = HeldInFloat64<S>::value ? torch::kFloat64 : kDtype<S>;
 
 // The elements of a CPU tensor of kStorage<S> as S.
 template <typename S>

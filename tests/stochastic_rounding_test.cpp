@@ -30,11 +30,14 @@ ScenarioOp forward(std::vector<int64_t> tokens) {
   op.tokens = torch::tensor(tokens, torch::kInt64).unsqueeze(0);  // [1, T]
   return op;
 }
-bool on_bfloat16_grid(double v) { return static_cast<double>(static_cast<float>(c10::BFloat16(static_cast<float>(v)))) == v; }
+bool on_bfloat16_grid(double v) {
+  return static_cast<double>(static_cast<float>(c10::BFloat16(static_cast<float>(v)))) == v;
+}
 
 TEST(StochasticRounding, ValuesOnTheGridAreKept) {
   const sr::RoundingSeed seed(1);
-  for (double v : {0.0, -0.0, 1.0, -1.5, double{0.1f}, double{3.0e38f}, double{1.0e-30f}, static_cast<double>(std::nextafter(1.0f, 2.0f))}) {
+  for (double v : {0.0, -0.0, 1.0, -1.5, double{0.1f}, double{3.0e38f}, double{1.0e-30f},
+                   static_cast<double>(std::nextafter(1.0f, 2.0f))}) {
     EXPECT_EQ(static_cast<double>(Rounded<24>(v)), v) << v;
   }
   EXPECT_EQ(static_cast<double>(Rounded<8>(1.0078125)), 1.0078125);  // 1 + 2^-7: bf16's first step above 1
@@ -46,7 +49,8 @@ TEST(StochasticRounding, EveryResultIsOneOfTheTwoNeighbours) {
   const sr::RoundingSeed seed(7);
   const double values[] = {0.1, -0.1, 1.0 / 3.0, -2.0 / 3.0, 1e-20 / 3.0, 7e30 / 3.0, M_PI, -M_E};
   for (double v : values) {
-    const float down = static_cast<float>(v) <= v ? static_cast<float>(v) : std::nextafter(static_cast<float>(v), -INFINITY);
+    const float nearest = static_cast<float>(v);
+    const float down = nearest <= v ? nearest : std::nextafter(nearest, -INFINITY);
     const float up = std::nextafter(down, INFINITY);
     for (int i = 0; i < 200; ++i) {
       const double r = static_cast<double>(Rounded<24>(v));
