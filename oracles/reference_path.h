@@ -21,7 +21,7 @@ template <> inline constexpr torch::ScalarType kDtype<sr::StochasticFloat32> = t
 template <> inline constexpr torch::ScalarType kDtype<sr::StochasticBFloat16> = torch::kBFloat16;
 
 template <typename S> struct HeldInFloat64 : std::false_type {};
-template <int kBits, sr::Rounding kMode> struct HeldInFloat64<sr::Rounded<kBits, kMode>> : std::true_type {};
+template <int kBits> struct HeldInFloat64<sr::Rounded<kBits>> : std::true_type {};
 template <typename S>
 inline constexpr torch::ScalarType kStorage = HeldInFloat64<S>::value ? torch::kFloat64 : kDtype<S>;
 
