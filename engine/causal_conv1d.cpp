@@ -14,7 +14,7 @@ std::pair<torch::Tensor, torch::Tensor> causal_conv1d(const torch::Tensor& input
   // The convolution and its SiLU in fp32 (fp64 for fp64 runs), rounded to the run dtype once, as
   // the fused kernels do (kernels/causal_conv1d.cu, causal-conv1d's). In bf16, conv1d's own bf16
   // output and a bf16 SiLU after it (HF's torch path) round twice: on a fuzzed model of width 1 that
-  // put the SSM state 3.8x over the bf16 tolerance (docs/fuzz.md, "The tolerance class closed").
+  // put the SSM state 3.8x over the bf16 tolerance (docs/fuzz.md, "The tolerance class, narrowed").
   const auto f = seq.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
   // The first window column is older than the K-1 inputs the first output sees.
   const torch::Tensor out = torch::conv1d(full.narrow(2, 1, full.size(2) - 1).to(f), weight.to(f).unsqueeze(1),
