@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "harness/path_registry.h"
+#include "harness/scenario_runner.h"
 #include "oracles/reference_path.h"
 
 namespace mambadiff {
@@ -21,6 +22,9 @@ namespace {
 template <typename StochasticPath>
 void add_stochastic_runs(ErrorBaseline& baseline, const Scenario& scenario, const Mamba2Checkpoint& ck,
                          const ScenarioResult& reference) {
+  // Its weights and buffers are float64 (values on the modelled format's grid): checked as a
+  // float64 path is, before they are copied.
+  require_memory_for_scenario(scenario, ck.config, torch::kFloat64);
   StochasticPath path(ck, kStochasticBaselineSeed);
   for (int run = 0; run < kStochasticBaselineRuns; ++run) {
     path.set_rounding_seed(kStochasticBaselineSeed + static_cast<uint64_t>(run));
