@@ -110,8 +110,8 @@ std::string case_dir_name(const std::string& text) {
 ReferenceRun run_reference(const Scenario& scenario, const Mamba2Checkpoint& ck, bool stochastic) {
   ReferenceRun r;
   r.reference = evaluate_path(oracle_path(), scenario, ck);
-  // bf16 runs are bounded by the bf16 loops, others by fp32's, each the worst of a deterministic and
-  // stochastically rounded runs (harness/tolerance_baseline.h).
+  // bf16 runs are bounded by the bf16 loops, others by fp32's: a deterministic run and stochastically
+  // rounded ones (harness/tolerance_baseline.h).
   r.baselines = {stochastic ? derive_baseline(scenario, ck, r.reference) : plain_baseline(scenario, ck, r.reference)};
   return r;
 }
@@ -189,30 +189,28 @@ DivergenceCase DivergenceCase::from_json(const nlohmann::json& j, const fs::path
   }
   const auto& t = j["tolerance"];
   const std::string tsrc = src + ": tolerance";
-  for (const auto& [key, field] : {std::pair<const char*, double*>{"multiplier", &c.tolerance.multiplier},
-                                   {"floor_float32", &c.tolerance.floor_float32},
-                                   {"floor_bfloat16", &c.tolerance.floor_bfloat16},
-                                   {"floor_float16", &c.tolerance.floor_float16}}) {
-    if (!t.contains(key)) throw InputError(fmt::format("{}: missing key '{}'", tsrc, key));
+  // A NaN tolerance compares false with every error (so everything would "agree"); a negative
+  // or infinite one means nothing either.
+  auto read_bound = [&](const char* key, double* field, bool required) {
+    if (!t.contains(key)) {
+      if (required) throw InputError(fmt::format("{}: missing key '{}'", tsrc, key));
+      return;
+    }
     *field = json_to_double(t[key], tsrc, key);
-    // A NaN tolerance compares false with every error (so everything would "agree"); a negative
-    // or infinite one means nothing either.
     if (!std::isfinite(*field) || *field < 0) {
       throw InputError(fmt::format("{}: key '{}': {} is not a finite number >= 0", tsrc, key, *field));
     }
-  }
+  };
+  read_bound("multiplier", &c.tolerance.multiplier, true);
+  read_bound("floor_float32", &c.tolerance.floor_float32, true);
+  read_bound("floor_bfloat16", &c.tolerance.floor_bfloat16, true);
+  read_bound("floor_float16", &c.tolerance.floor_float16, true);
   // Optional: cases recorded before the stochastic baselines (harness/tolerance_baseline.h) replay
   // under the policy they were recorded with, the plain loops' error alone.
   c.tolerance.stochastic_multiplier = 0.0;
   c.tolerance.stochastic_multiplier_bfloat16 = 0.0;
-  for (const auto& [key, field] : {std::pair<const char*, double*>{"stochastic_multiplier", &c.tolerance.stochastic_multiplier},
-                                   {"stochastic_multiplier_bfloat16", &c.tolerance.stochastic_multiplier_bfloat16}}) {
-    if (!t.contains(key)) continue;
-    *field = json_to_double(t[key], tsrc, key);
-    if (!std::isfinite(*field) || *field < 0) {
-      throw InputError(fmt::format("{}: key '{}': {} is not a finite number >= 0", tsrc, key, *field));
-    }
-  }
+  read_bound("stochastic_multiplier", &c.tolerance.stochastic_multiplier, false);
+  read_bound("stochastic_multiplier_bfloat16", &c.tolerance.stochastic_multiplier_bfloat16, false);
   c.expected = verdict_of(j, "expected", src);
 
   if (j.contains("observed") && j["observed"].is_object()) {

@@ -145,6 +145,16 @@ ChildResult run_child(const std::vector<std::string>& argv, const std::vector<st
   return result;
 }
 
+// One execution of `input` by the target `bin` (libFuzzer's -timeout); UBSan reports get a stack
+// so that they can be keyed by it.
+ChildResult replay_child(const fs::path& bin, const fs::path& input, const std::vector<std::string>& env,
+                         int timeout_s) {
+  std::vector<std::string> full_env = env;
+  if (!std::getenv("UBSAN_OPTIONS")) full_env.push_back("UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1");
+  return run_child({bin.string(), fmt::format("-timeout={}", timeout_s), input.string()}, full_env, timeout_s + 60,
+                   nullptr, nullptr);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parsing.
 
@@ -509,11 +519,7 @@ class TargetCampaign {
   }
 
   ChildResult replay(const fs::path& input, const std::vector<std::string>& env) const {
-    // One execution of the input; UBSan reports get a stack so that they can be keyed by it.
-    std::vector<std::string> full_env = env;
-    if (!std::getenv("UBSAN_OPTIONS")) full_env.push_back("UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1");
-    return run_child({bin_.string(), fmt::format("-timeout={}", o_.timeout_s), input.string()}, full_env,
-                     o_.timeout_s + 60, nullptr, nullptr);
+    return replay_child(bin_, input, env, o_.timeout_s);
   }
 
   void collect_findings() {
@@ -645,9 +651,8 @@ class TargetCampaign {
 }  // namespace
 
 std::optional<CrashClassification> replay_fuzz_input(const fs::path& target_binary, const fs::path& input,
-                                                     const std::vector<std::string>& env, double timeout_s) {
-  const auto child = run_child({target_binary.string(), fmt::format("-timeout={}", std::lround(timeout_s)), input.string()},
-                               env, timeout_s + 60, nullptr, nullptr);
+                                                     const std::vector<std::string>& env, int timeout_s) {
+  const auto child = replay_child(target_binary, input, env, timeout_s);
   if (child.exit_code == 0) return std::nullopt;
   return classify_crash_output(child.output);
 }

@@ -71,7 +71,7 @@ CrashClassification classify_crash_output(std::string_view output);
 // ("NAME=value"; "NAME=" clears one): nullopt when it runs clean, else what it found.
 std::optional<CrashClassification> replay_fuzz_input(const std::filesystem::path& target_binary,
                                                      const std::filesystem::path& input,
-                                                     const std::vector<std::string>& env, double timeout_s);
+                                                     const std::vector<std::string>& env, int timeout_s);
 
 struct FuzzCampaignOptions {
   double time_s = 0;         // the whole budget; each target gets an equal share of fuzzing time

@@ -1,11 +1,13 @@
 #include "harness/reduce.h"
 
 #include <fmt/format.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -322,8 +324,12 @@ class ExporterPath {
     replace_all(cmd, "{out}", quoted(last_export_));
     const int status = std::system((cmd + " > " + quoted(dir / "log.txt") + " 2>&1").c_str());
     if (status != 0 || !std::filesystem::exists(last_export_)) {
-      throw InputError(fmt::format("exporter: '{}' failed on {} (status {}; its output in {})", command_,
-                                   (dir / "scenario.json").string(), status, (dir / "log.txt").string()));
+      // One line, with the end of the exporter's own output: the work folder (and the log in it) is
+      // removed when reduce ends.
+      const std::string exit = WIFEXITED(status) ? fmt::format("exit {}", WEXITSTATUS(status))
+                                                 : fmt::format("wait status {}", status);
+      throw InputError(fmt::format("exporter: '{}' failed on a candidate ({}{}): {}", command_, exit,
+                                   status == 0 ? ", no export written" : "", last_line_of(dir / "log.txt")));
     }
     return read_result_file(last_export_, scenario, ck.config.vocab_size);
   }
@@ -335,6 +341,13 @@ class ExporterPath {
     std::string out = "'";
     for (char ch : p.string()) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
     return out + "'";
+  }
+  static std::string last_line_of(const std::filesystem::path& log) {
+    std::ifstream in(log);
+    std::string line, last = "(no output)";
+    while (std::getline(in, line))
+      if (line.find_first_not_of(" \t\r") != std::string::npos) last = line;
+    return last.size() > 200 ? last.substr(0, 200) + "..." : last;
   }
   static void replace_all(std::string& s, const std::string& what, const std::string& with) {
     for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + with.size())) {

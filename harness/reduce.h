@@ -43,7 +43,8 @@ struct ReduceOptions {
   // candidate (its output in WORK/<n>/log.txt); a candidate whose export fails is not interesting.
   std::string exporter;
   // Where the candidates' exports go (made if missing); the reduced case's export stays there until
-  // the case is saved. Default: a fresh folder under the system's temporary directory.
+  // the case is saved, so the caller removes it (`mambadiff reduce` does). Default: a folder named
+  // for this process under the system's temporary directory.
   std::filesystem::path work_dir;
 };
 

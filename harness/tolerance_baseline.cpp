@@ -1,7 +1,5 @@
 #include "harness/tolerance_baseline.h"
 
-#include <algorithm>
-
 #include "harness/path_registry.h"
 #include "harness/scenario_runner.h"
 #include "oracles/reference_path.h"

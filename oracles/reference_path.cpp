@@ -49,7 +49,8 @@ template <typename S, typename A>
 void matvec(const A* W, const A* bias, const A* in, int64_t rows, int64_t cols, A* out) {
   // Four rows at a time, each summed in its own order as one row alone would be (the results are
   // those of the row-by-row loop): the four sums are independent chains, so a stochastically
-  // rounded sum -- a chain of float64 add, bit rounding and random draw -- runs ~3x faster.
+  // rounded sum -- a chain of float64 add, bit rounding and random draw -- overlaps with the others
+  // (measured: `check` 11.5 s -> 9.3 s with the four stochastic runs).
   constexpr int64_t kRows = 4;
   int64_t o = 0;
   for (; o + kRows <= rows; o += kRows) {

@@ -85,7 +85,6 @@ class Rounded {
   template <int kOther>
   explicit Rounded(Rounded<kOther> other) : Rounded(static_cast<double>(other)) {}
   explicit operator double() const { return v_; }
-  explicit operator float() const { return static_cast<float>(v_); }
 
   // The exact float64 result of two kBits-bit operands (kBits <= 26: products are exact; sums are
   // unless the exponents differ by more than 29), then rounded once.

@@ -169,7 +169,7 @@ TEST_F(Reduce, AnExternalCaseShrinksThroughItsExporter) {
   const fs::path out2 = test_support::fresh_dir("reduce", "external-failing", false);
   const auto bad = test_support::run_cli("reduce " + input.string() + " -o " + out2.string() + " --exporter false");
   EXPECT_EQ(bad.exit_code, 2) << bad.out;
-  EXPECT_NE(bad.out.find("exporter: 'false' failed"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.out.find("exporter: 'false' failed on a candidate (exit 1"), std::string::npos) << bad.out;
   EXPECT_FALSE(fs::exists(out2 / "case.json"));
 }
 
