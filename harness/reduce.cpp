@@ -322,7 +322,8 @@ class ExporterPath {
     std::string cmd = command_;
     replace_all(cmd, "{scenario}", quoted(dir / "scenario.json"));
     replace_all(cmd, "{out}", quoted(last_export_));
-    const int status = std::system((cmd + " > " + quoted(dir / "log.txt") + " 2>&1").c_str());
+    // In a subshell, so that the whole command line's output goes to the log, not its last part's.
+    const int status = std::system(("(" + cmd + ") > " + quoted(dir / "log.txt") + " 2>&1").c_str());
     if (status != 0 || !std::filesystem::exists(last_export_)) {
       // One line, with the end of the exporter's own output: the work folder (and the log in it) is
       // removed when reduce ends.
