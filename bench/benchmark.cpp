@@ -4,9 +4,12 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <random>
 #include <stdexcept>
+#include <utility>
 
 #include "bench/scan_ops.h"
 #include "engine/errors.h"
@@ -26,6 +29,29 @@ const std::vector<std::string>& item_names() {
 }
 
 namespace {
+
+// Sets an environment variable for a scope and restores what it was (an empty value sets nothing).
+class ScopedEnvironment {
+ public:
+  ScopedEnvironment(std::string name, const std::string& value) : name_(std::move(name)) {
+    if (value.empty()) return;
+    if (const char* old = std::getenv(name_.c_str())) old_ = old;
+    ::setenv(name_.c_str(), value.c_str(), 1);
+    set_ = true;
+  }
+  ~ScopedEnvironment() {
+    if (!set_) return;
+    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
+    else ::unsetenv(name_.c_str());
+  }
+  ScopedEnvironment(const ScopedEnvironment&) = delete;
+  ScopedEnvironment& operator=(const ScopedEnvironment&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+  bool set_ = false;
+};
 
 // ---- the shapes -------------------------------------------------------------------------------
 
@@ -168,12 +194,20 @@ struct Run {
     if (!gpu()) report.notes.push_back("scan: CPU shapes are issue 11's scaled down (tokens / 8 or 4, heads / 8-10, batch 1)");
     for (const ScanShape& s : gpu() ? gpu_scan_shapes() : cpu_scan_shapes()) {
       const ScanInputs in = make_scan_inputs(s, torch::kBFloat16, device, /*seed=*/0);
-      const torch::Tensor y = run_scan(options.path, in).first;  // for y's dtype; warm-up follows
-      BenchResult r = row("scan", s.label(), "bf16 (fp32 state)", "", scan_op_name(options.path));
-      r.chunk = s.chunk;
-      r.cost = ssd_chunk_scan_cost(s, ScanDtypes{2, 4, static_cast<int64_t>(y.element_size()), 4});
-      r.timing = time_calls([&] { run_scan(options.path, in); }, device, timer(/*flush_l2=*/true));
-      emit(r);
+      // The fused kernel's two product modes for bf16 (MAMBADIFF_SCAN_PRODUCTS): the default
+      // first, then the split-TF32 one as a variant row; the ATen scan has one.
+      const std::vector<std::string> modes =
+          options.path == "cuda" ? std::vector<std::string>{"bf16", "split-tf32"} : std::vector<std::string>{""};
+      for (const std::string& mode : modes) {
+        const ScopedEnvironment products("MAMBADIFF_SCAN_PRODUCTS", mode);
+        const torch::Tensor y = run_scan(options.path, in).first;  // for y's dtype; warm-up follows
+        const std::string variant = mode.empty() ? "" : mode + " products";
+        BenchResult r = row("scan", s.label(), "bf16 (fp32 state)", variant.c_str(), scan_op_name(options.path));
+        r.chunk = s.chunk;
+        r.cost = ssd_chunk_scan_cost(s, ScanDtypes{2, 4, static_cast<int64_t>(y.element_size()), 4});
+        r.timing = time_calls([&] { run_scan(options.path, in); }, device, timer(/*flush_l2=*/true));
+        emit(r);
+      }
     }
   }
 

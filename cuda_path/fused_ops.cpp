@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <cstdlib>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -100,6 +101,17 @@ constexpr std::array<torch::ScalarType, 2> kActDtypes = {torch::kFloat32, torch:
 // Inputs the ops convert to fp32 themselves (dt_bias, dt, A, D, the initial state).
 constexpr std::array<torch::ScalarType, 4> kFloatDtypes = {torch::kFloat32, torch::kBFloat16, torch::kFloat16,
                                                            torch::kFloat64};
+
+// How the chunked scan kernel multiplies a bf16 run's operands (kernels/fused_kernels.h):
+// MAMBADIFF_SCAN_PRODUCTS=bf16 (the default: bf16 tensor cores, every computed operand rounded once,
+// as mamba_ssm's and vLLM's kernels do) or split-tf32 (TF32 tensor cores, computed operands split
+// hi + lo: ~21 bits a product, ~3x the MMAs). Read on every call (a test may switch it).
+bool bf16_products() {
+  const char* env = std::getenv("MAMBADIFF_SCAN_PRODUCTS");
+  if (env == nullptr || std::string(env) == "bf16") return true;
+  if (std::string(env) == "split-tf32") return false;
+  throw InputError(fmt::format("MAMBADIFF_SCAN_PRODUCTS='{}': expected bf16 or split-tf32", env));
+}
 
 k::Act act_of(const torch::Tensor& t, const char* op) {
   if (t.scalar_type() == torch::kFloat32) return k::Act::kFloat32;
@@ -361,6 +373,7 @@ struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
       p.initial = has_initial ? initial.data_ptr<float>() : nullptr;
       p.y = y.data_ptr<float>();
       p.final_state = final_ptr;
+      p.bf16_products = bf16_products();
       torch::Tensor workspace = torch::empty(
           {static_cast<int64_t>(k::ssd_chunked_scan_workspace_bytes(s, chunk_size))}, x_in.options().dtype(torch::kUInt8));
       check(k::ssd_chunked_scan_forward(p, workspace.data_ptr(), stream()), "ssd_chunk_scan (chunked)");

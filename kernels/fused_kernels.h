@@ -82,8 +82,10 @@ int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const voi
 //   dt_max), with dt_bias (null = none), the softplus and the limits (±inf = none) each optional.
 //   D: [H] or null. chunk_size: any positive number (the last chunk may be shorter).
 //   workspace: ssd_chunked_scan_workspace_bytes() of device memory, 256-byte aligned.
-// fp32 accumulation throughout; the products are 3xTF32 (fp32-class) for fp32 inputs and exact-input
-// TF32 with split fp32 operands for bf16 ones. Any length: every offset is 64-bit.
+// fp32 accumulation throughout; the products are fp32 FMAs for fp32 inputs; for bf16 inputs, TF32
+// tensor cores with every computed fp32 operand split hi + lo (~21 bits a product), or with
+// `bf16_products`, bf16 tensor cores with every computed operand rounded once to bf16 (as the
+// deployed Triton kernels do). Any length: every offset is 64-bit.
 struct ChunkedScanParams {
   Act act = Act::kFloat32;
   ScanShape shape{};
@@ -103,6 +105,7 @@ struct ChunkedScanParams {
   const float* initial = nullptr;  // [B, H, P, N] or null (zeros)
   float* y = nullptr;              // [B, T, H, P]
   float* final_state = nullptr;    // [B, H, P, N]
+  bool bf16_products = false;      // bf16 runs only (see above)
 };
 size_t ssd_chunked_scan_workspace_bytes(const ScanShape& s, int64_t chunk_size);
 int ssd_chunked_scan_forward(const ChunkedScanParams& params, void* workspace, void* stream);

@@ -89,6 +89,20 @@ __global__ void __launch_bounds__(32 * kStepWarps) decode_step_kernel(ScanShape 
   const int64_t p0 = int64_t(blockIdx.y) * kStepRowsPerBlock + warp * kStepRowsPerWarp;
   MAMBADIFF_COVER(kScanHeadDimTail, threadIdx.x == 0 && (int64_t(blockIdx.y) + 1) * kStepRowsPerBlock > P);
   if (p0 >= P) return;
+  // The state loads first, every row's, before anything else (the loops have constant trip counts):
+  // they are the bytes that bound the kernel, and nothing they need waits on dt, B or C.
+  float4 st[kStepRowsPerWarp][kStepRounds];
+  float xv[kStepRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kStepRowsPerWarp; ++r) {
+    const int64_t p = p0 + r;
+#pragma unroll
+    for (int j = 0; j < kStepRounds; ++j) {
+      const int64_t n = 128 * j + 4 * lane;
+      st[r][j] = (p < P && n < N && initial) ? *reinterpret_cast<const float4*>(&initial[((b * H + h) * P + p) * N + n])
+                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
   const int64_t row = b * stride;  // T == 1: batch b's only row
   const float dtv = dt[b * H + h], decay = expf(dtv * A[h]), d_h = D[h];
   float Bv[kStepRounds][4], Cv[kStepRounds][4];
@@ -99,20 +113,8 @@ __global__ void __launch_bounds__(32 * kStepWarps) decode_step_kernel(ScanShape 
       Cv[j][e] = n < N ? load(Cm, row + g * N + n) : 0.0f;
     }
   }
-  // Every row's state loads are issued before any is used (the loops have constant trip counts).
-  float4 st[kStepRowsPerWarp][kStepRounds];
-  float xv[kStepRowsPerWarp];
 #pragma unroll
-  for (int r = 0; r < kStepRowsPerWarp; ++r) {
-    const int64_t p = p0 + r;
-    xv[r] = p < P ? load(x, row + h * P + p) : 0.0f;
-#pragma unroll
-    for (int j = 0; j < kStepRounds; ++j) {
-      const int64_t n = 128 * j + 4 * lane;
-      st[r][j] = (p < P && n < N && initial) ? *reinterpret_cast<const float4*>(&initial[((b * H + h) * P + p) * N + n])
-                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  }
+  for (int r = 0; r < kStepRowsPerWarp; ++r) xv[r] = p0 + r < P ? load(x, b * stride + h * P + p0 + r) : 0.0f;
 #pragma unroll
   for (int r = 0; r < kStepRowsPerWarp; ++r) {
     const int64_t p = p0 + r;

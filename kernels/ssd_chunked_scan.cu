@@ -68,12 +68,39 @@ constexpr bool kExactInTf32 = std::is_same_v<T, __nv_bfloat16>;
 template <Layout L>
 using wmma_layout = std::conditional_t<L == Layout::kRowMajor, wmma::row_major, wmma::col_major>;
 
-// The stage of a step (a then b), and after the last step the accumulated tile (out, over both).
+// Leading dimensions of a staged slice, in elements of the stage type. fp32: 4 floats of padding
+// (above). bf16: 8 elements of padding (16 bytes), which keeps every 16 x 16 fragment's start
+// 32-byte aligned (16 * 40 * 2 and 16 * 72 * 2 bytes; k0 = 16 and n0 = 16k at 32 bytes) and the
+// leading dimension a multiple of 8, as wmma requires of 16-bit types.
+template <typename Stage>
+struct StageLayout {
+  static constexpr int kLdK = ::mambadiff::kernels::kLdK, kLdM = ::mambadiff::kernels::kLdM;
+  template <Layout L>
+  __host__ __device__ static constexpr int ld_a() { return L == Layout::kRowMajor ? kLdK : kLdM; }
+  template <Layout L>
+  __host__ __device__ static constexpr int ld_b() { return L == Layout::kRowMajor ? kLdM : kLdK; }
+};
+template <>
+struct StageLayout<__nv_bfloat16> {
+  static constexpr int kLdK = kTileK + 8, kLdM = kTile + 8;
+  template <Layout L>
+  __host__ __device__ static constexpr int ld_a() { return L == Layout::kRowMajor ? kLdK : kLdM; }
+  template <Layout L>
+  __host__ __device__ static constexpr int ld_b() { return L == Layout::kRowMajor ? kLdM : kLdK; }
+};
+static_assert(kTile * StageLayout<__nv_bfloat16>::kLdK * 2 <= kStageFloats * 4 &&
+                  kTileK * StageLayout<__nv_bfloat16>::kLdM * 2 <= kStageFloats * 4,
+              "a bf16 stage fits in a float stage");
+
+// The stage of a step (a then b, as floats or bf16), and after the last step the accumulated tile
+// (out, fp32, over both).
 struct SharedTile {
   static constexpr int kFloats = 2 * kStageFloats > kTile * kLdM ? 2 * kStageFloats : kTile * kLdM;
   float mem[kFloats];
-  __device__ float* a() { return mem; }
-  __device__ float* b() { return mem + kStageFloats; }
+  template <typename Stage = float>
+  __device__ Stage* a() { return reinterpret_cast<Stage*>(mem); }
+  template <typename Stage = float>
+  __device__ Stage* b() { return reinterpret_cast<Stage*>(mem + kStageFloats); }
 };
 
 // A run of 8 consecutive elements from global memory, as floats: `valid` of them are real (the
@@ -120,8 +147,6 @@ struct StagedSlice {
   // Stored row length (elements) and the thread's run in it, per layout.
   static constexpr int kRowLenA = LA == Layout::kRowMajor ? kTileK : kTile;
   static constexpr int kRowLenB = LB == Layout::kRowMajor ? kTile : kTileK;
-  static constexpr int kLdA = LA == Layout::kRowMajor ? kLdK : kLdM;
-  static constexpr int kLdB = LB == Layout::kRowMajor ? kLdM : kLdK;
   float a[kRun], b[kRun];
 
   template <class OperandA, class OperandB>
@@ -131,16 +156,29 @@ struct StagedSlice {
     b_of(step, static_cast<int>(threadIdx.x) / runs_b, static_cast<int>(threadIdx.x) % runs_b * kRun, b);
   }
 
+  // Stage = float: the runs as they are (fp32 FMAs, or TF32 MMAs that split them); Stage =
+  // __nv_bfloat16: each value rounded once to bf16 (round to nearest even), one 16-byte store a run.
+  template <typename Stage>
   __device__ void commit(SharedTile& smem) const {
     constexpr int runs_a = kRowLenA / kRun, runs_b = kRowLenB / kRun;
+    constexpr int lda = StageLayout<Stage>::template ld_a<LA>(), ldb = StageLayout<Stage>::template ld_b<LB>();
     __syncthreads();  // the previous slice's multiply is done reading the stage
-    float* pa = &smem.a()[(threadIdx.x / runs_a) * kLdA + threadIdx.x % runs_a * kRun];
-    float* pb = &smem.b()[(threadIdx.x / runs_b) * kLdB + threadIdx.x % runs_b * kRun];
-    reinterpret_cast<float4*>(pa)[0] = make_float4(a[0], a[1], a[2], a[3]);
-    reinterpret_cast<float4*>(pa)[1] = make_float4(a[4], a[5], a[6], a[7]);
-    reinterpret_cast<float4*>(pb)[0] = make_float4(b[0], b[1], b[2], b[3]);
-    reinterpret_cast<float4*>(pb)[1] = make_float4(b[4], b[5], b[6], b[7]);
+    store_run(&smem.a<Stage>()[(threadIdx.x / runs_a) * lda + threadIdx.x % runs_a * kRun], a);
+    store_run(&smem.b<Stage>()[(threadIdx.x / runs_b) * ldb + threadIdx.x % runs_b * kRun], b);
     __syncthreads();
+  }
+
+ private:
+  __device__ static void store_run(float* p, const float (&v)[kRun]) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+  __device__ static void store_run(__nv_bfloat16* p, const float (&v)[kRun]) {
+    uint4 packed;
+    __nv_bfloat162* pairs = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+    for (int r = 0; r < kRun / 2; ++r) pairs[r] = __floats2bfloat162_rn(v[2 * r], v[2 * r + 1]);
+    *reinterpret_cast<uint4*>(p) = packed;
   }
 };
 
@@ -153,7 +191,7 @@ __device__ void accumulate(Accumulator& acc, SharedTile& smem, int64_t steps, Op
   StagedSlice<LA, LB> slice;
   slice.load(0, a_of, b_of);
   for (int64_t step = 0; step < steps; ++step) {
-    slice.commit(smem);
+    slice.template commit<typename Accumulator::Stage>(smem);
     if (step + 1 < steps) slice.load(step + 1, a_of, b_of);
     acc.template multiply<LA, LB>(smem, split_a, split_b);
   }
@@ -163,6 +201,7 @@ __device__ void accumulate(Accumulator& acc, SharedTile& smem, int64_t steps, Op
 // of different operand layouts may add into the same tile (the accumulator does not depend on them).
 class TileAccumulator {
  public:
+  using Stage = float;
   using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
 
   __device__ TileAccumulator() : warp_m_(threadIdx.x / 32 / 4), warp_n_(threadIdx.x / 32 % 4) {
@@ -238,6 +277,7 @@ class TileAccumulator {
 // every output is one fixed-order fp32 sum (deterministic).
 class SimtAccumulator {
  public:
+  using Stage = float;
   __device__ SimtAccumulator() : tm_(threadIdx.x / 16), tn_(threadIdx.x % 16) {
     for (auto& row : acc_)
       for (float& v : row) v = 0.0f;
@@ -274,9 +314,66 @@ class SimtAccumulator {
   float acc_[4][4];
 };
 
-// The accumulator of an activation type: tensor cores where the inputs are exact in TF32.
-template <typename T>
-using AccumulatorFor = std::conditional_t<kExactInTf32<T>, TileAccumulator, SimtAccumulator>;
+// The same tile on bf16 tensor cores (wmma m16n16k16, fp32 accumulation), for bf16 activations
+// when ChunkedScanParams::bf16_products asks for it: every operand is staged as bf16, so a computed
+// operand (decay-weighted x, L, exp(cum) C, the entering state) is rounded ONCE to bf16 — what
+// mamba_ssm's and vLLM's Triton kernels do (their tl.dot takes operands in the input dtype). The
+// activations themselves (x, B, C) are bf16 already and stay exact; every product is exact in the
+// fp32 accumulator. One MMA a product where the split TF32 tile needs 2-3, at twice TF32's rate, and
+// half the shared memory traffic. Error: up to 2^-9 relative per computed operand — the scale of the
+// harness's bf16 floor (2e-3), which the GPU check measures (kernels/check/).
+class Bf16TileAccumulator {
+ public:
+  using Stage = __nv_bfloat16;
+  using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+  __device__ Bf16TileAccumulator() : warp_m_(threadIdx.x / 32 / 4), warp_n_(threadIdx.x / 32 % 4) {
+    for (auto& f : acc_) wmma::fill_fragment(f, 0.0f);
+  }
+
+  template <Layout LA, Layout LB>
+  __device__ void multiply(SharedTile& smem, bool /*split_a*/, bool /*split_b*/) {
+    using Ld = StageLayout<Stage>;
+    using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma_layout<LA>>;
+    using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma_layout<LB>>;
+    constexpr int lda = Ld::template ld_a<LA>(), ldb = Ld::template ld_b<LB>();
+    const Stage* a = smem.a<Stage>();
+    const Stage* b = smem.b<Stage>();
+#pragma unroll
+    for (int k0 = 0; k0 < kTileK; k0 += 16) {
+      FragB fb;
+      const int n0 = warp_n_ * 16;
+      wmma::load_matrix_sync(fb, LB == Layout::kRowMajor ? &b[k0 * ldb + n0] : &b[n0 * ldb + k0], ldb);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        FragA fa;
+        const int m0 = warp_m_ * 32 + i * 16;
+        wmma::load_matrix_sync(fa, LA == Layout::kRowMajor ? &a[m0 * lda + k0] : &a[k0 * lda + m0], lda);
+        wmma::mma_sync(acc_[i], fa, fb, acc_[i]);
+      }
+    }
+  }
+
+  __device__ const float* store(SharedTile& smem) {
+    float* out = smem.mem;
+    __syncthreads();  // the last step's MMAs are done reading the stage
+    for (int i = 0; i < 2; ++i)
+      wmma::store_matrix_sync(&out[(warp_m_ * 32 + i * 16) * kLdM + warp_n_ * 16], acc_[i], kLdM, wmma::mem_row_major);
+    __syncthreads();
+    return out;
+  }
+
+ private:
+  int warp_m_, warp_n_;
+  FragC acc_[2];
+};
+
+// The accumulator of a run: fp32 activations take fp32 FMAs; bf16 activations take TF32 tensor
+// cores with split operands, or bf16 tensor cores with operands rounded once (kBf16Products).
+template <typename T, bool kBf16Products>
+using AccumulatorFor =
+    std::conditional_t<!kExactInTf32<T>, SimtAccumulator,
+                       std::conditional_t<kBf16Products, Bf16TileAccumulator, TileAccumulator>>;
 
 // ---- the problem's geometry ------------------------------------------------------------------
 
@@ -367,7 +464,7 @@ __global__ void chunk_cumsum_kernel(Geometry g, ChunkedScanParams p, Workspace w
 
 // ---- 2. C_t · B_s per group and chunk -----------------------------------------------------------
 
-template <typename T>
+template <typename T, bool kBf16Products>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_cb_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const int64_t t_tile = blockIdx.y, s_tile = blockIdx.z;
   if (s_tile > t_tile) return;  // above the diagonal: never read (L is causal)
@@ -379,7 +476,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_cb_kernel(Geo
   const T* C = static_cast<const T*>(p.Cm);
   const T* Bm = static_cast<const T*>(p.Bm);
   __shared__ __align__(128) SharedTile smem;
-  AccumulatorFor<T> acc;
+  AccumulatorFor<T, kBf16Products> acc;
   // A(t, n) = C_t[n], B(n, s) = B_s[n]: n fastest in both (coalesced). Slices of kTileK state entries.
   // 64-bit bases of the chunk's rows, 32-bit offsets inside it (the launcher checks they fit).
   const T* C_rows = C + g.row(b, t0) + grp * g.N;
@@ -407,7 +504,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_cb_kernel(Geo
 
 // ---- 3. each chunk's own state contribution ---------------------------------------------------
 
-template <typename T>
+template <typename T, bool kBf16Products>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_state_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const int64_t bhc = blockIdx.x, c = bhc % g.chunks, bh = bhc / g.chunks, h = bh % g.H, b = bh / g.H;
   const int64_t grp = h / g.heads_per_group(), t0 = c * g.Q, len = g.chunk_len(c);
@@ -419,7 +516,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_state_kernel(
   const double* cum = w.cum + bh * g.T + t0;
   const float* dt = w.dt + bh * g.T + t0;
   const double cum_end = cum[len - 1];
-  AccumulatorFor<T> acc;
+  AccumulatorFor<T, kBf16Products> acc;
   // A(p, s) = exp(cum_end - cum_s) dt'_s x_s[p] (p fastest: coalesced), B(s, n) = B_s[n] (n fastest).
   // Slices of kTileK tokens.
   // 64-bit bases of the chunk's rows, 32-bit offsets inside it (the launcher checks they fit).
@@ -476,7 +573,7 @@ __global__ void state_passing_kernel(Geometry g, ChunkedScanParams p, Workspace 
 
 // ---- 5. the output of each chunk --------------------------------------------------------------
 
-template <typename T>
+template <typename T, bool kBf16Products>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_output_kernel(Geometry g, ChunkedScanParams p, Workspace w) {
   const int64_t bhc = blockIdx.x, c = bhc % g.chunks, bh = bhc / g.chunks, h = bh % g.H, b = bh / g.H;
   const int64_t grp = h / g.heads_per_group(), t0 = c * g.Q, len = g.chunk_len(c);
@@ -499,7 +596,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) chunk_output_kernel
   const float* state_in = w.states + (bh * g.chunks + c) * g.P * g.N;
   const float* cb = w.cb + ((b * g.G + grp) * g.chunks + c) * g.Q * g.Q;
   const int64_t s_end = len < t_base + kTile ? len : t_base + kTile;  // causal: later tokens never contribute
-  AccumulatorFor<T> acc;
+  AccumulatorFor<T, kBf16Products> acc;
   // Inter-chunk: A(t, n) = exp(cum_t) C_t[n] (n fastest), B(n, p) = S_in[p][n] (n fastest); slices
   // of kTileK state entries.
   // 64-bit bases of the chunk's rows, 32-bit offsets inside it (the launcher checks they fit).
@@ -583,19 +680,35 @@ int ssd_chunked_scan_forward(const ChunkedScanParams& p, void* workspace, void* 
   // Token tiles of one chunk (a chunk longer than the sequence has the sequence's length).
   const int64_t q_tiles = ((g.Q < g.T ? g.Q : g.T) + kTile - 1) / kTile;
   const unsigned p_tiles = u((g.P + kTile - 1) / kTile), n_tiles = u((g.N + kTile - 1) / kTile);
+  const dim3 cb_grid(u(g.B * g.G * g.chunks), u(q_tiles), u(q_tiles));
+  const dim3 state_grid(u(g.B * g.H * g.chunks), p_tiles, n_tiles);
+  const dim3 output_grid(u(g.B * g.H * g.chunks), u(q_tiles), p_tiles);
+  // The three MMA kernels of one run, for the activation type and product precision.
+  const auto launch_mma = [&](auto act_tag, auto bf16_products, bool output) {
+    using T = decltype(act_tag);
+    constexpr bool kBf16 = decltype(bf16_products)::value;
+    if (!output) {
+      chunk_cb_kernel<T, kBf16><<<cb_grid, kThreads, 0, stream>>>(g, p, w);
+      chunk_state_kernel<T, kBf16><<<state_grid, kThreads, 0, stream>>>(g, p, w);
+    } else {
+      chunk_output_kernel<T, kBf16><<<output_grid, kThreads, 0, stream>>>(g, p, w);
+    }
+  };
+  const auto launch = [&](bool output) {
+    if (p.act == Act::kFloat32)
+      launch_mma(float{}, std::false_type{}, output);
+    else if (p.bf16_products)
+      launch_mma(__nv_bfloat16{}, std::true_type{}, output);
+    else
+      launch_mma(__nv_bfloat16{}, std::false_type{}, output);
+  };
   if (g.chunks > 0) {
     chunk_cumsum_kernel<<<dim3(u(g.B * g.H), u(g.chunks)), kScanThreads, 0, stream>>>(g, p, w);
-    MAMBADIFF_DISPATCH_ACT(p.act, (chunk_cb_kernel<T><<<dim3(u(g.B * g.G * g.chunks), u(q_tiles), u(q_tiles)),
-                                                        kThreads, 0, stream>>>(g, p, w)));
-    MAMBADIFF_DISPATCH_ACT(p.act, (chunk_state_kernel<T><<<dim3(u(g.B * g.H * g.chunks), p_tiles, n_tiles),
-                                                           kThreads, 0, stream>>>(g, p, w)));
+    launch(false);
   }
   state_passing_kernel<<<dim3(u(g.B * g.H), u((g.P * g.N + kPassThreads - 1) / kPassThreads)), kPassThreads, 0,
                          stream>>>(g, p, w);
-  if (g.chunks > 0) {
-    MAMBADIFF_DISPATCH_ACT(p.act, (chunk_output_kernel<T><<<dim3(u(g.B * g.H * g.chunks), u(q_tiles), p_tiles),
-                                                            kThreads, 0, stream>>>(g, p, w)));
-  }
+  if (g.chunks > 0) launch(true);
   return cudaGetLastError();
 }
 

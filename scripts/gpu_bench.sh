@@ -65,6 +65,33 @@ if [ -x "$B/ssd_chunked_scan_check" ]; then
   "$B/ssd_chunked_scan_check" > "$OUT/kernel_check.txt" 2>&1; log "ssd_chunked_scan_check: exit $?"
   grep -E "FAIL|huge|all cases" "$OUT/kernel_check.txt" | tee -a "$OUT/gpu.txt"
 fi
+if [ -x "$B/tests/gpu_tests" ]; then
+  "$B/tests/gpu_tests" > "$OUT/gpu_tests.txt" 2>&1; log "gpu tests: exit $?"
+  grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|Which is|  Actual" "$OUT/gpu_tests.txt" | head -30 | tee -a "$OUT/gpu.txt"
+fi
+if [ "${KERNEL_PROFILE:-0}" = 1 ] && [ -x "$B/ssd_chunked_scan_check" ]; then
+  # Time per kernel of the chunked scan at the bench shapes, both bf16 product modes (nsys when the
+  # toolkit has it), and the check program's own timings of both.
+  "$B/ssd_chunked_scan_check" --bench-only > "$OUT/kernel_bench.txt" 2>&1; log "kernel bench: exit $?"
+  grep bench "$OUT/kernel_bench.txt" | tee -a "$OUT/gpu.txt"
+  NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$NSYS" ]; then
+    timeout 120 "$NSYS" profile --stats=false -o /tmp/scan_prof -f true "$B/ssd_chunked_scan_check" --bench-only > /dev/null 2>&1
+    timeout 60 "$NSYS" stats --report cuda_gpu_kern_sum --format csv /tmp/scan_prof.nsys-rep > "$OUT/kernel_profile.csv" 2>&1
+    log "nsys per-kernel summary: exit $?"; cut -c1-220 "$OUT/kernel_profile.csv" | head -20 | tee -a "$OUT/gpu.txt"
+  else
+    log "no nsys on this machine: no per-kernel breakdown"
+  fi
+fi
+if [ "${CHECK_BOTH_PRODUCTS:-0}" = 1 ]; then
+  # `check` on every embedded model and path, fp32 and bf16, with each bf16 product mode of the
+  # chunked scan kernel (MAMBADIFF_SCAN_PRODUCTS).
+  for mode in bf16 split-tf32; do
+    MAMBADIFF_SCAN_PRODUCTS=$mode "$B/mambadiff" check --json "$OUT/check_$mode.json" > "$OUT/check_$mode.txt" 2>&1
+    log "check with $mode products: exit $?"; tail -2 "$OUT/check_$mode.txt" | tee -a "$OUT/gpu.txt"
+    grep -E "DIVERGE|FAIL" "$OUT/check_$mode.txt" | head -10 | tee -a "$OUT/gpu.txt"
+  done
+fi
 if [ -x "$B/fuzz/fuzz_replay" ]; then
   for t in scan_diff model_script; do
     "$B/fuzz/fuzz_replay" $t corpus/fuzz/$t > "$OUT/replay_$t.txt" 2>&1; log "fuzz replay $t on the GPU paths: exit $?"
