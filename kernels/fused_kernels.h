@@ -106,6 +106,10 @@ struct ChunkedScanParams {
   float* y = nullptr;              // [B, T, H, P]
   float* final_state = nullptr;    // [B, H, P, N]
   bool bf16_products = false;      // bf16 runs only (see above)
+  // Profiling only: launch the first `stages` of the five kernels (cumsum, C·Bᵀ, chunk states, state
+  // passing, output), so that timing 1, 1-2, ... 1-5 gives each kernel's share. Below 5 the outputs
+  // are incomplete.
+  int stages = 5;
 };
 size_t ssd_chunked_scan_workspace_bytes(const ScanShape& s, int64_t chunk_size);
 int ssd_chunked_scan_forward(const ChunkedScanParams& params, void* workspace, void* stream);

@@ -28,6 +28,7 @@
 // (mamba_ssm PR #713).
 #include <mma.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -88,19 +89,37 @@ struct StageLayout<__nv_bfloat16> {
   template <Layout L>
   __host__ __device__ static constexpr int ld_b() { return L == Layout::kRowMajor ? kLdM : kLdK; }
 };
-static_assert(kTile * StageLayout<__nv_bfloat16>::kLdK * 2 <= kStageFloats * 4 &&
-                  kTileK * StageLayout<__nv_bfloat16>::kLdM * 2 <= kStageFloats * 4,
-              "a bf16 stage fits in a float stage");
+// One bf16 operand's slice (either layout), in floats of shared memory, 128-byte multiple.
+constexpr int kBf16OperandFloats =
+    ((kTile * StageLayout<__nv_bfloat16>::kLdK > kTileK * StageLayout<__nv_bfloat16>::kLdM
+          ? kTile * StageLayout<__nv_bfloat16>::kLdK
+          : kTileK * StageLayout<__nv_bfloat16>::kLdM) / 2 + 31) / 32 * 32;
 
-// The stage of a step (a then b, as floats or bf16), and after the last step the accumulated tile
-// (out, fp32, over both).
+// How many stage buffers a stage type cycles through. bf16 stages are half the size, so they are
+// double-buffered: a slice is written into one buffer while the previous one may still be read,
+// which leaves one barrier per slice instead of two.
+template <typename Stage>
+constexpr int kStageBuffers = std::is_same_v<Stage, __nv_bfloat16> ? 2 : 1;
+
+// The stage of a step (a then b, as floats or bf16, in buffer `buf`), and after the last step the
+// accumulated tile (out, fp32, over all of it).
 struct SharedTile {
-  static constexpr int kFloats = 2 * kStageFloats > kTile * kLdM ? 2 * kStageFloats : kTile * kLdM;
+  static constexpr int kFloats = std::max({2 * kStageFloats, kTile * kLdM, 2 * 2 * kBf16OperandFloats});
   float mem[kFloats];
   template <typename Stage = float>
-  __device__ Stage* a() { return reinterpret_cast<Stage*>(mem); }
+  __device__ Stage* a(int buf = 0) {
+    return reinterpret_cast<Stage*>(mem + buf * 2 * operand_floats<Stage>());
+  }
   template <typename Stage = float>
-  __device__ Stage* b() { return reinterpret_cast<Stage*>(mem + kStageFloats); }
+  __device__ Stage* b(int buf = 0) {
+    return reinterpret_cast<Stage*>(mem + buf * 2 * operand_floats<Stage>() + operand_floats<Stage>());
+  }
+
+ private:
+  template <typename Stage>
+  __host__ __device__ static constexpr int operand_floats() {
+    return std::is_same_v<Stage, __nv_bfloat16> ? kBf16OperandFloats : kStageFloats;
+  }
 };
 
 // A run of 8 consecutive elements from global memory, as floats: `valid` of them are real (the
@@ -158,13 +177,16 @@ struct StagedSlice {
 
   // Stage = float: the runs as they are (fp32 FMAs, or TF32 MMAs that split them); Stage =
   // __nv_bfloat16: each value rounded once to bf16 (round to nearest even), one 16-byte store a run.
+  // Into buffer `buf` of the stage. Single-buffered, the block first waits until the previous
+  // slice's multiply is done reading it; double-buffered, the barrier after the previous commit
+  // already ordered every read of this buffer (two slices ago) before this write.
   template <typename Stage>
-  __device__ void commit(SharedTile& smem) const {
+  __device__ void commit(SharedTile& smem, int buf) const {
     constexpr int runs_a = kRowLenA / kRun, runs_b = kRowLenB / kRun;
     constexpr int lda = StageLayout<Stage>::template ld_a<LA>(), ldb = StageLayout<Stage>::template ld_b<LB>();
-    __syncthreads();  // the previous slice's multiply is done reading the stage
-    store_run(&smem.a<Stage>()[(threadIdx.x / runs_a) * lda + threadIdx.x % runs_a * kRun], a);
-    store_run(&smem.b<Stage>()[(threadIdx.x / runs_b) * ldb + threadIdx.x % runs_b * kRun], b);
+    if (kStageBuffers<Stage> == 1) __syncthreads();
+    store_run(&smem.a<Stage>(buf)[(threadIdx.x / runs_a) * lda + threadIdx.x % runs_a * kRun], a);
+    store_run(&smem.b<Stage>(buf)[(threadIdx.x / runs_b) * ldb + threadIdx.x % runs_b * kRun], b);
     __syncthreads();
   }
 
@@ -188,12 +210,17 @@ template <Layout LA, Layout LB, class Accumulator, class OperandA, class Operand
 __device__ void accumulate(Accumulator& acc, SharedTile& smem, int64_t steps, OperandA a_of, OperandB b_of, bool split_a,
                            bool split_b) {
   if (steps <= 0) return;
+  using Stage = typename Accumulator::Stage;
+  constexpr int kBuffers = kStageBuffers<Stage>;
   StagedSlice<LA, LB> slice;
   slice.load(0, a_of, b_of);
+  // Double-buffered: an earlier accumulate() into the same tile may still be reading buffer 0.
+  if (kBuffers == 2) __syncthreads();
   for (int64_t step = 0; step < steps; ++step) {
-    slice.template commit<typename Accumulator::Stage>(smem);
+    const int buf = static_cast<int>(step % kBuffers);
+    slice.template commit<Stage>(smem, buf);
     if (step + 1 < steps) slice.load(step + 1, a_of, b_of);
-    acc.template multiply<LA, LB>(smem, split_a, split_b);
+    acc.template multiply<LA, LB>(smem, split_a, split_b, buf);
   }
 }
 
@@ -212,7 +239,7 @@ class TileAccumulator {
   // acc += A · B of the slice staged in shared memory; split_a / split_b say whether an operand
   // needs the 3xTF32 split.
   template <Layout LA, Layout LB>
-  __device__ void multiply(SharedTile& smem, bool split_a, bool split_b) {
+  __device__ void multiply(SharedTile& smem, bool split_a, bool split_b, int /*buf: single-buffered*/) {
     using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma_layout<LA>>;
     using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma_layout<LB>>;
     constexpr int lda = LA == Layout::kRowMajor ? kLdK : kLdM, ldb = LB == Layout::kRowMajor ? kLdM : kLdK;
@@ -284,7 +311,7 @@ class SimtAccumulator {
   }
 
   template <Layout LA, Layout LB>
-  __device__ void multiply(SharedTile& smem, bool /*split_a*/, bool /*split_b*/) {
+  __device__ void multiply(SharedTile& smem, bool /*split_a*/, bool /*split_b*/, int /*buf: single-buffered*/) {
     for (int k = 0; k < kTileK; ++k) {
       float av[4], bv[4];
       for (int i = 0; i < 4; ++i) {
@@ -332,13 +359,13 @@ class Bf16TileAccumulator {
   }
 
   template <Layout LA, Layout LB>
-  __device__ void multiply(SharedTile& smem, bool /*split_a*/, bool /*split_b*/) {
+  __device__ void multiply(SharedTile& smem, bool /*split_a*/, bool /*split_b*/, int buf) {
     using Ld = StageLayout<Stage>;
     using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma_layout<LA>>;
     using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma_layout<LB>>;
     constexpr int lda = Ld::template ld_a<LA>(), ldb = Ld::template ld_b<LB>();
-    const Stage* a = smem.a<Stage>();
-    const Stage* b = smem.b<Stage>();
+    const Stage* a = smem.a<Stage>(buf);
+    const Stage* b = smem.b<Stage>(buf);
 #pragma unroll
     for (int k0 = 0; k0 < kTileK; k0 += 16) {
       FragB fb;
@@ -683,32 +710,33 @@ int ssd_chunked_scan_forward(const ChunkedScanParams& p, void* workspace, void* 
   const dim3 cb_grid(u(g.B * g.G * g.chunks), u(q_tiles), u(q_tiles));
   const dim3 state_grid(u(g.B * g.H * g.chunks), p_tiles, n_tiles);
   const dim3 output_grid(u(g.B * g.H * g.chunks), u(q_tiles), p_tiles);
-  // The three MMA kernels of one run, for the activation type and product precision.
-  const auto launch_mma = [&](auto act_tag, auto bf16_products, bool output) {
+  // The three MMA kernels of one run, for the activation type and product precision (stage 2, 3 or 5).
+  const auto launch_mma = [&](auto act_tag, auto bf16_products, int stage) {
     using T = decltype(act_tag);
     constexpr bool kBf16 = decltype(bf16_products)::value;
-    if (!output) {
-      chunk_cb_kernel<T, kBf16><<<cb_grid, kThreads, 0, stream>>>(g, p, w);
-      chunk_state_kernel<T, kBf16><<<state_grid, kThreads, 0, stream>>>(g, p, w);
+    if (stage == 2) chunk_cb_kernel<T, kBf16><<<cb_grid, kThreads, 0, stream>>>(g, p, w);
+    if (stage == 3) chunk_state_kernel<T, kBf16><<<state_grid, kThreads, 0, stream>>>(g, p, w);
+    if (stage == 5) chunk_output_kernel<T, kBf16><<<output_grid, kThreads, 0, stream>>>(g, p, w);
+  };
+  const auto launch = [&](int stage) {
+    if (stage > p.stages) return;
+    if (stage == 1) {
+      chunk_cumsum_kernel<<<dim3(u(g.B * g.H), u(g.chunks)), kScanThreads, 0, stream>>>(g, p, w);
+    } else if (stage == 4) {
+      state_passing_kernel<<<dim3(u(g.B * g.H), u((g.P * g.N + kPassThreads - 1) / kPassThreads)), kPassThreads, 0,
+                             stream>>>(g, p, w);
+    } else if (p.act == Act::kFloat32) {
+      launch_mma(float{}, std::false_type{}, stage);
+    } else if (p.bf16_products) {
+      launch_mma(__nv_bfloat16{}, std::true_type{}, stage);
     } else {
-      chunk_output_kernel<T, kBf16><<<output_grid, kThreads, 0, stream>>>(g, p, w);
+      launch_mma(__nv_bfloat16{}, std::false_type{}, stage);
     }
   };
-  const auto launch = [&](bool output) {
-    if (p.act == Act::kFloat32)
-      launch_mma(float{}, std::false_type{}, output);
-    else if (p.bf16_products)
-      launch_mma(__nv_bfloat16{}, std::true_type{}, output);
-    else
-      launch_mma(__nv_bfloat16{}, std::false_type{}, output);
-  };
-  if (g.chunks > 0) {
-    chunk_cumsum_kernel<<<dim3(u(g.B * g.H), u(g.chunks)), kScanThreads, 0, stream>>>(g, p, w);
-    launch(false);
+  for (int stage = 1; stage <= 5; ++stage) {
+    if (stage != 4 && g.chunks == 0) continue;  // no tokens: the state passes through (stage 4) alone
+    launch(stage);
   }
-  state_passing_kernel<<<dim3(u(g.B * g.H), u((g.P * g.N + kPassThreads - 1) / kPassThreads)), kPassThreads, 0,
-                         stream>>>(g, p, w);
-  if (g.chunks > 0) launch(true);
   return cudaGetLastError();
 }
 

@@ -259,12 +259,14 @@ struct DeviceCase {
   size_t elem() const { return in.c.bf16 ? 2 : 4; }
 
   bool bf16_products = false;  // bf16 cases: which product mode run_chunked() uses
+  int stages = 5;              // profiling: how many of the five kernels run_chunked() launches
 
   k::ChunkedScanParams params() const {
     const Case& c = in.c;
     k::ChunkedScanParams p;
     p.act = act();
     p.bf16_products = bf16_products;
+    p.stages = stages;
     p.shape = shape();
     p.chunk_size = c.chunk;
     p.x = x_ptr();
@@ -429,9 +431,23 @@ void bench(const Case& c, bool bf16_products) {
   d.bf16_products = bf16_products;
   const float chunked = median_ms([&] { d.run_chunked(); }, 20);
   const float sequential = median_ms([&] { d.run_sequential(); }, 5);
-  std::printf("bench %-26s b%ld L%ld h%ld p%ld g%ld n%ld %s chunk %ld: chunked %.3f ms, sequential %.3f ms\n", c.name,
-              c.B, c.T, c.H, c.P, c.G, c.N, !c.bf16 ? "fp32" : bf16_products ? "bf16 (bf16 products)" : "bf16 (split-tf32)",
-              c.chunk, chunked, sequential);
+  // Each kernel's share: the first k of the five launched, k = 1 ... 4, differenced.
+  const char* names[] = {"cumsum", "C·Bᵀ", "chunk states", "state passing", "output"};
+  std::string shares;
+  float before = 0.0f;
+  for (int k = 1; k <= 5; ++k) {
+    d.stages = k;
+    const float upto = k == 5 ? chunked : median_ms([&] { d.run_chunked(); }, 20);
+    char part[64];
+    std::snprintf(part, sizeof part, "%s%s %.3f", k == 1 ? "" : ", ", names[k - 1], upto - before);
+    shares += part;
+    before = upto;
+  }
+  d.stages = 5;
+  std::printf("bench %-26s b%ld L%ld h%ld p%ld g%ld n%ld %s chunk %ld: chunked %.3f ms (%s), sequential %.3f ms\n",
+              c.name, c.B, c.T, c.H, c.P, c.G, c.N,
+              !c.bf16 ? "fp32" : bf16_products ? "bf16 (bf16 products)" : "bf16 (split-tf32)", c.chunk, chunked,
+              shares.c_str(), sequential);
 }
 
 }  // namespace
