@@ -60,9 +60,9 @@ constexpr double kFp32Tol = 2e-5;  // fp32 sums in another order than ATen's (a 
 // The chunked kernel's two product modes for bf16 runs (MAMBADIFF_SCAN_PRODUCTS, cuda_path/fused_ops.cpp)
 // and how far each may be from the ATen scan's fp32 math on the same bf16 inputs: split TF32 keeps
 // ~21 bits a product (1e-4, as fp32-class); bf16 products round each computed operand once to bf16
-// (u = 2^-9 relative) and an output's inter-chunk part carries up to three such roundings: 4u =
-// 2^-7 of the scale, the rule of kernels/check/ssd_chunked_scan_check.cu (which also checks the
-// element-wise rounding bound). Measured on an H200 (2026-12-02): up to 3.95e-3 here.
+// (unit roundoff u = 2^-8): 2u = 2^-7 of the scale, the rule of kernels/check/ssd_chunked_scan_check.cu
+// (which also checks the element-wise rounding bound). Measured on an H200 (2026-12-02): up to
+// 3.95e-3 here.
 struct ScanProducts {
   const char* mode;
   double tolerance;
