@@ -29,7 +29,7 @@ DETAIL = re.compile(r"(?P<tensor>[\w.]+) error (?P<err>[-+.\deinf]+) > tolerance
 
 def scenario_class(name: str) -> str:
     """harness/check_suite.cpp scenario_class: no dtype prefix, no trailing length or layer."""
-    s = name[5:] if name.startswith("bf16_") else name
+    s = name[5:] if name.startswith(("bf16_", "fp16_")) else name
     s = re.sub(r"_?\d+$", "", s)
     return s[:-6] if s.endswith("_layer") else s
 
