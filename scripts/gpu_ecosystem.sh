@@ -186,14 +186,15 @@ exporter_cmd() {  # BACKEND: the export command reduce runs per candidate ({scen
   echo "$PY tools/ecosystem/export.py --backend $1 --device $DEVICE --ecosystem $ECO -q {scenario} --out {out}"
 }
 # Each reduction gets what is left of the call (CALL_BUDGET_S, default 560 of the device's 600 s,
-# less 30 s for the table and the archives), at most REDUCE_SECONDS; reduce writes its best case so far
-# when the budget ends.
+# less 30 s for the table and the archives and 60 s for the candidate in flight when the budget ends:
+# reduce finishes it, then writes its best case so far -- on this CPU's interpreter, --max-seconds 200
+# wrote after 251 s), at most REDUCE_SECONDS.
 reduce_case() {  # LABEL BACKEND
   [ -d "$OUT/gpu_only/$1" ] || return 0
-  local left=$(( ${CALL_BUDGET_S:-560} - ($(date +%s) - T0) - 30 )) budget=${REDUCE_SECONDS:-75}
+  local left=$(( ${CALL_BUDGET_S:-560} - ($(date +%s) - T0) - 90 )) budget=${REDUCE_SECONDS:-75}
   [ "$left" -lt "$budget" ] && budget=$left
   if [ "$budget" -lt 15 ]; then log "reduce $1: skipped (${left} s left of the call)"; return 0; fi
-  timeout $(( budget + 30 )) "$B/mambadiff" reduce "$OUT/gpu_only/$1" -o "$OUT/reduced/$1" \
+  timeout $(( budget + 60 )) "$B/mambadiff" reduce "$OUT/gpu_only/$1" -o "$OUT/reduced/$1" \
       --max-seconds "$budget" --exporter "$(exporter_cmd "$2")" > "$OUT/reduce_$1.txt" 2>&1
   log "reduce $1: exit $? in ${budget} s budget -- $(tail -1 "$OUT/reduce_$1.txt")"
 }
