@@ -171,7 +171,10 @@ REPORTS=(); for s in $SYSTEMS; do REPORTS+=(--report "$s=$OUT/check_$s.json"); d
 # The long decodes: diverging with vLLM's default state, agreeing with a float32 one.
 for f in $(cd "$L" && find . -name '*.json' | sort); do
   id=${f#./}; id=${id%.json}; x="$E/vllm_long/$id.safetensors"; x32="$E/vllm_long_state32/$id.safetensors"
-  [ -f "$x" ] && [ -f "$x32" ] || { log "long decode $id: no export"; continue; }
+  if [ ! -f "$x" ] || [ ! -f "$x32" ]; then
+    log "long decode $id: $(cat "${x%.safetensors}.skipped" "${x%.safetensors}.error" 2>/dev/null | head -1 | cut -c1-120 || true) (no export)"
+    continue
+  fi
   "$B/mambadiff" diff "$L/$id.json" --paths "reference,file:$x" --case-out "$OUT/cases/vllm_long/${id//\//.}" > "$OUT/long_$(echo "$id" | tr / .).txt" 2>&1
   v=$?; "$B/mambadiff" diff "$L/$id.json" --paths "reference,file:$x32" >> "$OUT/long_$(echo "$id" | tr / .).txt" 2>&1
   v32=$?
@@ -182,6 +185,26 @@ for f in $(cd "$L" && find . -name '*.json' | sort); do
         | tee -a "$OUT/gpu.txt"
   fi
 done
+# 5b. The table for docs/external.md (its --prune-cases keeps one case per class in cases/).
+first() { find "$E/$1" -name '*.safetensors' 2>/dev/null | sort | head -1; }
+"$PY" tools/ecosystem/summarize.py --card "$CARD" --command "bash scripts/gpu_ecosystem.sh (carry .device)" --prune-cases "$OUT/cases" \
+    $(for s in $SYSTEMS; do echo "--report $s=$OUT/check_$s.json --versions $s=$(first $s)"; done) \
+    > "$OUT/external.md" 2>> "$OUT/gpu.txt"
+grep -E "^(softplus|state error)" "$OUT/known_behaviour.txt" | tee -a "$OUT/gpu.txt"
+grep -E "^(causal_conv1d|vLLM conv probe)" "$OUT/vllm_conv_probe.txt" | tee -a "$OUT/gpu.txt"
+log "table in external.md"
+
+# The device call returns at most 8 files of $OUT (alphabetically first), 16 MiB each: everything
+# again as one archive, and the cases alone (sorting first) in case that one is over the limit. Made
+# once before the reductions (so a call cut off during them still brings the rest back) and again after.
+archive() {
+  (cd "$OUT" && tar czf /tmp/mambadiff-cases.tgz $(ls -d cases gpu_only reduced 2>/dev/null)) && mv /tmp/mambadiff-cases.tgz "$OUT/all-cases.tgz"
+  tar czf /tmp/mambadiff-all.tgz -C "$OUT" --exclude=./all-cases.tgz --exclude=./all.tgz . && mv /tmp/mambadiff-all.tgz "$OUT/all.tgz"
+  log "archives: $(cd "$OUT" && du -h all-cases.tgz all.tgz | tr '\n\t' '  ')"
+}
+archive
+
+# 6. The GPU-only classes' cases reduced on the card, side by side.
 exporter_cmd() {  # BACKEND: the export command reduce runs per candidate ({scenario}, {out} filled in)
   echo "$PY tools/ecosystem/export.py --backend $1 --device $DEVICE --ecosystem $ECO -q {scenario} --out {out}"
 }
@@ -201,18 +224,6 @@ reduce_case() {  # LABEL BACKEND
 reduce_case tf32 mamba_ssm &
 reduce_case vllm_state vllm &
 wait
+log "done"
+archive
 
-# 6. The table for docs/external.md.
-first() { find "$E/$1" -name '*.safetensors' 2>/dev/null | sort | head -1; }
-"$PY" tools/ecosystem/summarize.py --card "$CARD" --command "bash scripts/gpu_ecosystem.sh (carry .device)" --prune-cases "$OUT/cases" \
-    $(for s in $SYSTEMS; do echo "--report $s=$OUT/check_$s.json --versions $s=$(first $s)"; done) \
-    > "$OUT/external.md" 2>> "$OUT/gpu.txt"
-grep -E "^(softplus|state error)" "$OUT/known_behaviour.txt" | tee -a "$OUT/gpu.txt"
-grep -E "^(causal_conv1d|vLLM conv probe)" "$OUT/vllm_conv_probe.txt" | tee -a "$OUT/gpu.txt"
-log "done; table in external.md"
-
-# The device call returns at most 8 files of $OUT (alphabetically first), 16 MiB each: everything
-# again as one archive, and the cases alone (sorting first) in case that one is over the limit.
-(cd "$OUT" && tar czf /tmp/mambadiff-cases.tgz $(ls -d cases gpu_only reduced 2>/dev/null)) && mv /tmp/mambadiff-cases.tgz "$OUT/all-cases.tgz"
-tar czf /tmp/mambadiff-all.tgz -C "$OUT" --exclude=./all-cases.tgz . && mv /tmp/mambadiff-all.tgz "$OUT/all.tgz"
-log "archives: $(cd "$OUT" && du -h all-cases.tgz all.tgz | tr '\n\t' '  ')"
