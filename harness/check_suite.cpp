@@ -208,9 +208,10 @@ namespace {
 InputError nothing_selected(const CheckOptions& opt) {
   std::vector<std::string> names;
   for (const auto d : opt.dtypes) names.push_back(dtype_string(d));
+  const std::string dtypes = fmt::format("--dtypes {}", fmt::join(names, ","));
+  if (opt.only_scenario.empty()) return InputError(fmt::format("check: {} matches no scenario of the matrix", dtypes));
   return InputError(fmt::format("check: --scenario '{}'{} matches no scenario of the matrix",
-                                truncate_for_message(opt.only_scenario),
-                                names.empty() ? "" : fmt::format(" with --dtypes {}", fmt::join(names, ","))));
+                                truncate_for_message(opt.only_scenario), names.empty() ? "" : " with " + dtypes));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "engine/checkpoint.h"
@@ -96,6 +97,20 @@ TEST(EmitScenarios, WritesEveryCaseOfTheMatrixWithItsDtypeAndAManifest) {
   EXPECT_EQ(scenario_class("fp16_decode"), "decode");
   EXPECT_EQ(scenario_class("inject_layer1"), "inject");
   EXPECT_EQ(scenario_class("snapshot_restore"), "snapshot_restore");
+}
+
+TEST(EmitScenarios, DtypesSelectsTheMatrixByDtype) {
+  const fs::path dir = external_dir("emit_dtypes");
+  const auto r = run_cli("check --emit-scenarios " + (dir / "scenarios").string() + " --model " +
+                         model_dir("tiny").string() + " --dtypes float16,bfloat16");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto m = nlohmann::json::parse(read_text(dir / "scenarios" / "manifest.json"));
+  std::set<std::string> names;
+  for (const auto& c : m["cases"]) {
+    EXPECT_NE(c["dtype"], "float32") << c["id"];
+    names.insert(c["scenario"].get<std::string>());
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"bf16_prefill_53", "bf16_decode", "fp16_prefill_53", "fp16_decode"}));
 }
 
 TEST(CheckExternal, ExportsOfACorrectSystemAgreeWithTheSameReport) {
@@ -221,6 +236,13 @@ TEST(CheckExternalBadInput, IsExitTwoWithOneLineNamingTheFileAndKey) {
     t["op.0.logits"] = t["op.0.logits"].narrow(1, 0, 2).contiguous();
   });
   expect_bad("check --external x=" + (dir / "exports").string() + base, "decode.safetensors: tensor 'op.0.logits'");
+  // --dtypes: an unknown dtype, and a selection of nothing (float64: no scenario of the matrix).
+  const std::string tiny = " --model " + model_dir("tiny").string();
+  expect_bad("check --dtypes float8" + tiny, "check: --dtypes: dtype 'float8' is not one of");
+  expect_bad("check --emit-scenarios " + (dir / "none").string() + " --dtypes float64" + tiny,
+             "check: --dtypes float64 matches no scenario of the matrix");
+  expect_bad("check --external x=" + (dir / "exports").string() + base + " --dtypes float64",
+             "check: --scenario 'decode' with --dtypes float64 matches no scenario");
 }
 
 // --- the exporters' driver (tools/ecosystem/export.py) ---------------------------------------
