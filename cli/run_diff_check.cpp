@@ -98,7 +98,7 @@ void add_check_command(CLI::App& app, int& exit_code) {
   struct Args {
     CheckOptions opt;
     std::vector<std::string> models;
-    std::string paths, json, junit, cases_dir, emit_dir, report, history;
+    std::string paths, json, junit, cases_dir, emit_dir, report, history, dtypes;
     std::vector<std::string> externals;
     int threads = kDefaultThreads;
   };
@@ -109,6 +109,8 @@ void add_check_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--seed", args->opt.seed, "Base seed of the scenario matrix (printed; replays the run)")
       ->check(number_in(0));
   cmd->add_option("--scenario", args->opt.only_scenario, "Only scenarios whose name contains this");
+  cmd->add_option("--dtypes", args->dtypes,
+                  "Comma-separated: only scenarios of these dtypes (float32, bfloat16, float16); default: all three");
   cmd->add_option("--json", args->json, "Write the report as JSON");
   cmd->add_option("--junit", args->junit, "Write the report as JUnit XML");
   cmd->add_option("--cases-dir", args->cases_dir,
@@ -137,6 +139,8 @@ void add_check_command(CLI::App& app, int& exit_code) {
     const std::string commit = args->history.empty() && args->report.empty() ? "" : current_commit();
     const std::string date = utc_now();
     for (const auto& m : args->models) opt.models.emplace_back(m);
+    std::stringstream dtypes(args->dtypes);
+    for (std::string d; std::getline(dtypes, d, ',');) opt.dtypes.push_back(parse_dtype(d, "check: --dtypes"));
     if (!args->emit_dir.empty()) {
       if (!args->externals.empty()) throw InputError("check: --emit-scenarios and --external exclude each other");
       const size_t n = emit_check_scenarios(opt, args->emit_dir);

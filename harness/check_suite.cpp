@@ -135,6 +135,11 @@ std::vector<std::pair<std::string, Scenario>> check_scenarios(const Mamba2Checkp
   add(fmt::format("bf16_prefill_{}", 3 * Q + 5), torch::kBFloat16,
       [&](Scenario& s, std::mt19937_64& rng) { s.ops.push_back(forward_op(random_tokens(rng, B, 3 * Q + 5, V))); });
   add("bf16_decode", torch::kBFloat16, decode);
+  // float16, the same two: fp16 models run on mamba_ssm's and vLLM's kernels (fp16 storage, fp32
+  // sums and state), bounded by the fp16 loops (oracles/reference_path.h).
+  add(fmt::format("fp16_prefill_{}", 3 * Q + 5), torch::kFloat16,
+      [&](Scenario& s, std::mt19937_64& rng) { s.ops.push_back(forward_op(random_tokens(rng, B, 3 * Q + 5, V))); });
+  add("fp16_decode", torch::kFloat16, decode);
   return out;
 }
 
@@ -167,7 +172,7 @@ ScenarioResult read_external(const std::filesystem::path& file, const Scenario& 
 }  // namespace
 
 std::string scenario_class(const std::string& name) {
-  std::string s = name.rfind("bf16_", 0) == 0 ? name.substr(5) : name;
+  std::string s = name.rfind("bf16_", 0) == 0 || name.rfind("fp16_", 0) == 0 ? name.substr(5) : name;
   while (!s.empty() && std::isdigit(static_cast<unsigned char>(s.back()))) s.pop_back();
   if (!s.empty() && s.back() == '_') s.pop_back();
   if (s.size() > 6 && s.compare(s.size() - 6, 6, "_layer") == 0) s.resize(s.size() - 6);
@@ -192,6 +197,25 @@ std::pair<std::string, std::filesystem::path> parse_external_option(const std::s
   return {name, dir};
 }
 
+bool CheckOptions::selects(const std::string& name, const Scenario& scenario) const {
+  if (!only_scenario.empty() && name.find(only_scenario) == std::string::npos) return false;
+  return dtypes.empty() || std::find(dtypes.begin(), dtypes.end(), scenario.dtype) != dtypes.end();
+}
+
+namespace {
+
+// The --scenario / --dtypes filters matched nothing: a usage error, never "0 cases, all agree".
+InputError nothing_selected(const CheckOptions& opt) {
+  std::vector<std::string> names;
+  for (const auto d : opt.dtypes) names.push_back(dtype_string(d));
+  const std::string dtypes = fmt::format("--dtypes {}", fmt::join(names, ","));
+  if (opt.only_scenario.empty()) return InputError(fmt::format("check: {} matches no scenario of the matrix", dtypes));
+  return InputError(fmt::format("check: --scenario '{}'{} matches no scenario of the matrix",
+                                truncate_for_message(opt.only_scenario), names.empty() ? "" : " with " + dtypes));
+}
+
+}  // namespace
+
 size_t emit_check_scenarios(const CheckOptions& opt, const std::filesystem::path& dir) {
   const auto models = opt.models.empty() ? default_models() : opt.models;
   nlohmann::ordered_json cases = nlohmann::ordered_json::array();
@@ -199,7 +223,7 @@ size_t emit_check_scenarios(const CheckOptions& opt, const std::filesystem::path
     const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir);
     const std::string model = model_dir.filename().string();
     for (auto& [name, scenario] : check_scenarios(ck, model_dir, opt.seed)) {
-      if (!opt.only_scenario.empty() && name.find(opt.only_scenario) == std::string::npos) continue;
+      if (!opt.selects(name, scenario)) continue;
       const std::filesystem::path rel = std::filesystem::path(model) / (name + ".json");
       std::filesystem::create_directories(dir / model);
       scenario.file = dir / rel;
@@ -215,10 +239,7 @@ size_t emit_check_scenarios(const CheckOptions& opt, const std::filesystem::path
                        {"seed", case_seed(opt.seed, model, name)}});
     }
   }
-  if (cases.empty()) {
-    throw InputError(fmt::format("check: --scenario '{}' matches no scenario of the matrix",
-                                 truncate_for_message(opt.only_scenario)));
-  }
+  if (cases.empty()) throw nothing_selected(opt);
   const nlohmann::ordered_json manifest = {
       {"format", "mambadiff.check-matrix.v1"}, {"seed", opt.seed}, {"cases", cases}};
   write_text_atomically(dir / "manifest.json", manifest.dump(1) + "\n");
@@ -250,7 +271,7 @@ CheckReport run_check(const CheckOptions& opt) {
     const Mamba2Checkpoint ck = Mamba2Checkpoint::load(model_dir);
     const std::string model = model_dir.filename().string();
     for (const auto& [name, scenario] : check_scenarios(ck, model_dir, opt.seed)) {
-      if (!opt.only_scenario.empty() && name.find(opt.only_scenario) == std::string::npos) continue;
+      if (!opt.selects(name, scenario)) continue;
       any_scenario = true;
       const uint64_t seed = case_seed(opt.seed, model, name);
       const std::string dtype = dtype_string(scenario.dtype);
@@ -371,10 +392,7 @@ CheckReport run_check(const CheckOptions& opt) {
       }
     }
   }
-  if (!any_scenario) {
-    throw InputError(fmt::format("check: --scenario '{}' matches no scenario of the matrix",
-                                 truncate_for_message(opt.only_scenario)));
-  }
+  if (!any_scenario) throw nothing_selected(opt);
   if (std::all_of(report.cases.begin(), report.cases.end(), [](const CheckCase& c) { return c.verdict == "skipped"; })) {
     throw InputError(fmt::format("check: nothing was compared: every path pair was skipped ({})", last_skip));
   }

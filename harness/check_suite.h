@@ -45,6 +45,9 @@ struct CheckOptions {
   std::vector<std::string> paths;             // empty: every registered executable path
   uint64_t seed = 20261127;                   // base seed; each case's seed derives from it
   std::string only_scenario;                  // run only scenarios whose name contains this
+  std::vector<torch::ScalarType> dtypes;      // run only scenarios of these dtypes; empty: every dtype
+  // Whether the matrix scenario `name` passes the two filters above.
+  bool selects(const std::string& name, const Scenario& scenario) const;
   bool quiet = false;
   // When set, each divergence is also written there as a divergence case (harness/divergence_case.h),
   // in a directory named <model>.<scenario>.<path a>.<path b>, expected verdict "agree".
@@ -74,7 +77,7 @@ std::pair<std::string, std::filesystem::path> parse_external_option(const std::s
 size_t emit_check_scenarios(const CheckOptions& options, const std::filesystem::path& dir);
 
 // A matrix scenario's class: its name without a trailing length or layer index and without the
-// dtype prefix ("bf16_prefill_53" -> "prefill", "inject_layer2" -> "inject").
+// dtype prefix ("bf16_prefill_53", "fp16_prefill_53" -> "prefill", "inject_layer2" -> "inject").
 std::string scenario_class(const std::string& scenario_name);
 
 // The named scenarios of the matrix for one model, built from `seed`.

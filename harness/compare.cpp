@@ -19,7 +19,9 @@ double TolerancePolicy::floor(const std::string& dtype) const {
 }
 
 double TolerancePolicy::stochastic(const std::string& dtype) const {
-  return dtype == "bfloat16" ? stochastic_multiplier_bfloat16 : stochastic_multiplier;
+  if (dtype == "bfloat16") return stochastic_multiplier_bfloat16;
+  if (dtype == "float16") return stochastic_multiplier_float16;
+  return stochastic_multiplier;
 }
 
 double ErrorBaseline::at(const std::string& key) const {

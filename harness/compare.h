@@ -33,8 +33,8 @@ struct TolerancePolicy {
   // loops; measured ratios on the embedded models are in the README.
   double multiplier = 4.0;
   // The stochastic runs already are the spread of correct roundings (each op off by up to an ulp
-  // at random), so their worst needs less margin. float32 (and float16, bounded by float32's
-  // loops): 2x covers the chunked algorithm doing more operations than the loops. bfloat16: 1.5x --
+  // at random), so their worst needs less margin. float32: 2x covers the chunked algorithm doing
+  // more operations than the loops. bfloat16: 1.5x --
   // its error is the stored values' rounding, which the runs sample directly (at 4x, the plain
   // loops' multiplier, the bf16 tolerance rose to 5-11x a correct path's error and the bf16
   // state-truncation mutant passed; 1x left a correct path's bf16 fuzz finding 1.08x over; at 1.5x every
@@ -42,6 +42,12 @@ struct TolerancePolicy {
   // 0 turns them off (cases recorded before them replay that way).
   double stochastic_multiplier = 2.0;
   double stochastic_multiplier_bfloat16 = 1.5;
+  // float16: 1.5x, bfloat16's, for bfloat16's reason (its error is the stored values' rounding). On
+  // check's fp16 scenarios the plain loops' 4x decides on all but 3 of 40 logits ops; where the
+  // stochastic term decides, 1x / 1.5x / 2x / 4x give tolerance / a correct path's error 3.55 / 3.79 /
+  // 4.04 / 5.39 (limited decode), and 4x raises every scenario's ratio to 4.5 ... 7.2 where 1.5x keeps
+  // all within 2.3 ... 4.6 (tests/fp16_baseline_test.cpp prints the table).
+  double stochastic_multiplier_float16 = 1.5;
   double stochastic(const std::string& dtype) const;
   // Floors relative to the tensor's scale: float32 ~ 8.4 ulp at the scale (2^-23 * 8.4 = 1e-6);
   // bfloat16 ~ half an ulp (2^-8 / 2 ~ 2e-3) for the inputs' own rounding.

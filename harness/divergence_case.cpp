@@ -110,7 +110,7 @@ std::string case_dir_name(const std::string& text) {
 ReferenceRun run_reference(const Scenario& scenario, const Mamba2Checkpoint& ck, bool stochastic) {
   ReferenceRun r;
   r.reference = evaluate_path(oracle_path(), scenario, ck);
-  // bf16 runs are bounded by the bf16 loops, others by fp32's: a deterministic run and stochastically
+  // bf16 and fp16 runs are bounded by their own loops, others by fp32's: a deterministic run and stochastically
   // rounded ones (harness/tolerance_baseline.h).
   r.baselines = {stochastic ? derive_baseline(scenario, ck, r.reference) : plain_baseline(scenario, ck, r.reference)};
   return r;
@@ -209,8 +209,10 @@ DivergenceCase DivergenceCase::from_json(const nlohmann::json& j, const fs::path
   // under the policy they were recorded with, the plain loops' error alone.
   c.tolerance.stochastic_multiplier = 0.0;
   c.tolerance.stochastic_multiplier_bfloat16 = 0.0;
+  c.tolerance.stochastic_multiplier_float16 = 0.0;
   read_bound("stochastic_multiplier", &c.tolerance.stochastic_multiplier, false);
   read_bound("stochastic_multiplier_bfloat16", &c.tolerance.stochastic_multiplier_bfloat16, false);
+  read_bound("stochastic_multiplier_float16", &c.tolerance.stochastic_multiplier_float16, false);
   c.expected = verdict_of(j, "expected", src);
 
   if (j.contains("observed") && j["observed"].is_object()) {
@@ -352,6 +354,7 @@ void DivergenceCase::save(const fs::path& out, const CaseRun* run) const {
   j["tolerance"] = {{"multiplier", tolerance.multiplier},
                     {"stochastic_multiplier", tolerance.stochastic_multiplier},
                     {"stochastic_multiplier_bfloat16", tolerance.stochastic_multiplier_bfloat16},
+                    {"stochastic_multiplier_float16", tolerance.stochastic_multiplier_float16},
                     {"floor_float32", tolerance.floor_float32},
                     {"floor_bfloat16", tolerance.floor_bfloat16},
                     {"floor_float16", tolerance.floor_float16}};

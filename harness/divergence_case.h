@@ -20,6 +20,7 @@
 //    "model_layers": 2,             the model is run truncated to its first k layers
 //    "paths": ["mutant:inter-chunk-axis", "reference"],
 //    "tolerance": {"multiplier": 4, "stochastic_multiplier": 2, "stochastic_multiplier_bfloat16": 1.5,
+//                  "stochastic_multiplier_float16": 1.5,
 //                  "floor_float32": 1e-6, "floor_bfloat16": 2e-3, "floor_float16": 5e-4},
 //                  (a stochastic multiplier absent: 0, as cases recorded before them replay)
 //    "expected": "diverge",         the verdict the case asserts ("diverge" | "agree")

@@ -59,6 +59,8 @@ const std::vector<Entry>& registry() {
        [](const Mamba2Checkpoint& ck, torch::ScalarType) { return std::make_unique<PlainFloat32Path>(ck); }},
       {"plain-bfloat16", PathRole::kBaseline, torch::kBFloat16, always,
        [](const Mamba2Checkpoint& ck, torch::ScalarType) { return std::make_unique<PlainBFloat16Path>(ck); }},
+      {"plain-float16", PathRole::kBaseline, torch::kFloat16, always,
+       [](const Mamba2Checkpoint& ck, torch::ScalarType) { return std::make_unique<PlainFloat16Path>(ck); }},
       {"chunked", PathRole::kDifferentiable, torch::ScalarType::Undefined, always,
        [](const Mamba2Checkpoint& ck, torch::ScalarType dt) {
          return std::make_unique<ChunkedPath>(ck, dt, torch::kCPU);

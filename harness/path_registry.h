@@ -2,6 +2,7 @@
 //   reference        float64 sequential oracle (oracles/)
 //   plain-float32    the oracle's loops in float32 (tolerance baseline)
 //   plain-bfloat16   the oracle's loops in bfloat16 (tolerance baseline)
+//   plain-float16    the oracle's loops in float16 (tolerance baseline)
 //   chunked          ATen chunked SSD on the CPU, in the scenario's dtype
 //   chunked-gpu      the same on the GPU (skipped without one)
 //   cuda             fused CUDA kernels (cuda_path/, kernels/); float32 and bfloat16, GPU only
@@ -49,7 +50,7 @@ bool is_oracle(const std::string& name);
 // The oracle's name ("reference").
 std::string oracle_path();
 // The baseline bounding a run in `run_dtype`: the baseline of that dtype if one is registered, else
-// the float32 one (bf16 runs are bounded by the bf16 loops, others by fp32's).
+// the float32 one (bf16 and fp16 runs are bounded by their own loops, others by fp32's).
 std::string baseline_path(torch::ScalarType run_dtype);
 
 // Names of the executable paths registered (available or not), in registry order.

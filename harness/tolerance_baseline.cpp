@@ -40,6 +40,8 @@ void add_stochastic_baseline(ErrorBaseline& baseline, const Scenario& scenario, 
                              const ScenarioResult& reference) {
   if (baseline.dtype == dtype_string(torch::kBFloat16)) {  // the plain loops' dtype
     add_stochastic_runs<StochasticBFloat16Path>(baseline, scenario, ck, reference);
+  } else if (baseline.dtype == dtype_string(torch::kFloat16)) {
+    add_stochastic_runs<StochasticFloat16Path>(baseline, scenario, ck, reference);
   } else {
     add_stochastic_runs<StochasticFloat32Path>(baseline, scenario, ck, reference);
   }

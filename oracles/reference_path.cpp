@@ -18,10 +18,23 @@ const S* ptr(const torch::Tensor& t) {
 // What an instance computes in: sums, norms, the scan and its state. float64 and float32 compute in
 // themselves (every operation rounded to that type, the accumulators too); bfloat16 computes in
 // float32 and stores in bfloat16, as every real bf16 kernel does (tensor-core matmuls accumulate in
-// fp32 and round the output once; norms reduce in fp32; mamba_ssm keeps the SSM state in fp32).
+// fp32 and round the output once; norms reduce in fp32; mamba_ssm keeps the SSM state in fp32);
+// float16 the same way.
 template <typename S> struct Arithmetic { using Acc = S; };
 template <> struct Arithmetic<c10::BFloat16> { using Acc = float; };
+template <> struct Arithmetic<c10::Half> { using Acc = float; };
 template <> struct Arithmetic<sr::StochasticBFloat16> { using Acc = sr::StochasticFloat32; };
+template <> struct Arithmetic<sr::StochasticFloat16> { using Acc = sr::StochasticFloat32; };
+
+// "plain-<dtype>": the baselines' names (harness/path_registry.h).
+constexpr const char* plain_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "plain-float32";
+    case torch::kBFloat16: return "plain-bfloat16";
+    case torch::kFloat16: return "plain-float16";
+    default: return "plain-?";
+  }
+}
 
 // A value computed in Acc, stored as an activation of dtype S and read back (identity when S == Acc).
 template <typename S, typename Acc> Acc store(Acc v) { return static_cast<Acc>(S(v)); }
@@ -123,10 +136,8 @@ SequentialScanPath<S>::SequentialScanPath(const Mamba2Checkpoint& ck, uint64_t r
 template <typename S>
 std::string SequentialScanPath<S>::name() const {
   if constexpr (std::is_same_v<S, double>) return "reference";
-  if constexpr (std::is_same_v<S, float>) return "plain-float32";
-  if constexpr (std::is_same_v<S, c10::BFloat16>) return "plain-bfloat16";
-  return fmt::format("{}-stochastic-{}", kDtype<S> == torch::kBFloat16 ? "plain-bfloat16" : "plain-float32",
-                     rounding_seed_);
+  if constexpr (!HeldInFloat64<S>::value) return plain_name(kDtype<S>);
+  return fmt::format("{}-stochastic-{}", plain_name(kDtype<S>), rounding_seed_);
 }
 
 template <typename S>
@@ -230,7 +241,9 @@ MAMBADIFF_SSM_TOKEN_STEP(sr::StochasticFloat32)
 template class SequentialScanPath<double>;
 template class SequentialScanPath<float>;
 template class SequentialScanPath<c10::BFloat16>;
+template class SequentialScanPath<c10::Half>;
 template class SequentialScanPath<sr::StochasticFloat32>;
 template class SequentialScanPath<sr::StochasticBFloat16>;
+template class SequentialScanPath<sr::StochasticFloat16>;
 
 }  // namespace mambadiff

@@ -17,11 +17,14 @@ namespace mambadiff {
 template <typename S> inline constexpr torch::ScalarType kDtype = torch::kFloat64;
 template <> inline constexpr torch::ScalarType kDtype<float> = torch::kFloat32;
 template <> inline constexpr torch::ScalarType kDtype<c10::BFloat16> = torch::kBFloat16;
+template <> inline constexpr torch::ScalarType kDtype<c10::Half> = torch::kFloat16;
 template <> inline constexpr torch::ScalarType kDtype<sr::StochasticFloat32> = torch::kFloat32;
 template <> inline constexpr torch::ScalarType kDtype<sr::StochasticBFloat16> = torch::kBFloat16;
+template <> inline constexpr torch::ScalarType kDtype<sr::StochasticFloat16> = torch::kFloat16;
 
 template <typename S> struct HeldInFloat64 : std::false_type {};
-template <int kBits> struct HeldInFloat64<sr::Rounded<kBits>> : std::true_type {};
+template <int kBits, int kMinExp, int kMaxExp>
+struct HeldInFloat64<sr::Rounded<kBits, kMinExp, kMaxExp>> : std::true_type {};
 template <typename S>
 inline constexpr torch::ScalarType kStorage = HeldInFloat64<S>::value ? torch::kFloat64 : kDtype<S>;
 
@@ -54,17 +57,21 @@ void ssm_token_step(const SsmShape& shape, const Scalar* xs, const Scalar* Bv, c
                     Scalar* state, Scalar* y);
 
 //
-// The same loops instantiated in float32 or bfloat16 are the "plain low-precision implementation of
-// the same math" whose error against the float64 oracle sets the tolerance of a path computing in
-// that dtype (SPEC §7, FlashAttention's rule). Those instances are named "plain-float32" and
-// "plain-bfloat16". float32 rounds every operation, the accumulators too. bfloat16 does what every
-// real bf16 kernel does: activations, weights and the conv window STORED in bf16 (each matmul,
-// norm, conv and scan output rounded once), everything ACCUMULATED in fp32 (sums, norms' reductions,
-// the scan), the SSM state and dt_bias, A_log, D kept in fp32. (Rounding the accumulators to bf16
-// too, as an earlier version did, put the bf16 tolerance ~8x above a correct kernel's error, where a
-// bf16-only bug of a few percent passed: docs/mutants.md.)
+// The same loops instantiated in float32, bfloat16 or float16 are the "plain low-precision
+// implementation of the same math" whose error against the float64 oracle sets the tolerance of a
+// path computing in that dtype (SPEC §7, FlashAttention's rule). Those instances are named
+// "plain-float32", "plain-bfloat16" and "plain-float16". float32 rounds every operation, the
+// accumulators too. bfloat16 does what every real bf16 kernel does: activations, weights and the
+// conv window STORED in bf16 (each matmul, norm, conv and scan output rounded once), everything
+// ACCUMULATED in fp32 (sums, norms' reductions, the scan), the SSM state and dt_bias, A_log, D kept
+// in fp32. (Rounding the accumulators to bf16 too, as an earlier version did, put the bf16 tolerance
+// ~8x above a correct kernel's error, where a bf16-only bug of a few percent passed: docs/mutants.md.)
+// float16 is bfloat16's sibling -- stored in fp16 (11 significant bits, 3 more than bf16), fp32
+// accumulation and state -- as mamba_ssm's and vLLM's kernels run an fp16 model. Its range is part of
+// the model: c10::Half rounds as the hardware does (a stored value above 65504 becomes inf, below
+// 2^-14 = 6.1e-5 it is subnormal, below 2^-25 zero), and sr::StochasticFloat16 models the same range.
 //
-// Instantiated in sr::StochasticFloat32 / sr::StochasticBFloat16, the same loops round every result
+// Instantiated in sr::StochasticFloat32 / StochasticBFloat16 / StochasticFloat16, the same loops round every result
 // stochastically (oracles/stochastic_rounding.h) from a stream seeded by `rounding_seed`: runs with
 // other seeds sample the rounding error a correct implementation of that precision may have, which
 // the tolerance baselines take the worst of (harness/compare.h derive_baseline). Their tensors are
@@ -90,7 +97,9 @@ class SequentialScanPath : public ExecutionPath {
 using ReferencePath = SequentialScanPath<double>;
 using PlainFloat32Path = SequentialScanPath<float>;
 using PlainBFloat16Path = SequentialScanPath<c10::BFloat16>;
+using PlainFloat16Path = SequentialScanPath<c10::Half>;
 using StochasticFloat32Path = SequentialScanPath<sr::StochasticFloat32>;
 using StochasticBFloat16Path = SequentialScanPath<sr::StochasticBFloat16>;
+using StochasticFloat16Path = SequentialScanPath<sr::StochasticFloat16>;
 
 }  // namespace mambadiff

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "engine/checkpoint.h"
@@ -93,28 +94,47 @@ TEST(EmitScenarios, WritesEveryCaseOfTheMatrixWithItsDtypeAndAManifest) {
     EXPECT_EQ(fs::canonical(s.model_dir), fs::canonical(model_dir("tiny")));
   }
   EXPECT_EQ(scenario_class("bf16_prefill_53"), "prefill");
+  EXPECT_EQ(scenario_class("fp16_decode"), "decode");
   EXPECT_EQ(scenario_class("inject_layer1"), "inject");
   EXPECT_EQ(scenario_class("snapshot_restore"), "snapshot_restore");
 }
 
+TEST(EmitScenarios, DtypesSelectsTheMatrixByDtype) {
+  const fs::path dir = external_dir("emit_dtypes");
+  const auto r = run_cli("check --emit-scenarios " + (dir / "scenarios").string() + " --model " +
+                         model_dir("tiny").string() + " --dtypes float16,bfloat16");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto m = nlohmann::json::parse(read_text(dir / "scenarios" / "manifest.json"));
+  std::set<std::string> names;
+  for (const auto& c : m["cases"]) {
+    EXPECT_NE(c["dtype"], "float32") << c["id"];
+    names.insert(c["scenario"].get<std::string>());
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"bf16_prefill_53", "bf16_decode", "fp16_prefill_53", "fp16_decode"}));
+}
+
 TEST(CheckExternal, ExportsOfACorrectSystemAgreeWithTheSameReport) {
   const fs::path dir = external_dir("agree");
-  const auto m = emit(dir, "tiny", "decode");  // decode and bf16_decode
+  const auto m = emit(dir, "tiny", "decode");  // decode, bf16_decode and fp16_decode
   export_with_run(dir, m, "chunked");
   const auto r = run_cli("check --external chunked_files=" + (dir / "exports").string() + " --model " +
                          model_dir("tiny").string() + " --scenario decode --json " + (dir / "r.json").string() +
                          " --junit " + (dir / "r.xml").string());
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const auto j = nlohmann::json::parse(read_text(dir / "r.json"));
-  ASSERT_EQ(j["cases"].size(), 2u);
+  ASSERT_EQ(j["cases"].size(), 3u);
   for (const auto& c : j["cases"]) {
     EXPECT_EQ(c["verdict"], "agree") << c.dump();
     EXPECT_EQ(c["paths"], "reference,chunked_files");
     EXPECT_GT(c["tolerance"].get<double>(), 0.0);
   }
-  // The bf16 export is bounded by the bf16 tolerance (its metadata "dtype"), not fp32's.
+  // The bf16 and fp16 exports are bounded by their dtype's tolerance (metadata "dtype"), not fp32's:
+  // fp16's between fp32's and bf16's.
   EXPECT_EQ(j["cases"][1]["dtype"], "bfloat16");
   EXPECT_GT(j["cases"][1]["tolerance"].get<double>(), 1e-3);
+  EXPECT_EQ(j["cases"][2]["dtype"], "float16");
+  EXPECT_GT(j["cases"][2]["tolerance"].get<double>(), 10 * j["cases"][0]["tolerance"].get<double>());
+  EXPECT_LT(j["cases"][2]["tolerance"].get<double>(), j["cases"][1]["tolerance"].get<double>());
   EXPECT_NE(read_text(dir / "r.xml").find("testcase"), std::string::npos);
 }
 
@@ -216,6 +236,13 @@ TEST(CheckExternalBadInput, IsExitTwoWithOneLineNamingTheFileAndKey) {
     t["op.0.logits"] = t["op.0.logits"].narrow(1, 0, 2).contiguous();
   });
   expect_bad("check --external x=" + (dir / "exports").string() + base, "decode.safetensors: tensor 'op.0.logits'");
+  // --dtypes: an unknown dtype, and a selection of nothing (float64: no scenario of the matrix).
+  const std::string tiny = " --model " + model_dir("tiny").string();
+  expect_bad("check --dtypes float8" + tiny, "check: --dtypes: dtype 'float8' is not one of");
+  expect_bad("check --emit-scenarios " + (dir / "none").string() + " --dtypes float64" + tiny,
+             "check: --dtypes float64 matches no scenario of the matrix");
+  expect_bad("check --external x=" + (dir / "exports").string() + base + " --dtypes float64",
+             "check: --scenario 'decode' with --dtypes float64 matches no scenario");
 }
 
 // --- the exporters' driver (tools/ecosystem/export.py) ---------------------------------------
@@ -243,7 +270,17 @@ TEST(EcosystemStandIn, TheDriverOnStandInKernelsAgreesWithReferenceOnTheWholeMat
                          model_dir("tiny").string() + " --json " + (dir / "r.json").string());
   EXPECT_EQ(r.exit_code, 0) << r.out;
   const auto j = nlohmann::json::parse(read_text(dir / "r.json"));
-  for (const auto& c : j["cases"]) EXPECT_EQ(c["verdict"], "agree") << c.dump();
+  int fp16_cases = 0;
+  for (const auto& c : j["cases"]) {
+    EXPECT_EQ(c["verdict"], "agree") << c.dump();
+    fp16_cases += c["dtype"] == "float16";
+  }
+  EXPECT_EQ(fp16_cases, 2) << "fp16_prefill_53 and fp16_decode, exported in fp16 and bounded as fp16";
+  // An fp16 export reads back as fp16 through `diff --paths reference,file:X` too.
+  const auto f = run_cli("diff " + (dir / "scenarios/tiny/fp16_decode.json").string() + " --paths reference,file:" +
+                         (dir / "exports/tiny/fp16_decode.safetensors").string() + " --json " + (dir / "d.json").string());
+  EXPECT_EQ(f.exit_code, 0) << f.out;
+  EXPECT_EQ(nlohmann::json::parse(read_text(dir / "d.json"))["dtype"], "float16");
   // The export locates to a layer: diff reads its per-layer outputs and trace.
   const auto d = run_cli("diff " + (dir / "scenarios/tiny/inject_layer1.json").string() +
                          " --paths reference,file:" + (dir / "exports/tiny/inject_layer1.safetensors").string());

@@ -574,7 +574,8 @@ TEST_F(Hostile, ReproRejectsANegativeOrNanTolerance) {
   // The optional stochastic multipliers are read by the same rule as the required keys.
   const fs::path c = copy_case();
   const nlohmann::json good = nlohmann::json::parse(read_text(c / "case.json"))["tolerance"];
-  for (const char* key : {"floor_float32", "stochastic_multiplier", "stochastic_multiplier_bfloat16"}) {
+  for (const char* key : {"floor_float32", "stochastic_multiplier", "stochastic_multiplier_bfloat16",
+                          "stochastic_multiplier_float16"}) {
     for (const nlohmann::json& bad : {nlohmann::json(-1.0), nlohmann::json("NaN"), nlohmann::json("Infinity")}) {
       SCOPED_TRACE(std::string(key) + " = " + bad.dump());
       edit_json(c / "case.json", [&](nlohmann::json& j) {

@@ -51,8 +51,8 @@ TEST(PathRoles, EveryRegisteredPathHasOneRoleAndTheRolesCoverTheRegistry) {
 TEST(PathRoles, BaselineOfADtypeComputesInThatDtypeAndFloat32BoundsTheRest) {
   EXPECT_EQ(baseline_path(torch::kFloat32), "plain-float32");
   EXPECT_EQ(baseline_path(torch::kBFloat16), "plain-bfloat16");
-  // No float16 or float64 baseline is registered: float32's loops bound them.
-  EXPECT_EQ(baseline_path(torch::kFloat16), "plain-float32");
+  EXPECT_EQ(baseline_path(torch::kFloat16), "plain-float16");
+  // No float64 baseline is registered: float32's loops bound it.
   EXPECT_EQ(baseline_path(torch::kFloat64), "plain-float32");
   for (const auto& p : registered_paths(PathRole::kBaseline)) EXPECT_EQ(path_role(p), PathRole::kBaseline);
 }
@@ -79,7 +79,7 @@ TEST(PathRoles, ProvidedPathsAreUnderTestButNotRegistered) {
 TEST(PathRoles, OptimizeRefusesEveryPathThatIsNotDifferentiable) {
   const std::string model = (source_dir() / "corpus" / "models" / "tiny").string();
   const std::string out = (fs::path(MAMBADIFF_TEST_TMP) / "product_layout_delta.safetensors").string();
-  for (const std::string path : {"reference", "plain-float32", "plain-bfloat16", "file:x.safetensors"}) {
+  for (const std::string path : {"reference", "plain-float32", "plain-bfloat16", "plain-float16", "file:x.safetensors"}) {
     const Cli r = test_support::run_cli("optimize --model " + model +
                                         " --prompt-tokens 1,2 --target 3 --layers 0 --steps 1 --out " + out + " --path " + path);
     EXPECT_EQ(r.exit_code, 2) << path << ": " << r.out;

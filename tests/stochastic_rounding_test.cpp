@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
 #include <limits>
@@ -59,6 +60,32 @@ TEST(StochasticRounding, EveryResultIsOneOfTheTwoNeighbours) {
       EXPECT_LE(std::abs(b - v), std::abs(v) * std::ldexp(1.0, -7)) << v << " -> " << b;
     }
   }
+}
+
+// float16 is modelled with its range (oracles/stochastic_rounding.h): every result is a float16
+// value within one of its steps of the exact one -- 2^-10 relative where normal, the fixed step 2^-24
+// below 2^-14 -- and a result rounded above 65504 is an infinity, as a float16 store makes it.
+TEST(StochasticRounding, Float16HasItsSubnormalGridAndOverflowsToInfinity) {
+  const sr::RoundingSeed seed(13);
+  auto on_float16_grid = [](double v) { return static_cast<double>(static_cast<float>(c10::Half(static_cast<float>(v)))) == v; };
+  const double subnormal_step = std::ldexp(1.0, -24);
+  bool subnormal_up = false, subnormal_down = false;
+  for (int i = 1; i <= 4000; ++i) {
+    for (double v : {i * 1.0 / 3.0, -i * 7.3e-3, i * 1.3e-9, -i * 2.9e-8, 6.0e4 + i * 1e-3}) {
+      const double r = static_cast<double>(sr::StochasticFloat16(v));
+      ASSERT_TRUE(on_float16_grid(r)) << v << " -> " << r;
+      const bool subnormal = std::abs(v) < std::ldexp(1.0, -14);
+      EXPECT_LT(std::abs(r - v), subnormal ? subnormal_step : std::abs(v) * std::ldexp(1.0, -10)) << v << " -> " << r;
+      if (subnormal && r != v) (std::abs(r) > std::abs(v) ? subnormal_up : subnormal_down) = true;
+    }
+  }
+  EXPECT_TRUE(subnormal_up && subnormal_down) << "subnormals round both ways";
+  EXPECT_EQ(static_cast<double>(sr::StochasticFloat16(65504.0)), 65504.0);  // the largest finite float16
+  EXPECT_EQ(static_cast<double>(sr::StochasticFloat16(1e6)), INFINITY);
+  EXPECT_EQ(static_cast<double>(sr::StochasticFloat16(-70000.0)), -INFINITY);
+  EXPECT_EQ(static_cast<double>(sr::StochasticFloat16(std::ldexp(1.0, -24))), std::ldexp(1.0, -24));
+  // float32's and bfloat16's formats keep float64's range: no flush, no overflow at float16's limits.
+  EXPECT_EQ(static_cast<double>(Rounded<8>(1048576.0)), 1048576.0);  // 2^20: above 65504, not inf
 }
 
 // Up with probability (v - down) / ulp: values a quarter of the way between two floats round up a

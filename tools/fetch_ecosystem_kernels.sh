@@ -3,7 +3,7 @@
 # the exporters (tools/ecosystem/) run, into DEST (default .device/ecosystem, git-ignored; the lead
 # carries .device to the GPU machine, which has no registry). Nothing third-party is committed.
 #
-#   tools/fetch_ecosystem_kernels.sh [--dest DIR] [--only mamba_ssm|vllm|all]
+#   tools/fetch_ecosystem_kernels.sh [--dest DIR] [--only mamba_ssm|vllm|causal_conv1d|all]
 #
 # What lands in DEST (about 1 MB):
 #   mamba_ssm/   ops/triton/*.py (not mamba3/) and utils/*.py of the registry's mamba-ssm sdist, with
@@ -14,6 +14,9 @@
 #                tools/ecosystem/vllm_stub/ for the modules they import (REFERENCE.md, "vLLM's Mamba2
 #                kernels"): current_platform says CUDA, not CPU, so vLLM does not swap in its CPU code.
 #   site/einops/ einops (mamba_ssm imports it; the GPU machine's Python may lack it).
+#   causal_conv1d-<v>.tar.gz  the registry's causal-conv1d sdist, unbuilt (30 KB): the GPU call builds
+#                its CUDA extension for the card (tools/ecosystem/build_causal_conv1d.py), and
+#   bin/ninja    ninja from the registry's `ninja` wheel, so that build compiles its sources in parallel.
 #   VERSIONS.json  versions and sha256 of what was downloaded.
 # Downloads are cached in ~/.cache/mambadiff/ecosystem-dl (the vllm wheel is 336 MB: fetched once).
 # A helper venv ~/.cache/mambadiff/ecosystem-venv (the mambadiff venv's packages through a .pth,
@@ -24,6 +27,8 @@ set -euo pipefail
 MAMBA_SSM_VERSION=2.3.2.post1   # the registry's 2.3.2 sdist is published as 2.3.2.post1
 VLLM_VERSION=0.33.0
 EINOPS_VERSION=0.8.2
+CAUSAL_CONV1D_VERSION=1.7.0     # the release mamba_ssm 2.3.2 and HF 5.17 call (causal_conv1d_fn/update)
+NINJA_VERSION=1.13.2
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -33,11 +38,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dest) dest=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "fetch_ecosystem_kernels.sh: usage: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
-case "$only" in all|mamba_ssm|vllm) ;; *) echo "fetch_ecosystem_kernels.sh: --only: '$only' is not all, mamba_ssm or vllm" >&2; exit 2 ;; esac
+case "$only" in all|mamba_ssm|vllm|causal_conv1d) ;; *) echo "fetch_ecosystem_kernels.sh: --only: '$only' is not all, mamba_ssm, vllm or causal_conv1d" >&2; exit 2 ;; esac
 
 cache=${MAMBADIFF_CACHE:-$HOME/.cache/mambadiff}
 venv=${MAMBADIFF_VENV:-$cache/venv}
@@ -67,7 +72,7 @@ rm -rf "$dest/site" && mkdir -p "$dest/site"
 (cd "$dest/site" && unzip -q -o "$dl/einops-$EINOPS_VERSION-py3-none-any.whl" 'einops/*')
 versions+=", \"einops\": \"$EINOPS_VERSION\""
 
-if [ "$only" != vllm ]; then
+if [ "$only" = all ] || [ "$only" = mamba_ssm ]; then
   sdist="$dl/mamba_ssm-$MAMBA_SSM_VERSION.tar.gz"
   # pip builds the sdist's metadata, which imports torch: no build isolation, no CUDA build.
   [ -f "$sdist" ] || MAMBA_SKIP_CUDA_BUILD=TRUE "${pip[@]}" --no-build-isolation --no-binary :all: "mamba-ssm==$MAMBA_SSM_VERSION"
@@ -86,7 +91,21 @@ if [ "$only" != vllm ]; then
   versions+=", \"mamba_ssm\": \"$MAMBA_SSM_VERSION\", \"mamba_ssm_sdist_sha256\": \"$(sha "$sdist")\""
 fi
 
-if [ "$only" != mamba_ssm ]; then
+if [ "$only" = all ] || [ "$only" = causal_conv1d ]; then
+  # The sdist as the registry serves it (pip builds its metadata, which imports torch: no isolation);
+  # built on the GPU machine, for its card only.
+  ccd="$dl/causal_conv1d-$CAUSAL_CONV1D_VERSION.tar.gz"
+  [ -f "$ccd" ] || CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE "${pip[@]}" --no-build-isolation --no-binary :all: "causal-conv1d==$CAUSAL_CONV1D_VERSION"
+  cp "$ccd" "$dest/"
+  nwhl="$dl/ninja-$NINJA_VERSION-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl"
+  [ -f "$nwhl" ] || "${pip[@]}" --only-binary :all: --platform manylinux2014_x86_64 "ninja==$NINJA_VERSION"
+  mkdir -p "$dest/bin"
+  unzip -q -o -j "$nwhl" "ninja-$NINJA_VERSION.data/scripts/ninja" -d "$dest/bin" && chmod +x "$dest/bin/ninja"
+  versions+=", \"causal_conv1d\": \"$CAUSAL_CONV1D_VERSION\", \"causal_conv1d_sdist_sha256\": \"$(sha "$ccd")\""
+  versions+=", \"ninja\": \"$NINJA_VERSION\""
+fi
+
+if [ "$only" = all ] || [ "$only" = vllm ]; then
   whl="$dl/vllm-$VLLM_VERSION-cp38-abi3-manylinux_2_28_x86_64.whl"
   [ -f "$whl" ] || "${pip[@]}" "vllm==$VLLM_VERSION"
   ops=vllm/model_executor/layers/mamba/ops

@@ -141,7 +141,9 @@ class HFFast:
             "exporter": "tools/ecosystem/export.py --backend hf_fast",
             "backend": "hf_fast",
             "versions": json.dumps({"transformers": transformers.__version__, "torch": torch.__version__,
-                                    **{k: v for k, v in ecosystem_versions().items() if k != "vllm"}}, sort_keys=True),
+                                    **{k: v for k, v in ecosystem_versions().items()
+                                       if k not in ("vllm", "causal_conv1d", "ninja")},
+                                    **causal_conv1d_version()}, sort_keys=True),
             "dtype": dtype_name,
             "device": str(self.device),
             "scenario": scenario_path.name,
@@ -153,6 +155,16 @@ class HFFast:
             metadata["check_seed"] = seed
         hf_export.write_atomic(tensors, metadata, out)
         return f"{scenario_path} -> {out}  [hf_fast: {self.picked['mamba2_chunk_scan']}]"
+
+
+def causal_conv1d_version() -> dict[str, str]:
+    """{"causal_conv1d": version} when its CUDA extension imports (HF then calls it), else {}."""
+    try:
+        import causal_conv1d
+        import causal_conv1d_cuda  # noqa: F401
+    except Exception:  # noqa: BLE001 (any import failure means: HF runs its torch conv)
+        return {}
+    return {"causal_conv1d": getattr(causal_conv1d, "__version__", "?")}
 
 
 def ecosystem_versions() -> dict[str, str]:

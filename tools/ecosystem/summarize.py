@@ -8,8 +8,9 @@ worst logits error over its tolerance (with the case), plus the card, date, vers
 
 --prune-cases DIR: DIR/NAME/ holds the cases `check --cases-dir` wrote for NAME, one per diverging
 case (each with a copy of the export: megabytes over a whole matrix); keep one per class --
-(scenario class, dtype, the tensor it first parts on) -- the smallest, and list every diverging
-case with the one kept for it in DIR/NAME/INDEX.md.
+(scenario class, dtype, the tensor it first parts on) -- the smallest, with expected "diverge" (as
+corpus/regressions/ asserts; `repro` replays it), and list every diverging case with the one kept
+for it in DIR/NAME/INDEX.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DETAIL = re.compile(r"(?P<tensor>[\w.]+) error (?P<err>[-+.\deinf]+) > tolerance
 
 def scenario_class(name: str) -> str:
     """harness/check_suite.cpp scenario_class: no dtype prefix, no trailing length or layer."""
-    s = name[5:] if name.startswith("bf16_") else name
+    s = name[5:] if name.startswith(("bf16_", "fp16_")) else name
     s = re.sub(r"_?\d+$", "", s)
     return s[:-6] if s.endswith("_layer") else s
 
@@ -58,6 +59,11 @@ def prune_cases(root: Path, name: str, cases: list[dict]) -> None:
         keep = members[0][1]
         for _, case, _ in members[1:]:
             shutil.rmtree(case)
+        # What corpus/regressions/ asserts of it: that it diverges (`repro` then says REPRODUCED);
+        # its "reproduces" line, naming the public report, is the reader's to add.
+        doc = json.loads((keep / "case.json").read_text())
+        doc["expected"] = "diverge"
+        (keep / "case.json").write_text(json.dumps(doc, indent=1) + "\n")
         lines.append(f"| {cls} | {dtype} | {tensor} | {keep.name} | {', '.join(c['model'] + '/' + c['scenario'] for _, _, c in members[1:]) or '-'} |")
     (d / "INDEX.md").write_text("\n".join(lines) + "\n")
 
