@@ -79,11 +79,19 @@ class MambaSsm(Backend):
                 out = F.silu(F.conv1d(full, w.conv_weight.unsqueeze(1), w.conv_bias, groups=shape.conv_dim)[:, :, -T:])
             self.implementations["conv_update"] = "causal_conv1d_update: " + self.conv_impl
             return out.to(xBC.dtype).transpose(1, 2)
-        # HF's update_conv_state: on continue the conv sees the cached window before the new inputs.
-        full = torch.cat([cache.conv, xt], dim=-1) if branch == "continue" else xt
+        # HF's update_conv_state, layout included: on continue the conv sees the cached window before
+        # the new inputs (a new, contiguous tensor); on prefill HF hands causal_conv1d_fn the transposed
+        # view of in_proj's output as it is -- channel-last strides, so the extension runs its
+        # channel-last kernel, which requires x.stride(0) and x.stride(2) to be multiples of 8 -- or,
+        # when T < K, that view zero-padded on the left to K tokens (a new, contiguous tensor).
+        K = cache.conv.shape[-1]
+        if branch == "continue":
+            full = torch.cat([cache.conv, xt], dim=-1)
+        else:
+            full = F.pad(xt, (K - T, 0)) if T < K else xt
         cache.conv.copy_(conv_window_after(cache.conv, xt, branch == "continue"))
         if self.conv_fn is not None:
-            out = self.conv_fn(full.contiguous(), w.conv_weight, w.conv_bias, activation="silu")
+            out = self.conv_fn(full, w.conv_weight, w.conv_bias, activation="silu")
         else:  # HF's torch fallback (modeling_mamba2.causal_conv1d_fn)
             out = F.silu(F.conv1d(full.to(w.conv_weight.dtype), w.conv_weight.unsqueeze(1), w.conv_bias,
                                   padding=shape.conv_kernel - 1, groups=shape.conv_dim)[:, :, :full.shape[-1]])
