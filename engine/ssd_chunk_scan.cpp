@@ -15,10 +15,10 @@ torch::Tensor segment_sums(const torch::Tensor& v) {
   const auto opts_bool = torch::TensorOptions().dtype(torch::kBool).device(v.device());
   std::vector<int64_t> sizes = v.sizes().vec();
   sizes.push_back(L);
-  const torch::Tensor below = torch::ones({L, L}, opts_bool).tril(-1);
-  const torch::Tensor sums = v.unsqueeze(-1).expand(sizes).masked_fill(below.logical_not(), 0.0).cumsum(-2);
-  const torch::Tensor causal = torch::ones({L, L}, opts_bool).tril();
-  return sums.masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()).clamp_max(0.0);
+  const torch::Tensor not_below = torch::ones({L, L}, opts_bool).triu();     // j >= i
+  const torch::Tensor sums = v.unsqueeze(-1).expand(sizes).masked_fill(not_below, 0.0).cumsum(-2);
+  const torch::Tensor above = torch::ones({L, L}, opts_bool).triu(1);        // j > i
+  return sums.masked_fill(above, -std::numeric_limits<double>::infinity()).clamp_max(0.0);
 }
 
 std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in, const torch::Tensor& dt_in,
@@ -35,12 +35,12 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
   // Head h = g R + r reads group g (R = H / G heads a group; HF PR #37533's order): the heads are
   // viewed as [G, R] and B, C stay [.., G, N], never copied per head.
   const int64_t R = H / G;
-  torch::Tensor x = x_in.to(f);                                           // [B, T, H, P]
-  torch::Tensor dt = dt_in.to(f);                                         // [B, T, H]
-  torch::Tensor Bm = B_in.to(f);                                          // [B, T, G, N]
-  torch::Tensor Cm = C_in.to(f);                                          // [B, T, G, N]
-  const torch::Tensor A = A_in.to(f);                                     // [H]
-  const torch::Tensor D = D_in.to(f);                                     // [H]
+  torch::Tensor x = in_dtype(x_in, f);                                    // [B, T, H, P]
+  torch::Tensor dt = in_dtype(dt_in, f);                                  // [B, T, H]
+  torch::Tensor Bm = in_dtype(B_in, f);                                   // [B, T, G, N]
+  torch::Tensor Cm = in_dtype(C_in, f);                                   // [B, T, G, N]
+  const torch::Tensor A = in_dtype(A_in, f);                              // [H]
+  const torch::Tensor D = in_dtype(D_in, f);                              // [H]
 
   // Pad T to a multiple of Q with dt = 0: a padded token decays nothing (exp(0) = 1) and adds
   // nothing (dt * x * B = 0), so the final state is the state after token T exactly.
@@ -76,7 +76,7 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
 
   // 3. Inter-chunk recurrence over chunks (sequential; nc is small): the state entering chunk c.
   const torch::Tensor chunk_decay = Acs.select(3, Q - 1).exp();            // [B, H, nc]
-  torch::Tensor s = initial_state.defined() ? initial_state.to(f) : torch::zeros({Bsz, H, P, N}, x.options());
+  torch::Tensor s = initial_state.defined() ? in_dtype(initial_state, f) : torch::zeros({Bsz, H, P, N}, x.options());
   std::vector<torch::Tensor> entering;
   entering.reserve(static_cast<size_t>(nc));
   for (int64_t c = 0; c < nc; ++c) {
