@@ -94,10 +94,11 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
   const torch::Tensor S = torch::stack(entering, 1);                       // [B, nc, H, P, N]
 
   // 4. Off-diagonal blocks: y_i += exp(Acs_i) C_i . S_c.
-  const torch::Tensor CS = torch::matmul(Cm.permute({0, 1, 3, 2, 4}), S.reshape({Bsz, nc, G, R * P, N}).transpose(-1, -2))
-                               .reshape({Bsz, nc, G, Q, R, P});             // [B, nc, G, Q, R, P]
-  const torch::Tensor y_off =
-      (CS * Acs.exp().reshape({Bsz, G, R, nc, Q}).permute({0, 3, 1, 4, 2}).unsqueeze(-1)).permute({0, 1, 3, 2, 4, 5});  // [B, nc, Q, G, R, P]
+  const torch::Tensor CS =
+      torch::matmul(Cm.permute({0, 1, 3, 2, 4}), S.reshape({Bsz, nc, G, R * P, N}).transpose(-1, -2))
+          .reshape({Bsz, nc, G, Q, R, P});                                 // [B, nc, G, Q, R, P]
+  const torch::Tensor decay_in = Acs.exp().reshape({Bsz, G, R, nc, Q}).permute({0, 3, 1, 4, 2});  // [B, nc, G, Q, R]
+  const torch::Tensor y_off = (CS * decay_in.unsqueeze(-1)).permute({0, 1, 3, 2, 4, 5});  // [B, nc, Q, G, R, P]
 
   torch::Tensor y = (y_diag + y_off + x * D.view({1, 1, 1, G, R, 1})).reshape({Bsz, nc * Q, H, P});
   return {y.narrow(1, 0, T), s};

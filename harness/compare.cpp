@@ -91,8 +91,8 @@ std::vector<double> max_errors(const torch::Tensor& a_in, const torch::Tensor& b
     return worst;
   }
   const int64_t per = a.numel() / groups;
-  TORCH_CHECK(per > 0 && per * groups == a.numel(), "compare: a tensor of ", a.numel(), " elements cannot be split into ",
-              groups, " non-empty rows");
+  TORCH_CHECK(per > 0 && per * groups == a.numel(), "compare: a tensor of ", a.numel(),
+              " elements cannot be split into ", groups, " non-empty rows");
   // The reference normally has a's shape; a `file:` result of another shape is caught by the shape
   // checks, and then any non-finite reference value poisons the whole tensor.
   const bool ref_elementwise = ref.sizes() == a.sizes();
@@ -104,7 +104,8 @@ std::vector<double> max_errors(const torch::Tensor& a_in, const torch::Tensor& b
     double m = -kInf;
     for (int64_t i = g * per; i < (g + 1) * per; ++i) {
       const double x = a[i], y = b[i];
-      const bool bad = !std::isfinite(x) || !std::isfinite(y) || (ref_elementwise ? !std::isfinite(ref[i]) : ref_any_bad);
+      const bool bad =
+          !std::isfinite(x) || !std::isfinite(y) || (ref_elementwise ? !std::isfinite(ref[i]) : ref_any_bad);
       m = std::max(m, bad ? kInf : std::abs(x - y) / scale);
     }
     worst[static_cast<size_t>(g)] = m;
