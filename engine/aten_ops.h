@@ -19,6 +19,12 @@
 
 namespace mambadiff::aten_ops {
 
+// t in dtype f: t itself when it already is (a conversion with nothing to do is not dispatched; the
+// decode step's kernels run per token, and on small models each ATen call's fixed cost is their cost).
+inline torch::Tensor in_dtype(const torch::Tensor& t, torch::ScalarType f) {
+  return t.scalar_type() == f ? t : t.to(f);
+}
+
 // Causal depthwise conv1d + SiLU over `inputs` with `window` as the K previous inputs.
 //   inputs: [B, T, C]   window: [B, C, K] (the last K pre-conv inputs; zeros = no history)
 //   weight: [C, K]      bias: [C] or undefined

@@ -38,45 +38,91 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-double scale_of(const torch::Tensor& ref) {
-  const torch::Tensor r = ref.to(torch::kFloat64).abs();
-  const torch::Tensor finite = r.masked_select(torch::isfinite(r));
-  const double s = finite.numel() ? finite.max().item<double>() : 0.0;
+// The element loops below run over every element of every compared tensor; in the libFuzzer build
+// SanitizerCoverage would trace each of their loop-counter and pointer comparisons (fuzz mode:
+// __sanitizer_cov_trace_*cmp8 were 16 % of scan_diff's samples, 2026-12-02) for no coverage worth
+// having -- they branch only on "finite or not". They stay under ASan and UBSan like all our code.
+#if defined(__clang__)
+#define MAMBADIFF_NO_COVERAGE __attribute__((no_sanitize("coverage")))
+#else
+#define MAMBADIFF_NO_COVERAGE
+#endif
+
+// A tensor's elements read as float64: in place when it is a contiguous float32 or float64 CPU
+// tensor (what every path returns; the widening is exact, so the values are those of a float64
+// copy), else from a float64 copy. Comparing is per tensor of every op of every compared pair, and
+// on the fuzz targets' tiny tensors each ATen op (a conversion, a mask, a reduction) cost more than
+// the arithmetic: these loops replaced ~20 ops per tensor with none.
+class Float64Elements {
+ public:
+  explicit Float64Elements(const torch::Tensor& t)
+      : held_(t.device().is_cpu() && t.is_contiguous() &&
+                      (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64)
+                  ? t
+                  : t.to(torch::kCPU, torch::kFloat64).contiguous()),
+        f32_(held_.scalar_type() == torch::kFloat32 ? held_.data_ptr<float>() : nullptr),
+        f64_(f32_ ? nullptr : held_.data_ptr<double>()) {}
+  MAMBADIFF_NO_COVERAGE double operator[](int64_t i) const { return f32_ ? static_cast<double>(f32_[i]) : f64_[i]; }
+  int64_t numel() const { return held_.numel(); }
+  torch::IntArrayRef sizes() const { return held_.sizes(); }
+
+ private:
+  torch::Tensor held_;
+  const float* f32_;
+  const double* f64_;
+};
+
+// max |reference| over its finite elements (1 where that is 0 or there are none).
+MAMBADIFF_NO_COVERAGE double scale_of(const Float64Elements& r) {
+  double s = 0.0;
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const double v = std::abs(r[i]);
+    if (std::isfinite(v) && v > s) s = v;
+  }
   return s > 0 ? s : 1.0;
 }
 
-// Element errors |a - b| / scale as float64 of a's shape; +inf wherever a, b or the reference
-// holds NaN or an infinity (NaN == NaN must never "agree", nor inf - inf be excused).
-torch::Tensor element_errors(const torch::Tensor& a_in, const torch::Tensor& b_in, const torch::Tensor& ref_in,
-                             double scale) {
-  const torch::Tensor a = a_in.to(torch::kCPU, torch::kFloat64).contiguous();
-  const torch::Tensor b = b_in.to(torch::kCPU, torch::kFloat64).contiguous();
+// The element errors |a - b| / scale, scale = scale_of(reference), +inf wherever a, b or the
+// reference holds NaN or an infinity (NaN == NaN must never "agree", nor inf - inf be excused),
+// reduced to their maximum over each of `groups` consecutive runs of elements: a and b viewed as
+// [groups, numel / groups] in row-major order (groups = B * T for a per-token tensor [B, T, ...],
+// B for a per-row one, 1 for the whole tensor). Returns [groups].
+MAMBADIFF_NO_COVERAGE std::vector<double> max_errors(const torch::Tensor& a_in, const torch::Tensor& b_in,
+                                                     const torch::Tensor& ref_in, int64_t groups) {
+  const Float64Elements a(a_in), b(b_in), ref(ref_in);
+  const double scale = scale_of(ref);
+  std::vector<double> worst(static_cast<size_t>(groups), 0.0);
+  if (groups == 0) return worst;
+  if (a.sizes() != b.sizes()) {  // broadcast (never between two results of one scenario): ATen's ops
+    const torch::Tensor ta = a_in.to(torch::kCPU, torch::kFloat64), tb = b_in.to(torch::kCPU, torch::kFloat64);
+    const torch::Tensor err = (ta - tb).abs() / scale;
+    const torch::Tensor bad = ~torch::isfinite(ta) | ~torch::isfinite(tb) |
+                              ~torch::isfinite(ref_in.to(torch::kCPU, torch::kFloat64)).all();
+    const torch::Tensor per_group = std::get<0>(err.masked_fill(bad, kInf).reshape({groups, -1}).max(1)).contiguous();
+    std::copy(per_group.data_ptr<double>(), per_group.data_ptr<double>() + groups, worst.begin());
+    return worst;
+  }
+  const int64_t per = a.numel() / groups;
+  TORCH_CHECK(per > 0 && per * groups == a.numel(), "compare: a tensor of ", a.numel(),
+              " elements cannot be split into ", groups, " non-empty rows");
   // The reference normally has a's shape; a `file:` result of another shape is caught by the shape
   // checks, and then any non-finite reference value poisons the whole tensor.
-  const torch::Tensor ref = ref_in.to(torch::kCPU, torch::kFloat64).contiguous();
-  if (a.sizes() != b.sizes()) {  // broadcast (never between two results of one scenario): ATen's ops
-    const torch::Tensor err = (a - b).abs() / scale;
-    const torch::Tensor bad = ~torch::isfinite(a) | ~torch::isfinite(b) | ~torch::isfinite(ref).all();
-    return err.masked_fill(bad, kInf);
-  }
-  // One pass over the elements (this runs for every tensor of every op of every compared pair: a
-  // dozen small ATen ops here were a visible share of a fuzz target's time).
   const bool ref_elementwise = ref.sizes() == a.sizes();
-  const double* pa = a.data_ptr<double>();
-  const double* pb = b.data_ptr<double>();
-  const double* pr = ref.data_ptr<double>();
   bool ref_any_bad = false;
   if (!ref_elementwise) {
-    for (int64_t i = 0; i < ref.numel(); ++i) ref_any_bad = ref_any_bad || !std::isfinite(pr[i]);
+    for (int64_t i = 0; i < ref.numel(); ++i) ref_any_bad = ref_any_bad || !std::isfinite(ref[i]);
   }
-  torch::Tensor err = torch::empty_like(a);
-  double* pe = err.data_ptr<double>();
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const bool bad = !std::isfinite(pa[i]) || !std::isfinite(pb[i]) ||
-                     (ref_elementwise ? !std::isfinite(pr[i]) : ref_any_bad);
-    pe[i] = bad ? kInf : std::abs(pa[i] - pb[i]) / scale;
+  for (int64_t g = 0; g < groups; ++g) {
+    double m = -kInf;
+    for (int64_t i = g * per; i < (g + 1) * per; ++i) {
+      const double x = a[i], y = b[i];
+      const bool bad =
+          !std::isfinite(x) || !std::isfinite(y) || (ref_elementwise ? !std::isfinite(ref[i]) : ref_any_bad);
+      m = std::max(m, bad ? kInf : std::abs(x - y) / scale);
+    }
+    worst[static_cast<size_t>(g)] = m;
   }
-  return err;
+  return worst;
 }
 
 double nmse(const torch::Tensor& a_in, const torch::Tensor& b_in) {
@@ -131,9 +177,10 @@ struct Checker {
     }
     const double tol = tolerance(key);
     if (!std::isfinite(tol)) return fail_tolerance(op, layer, tensor, tol);
-    const torch::Tensor per_token = std::get<0>(element_errors(ta, tb, tref, scale_of(tref)).flatten(2).max(2));  // [B, T]
+    const int64_t B = ta.size(0), T = ta.size(1);
+    const std::vector<double> per_token = max_errors(ta, tb, tref, B * T);  // [B, T]
     if (tensor == "logits") {
-      const double worst = per_token.max().item<double>();
+      const double worst = *std::max_element(per_token.begin(), per_token.end());
       const double n = nmse(ta, tb);
       if (worst / std::max(tol, 1e-300) >= out.logits_error / std::max(out.logits_tolerance, 1e-300)) {
         out.logits_error = worst;
@@ -141,12 +188,13 @@ struct Checker {
       }
       out.logits_nmse = std::max(out.logits_nmse, n);
     }
-    const torch::Tensor over = (per_token > tol).t().contiguous();  // [T, B]: time order first
-    if (!over.any().item<bool>()) return true;
-    const auto idx = over.view({-1}).nonzero()[0].item<int64_t>();
-    const int64_t B = per_token.size(0);
-    const int64_t t = idx / B, row = idx % B;
-    return fail({op, row, t, layer, tensor, per_token[row][t].item<double>(), tol, ""});
+    for (int64_t t = 0; t < T; ++t) {  // time order first
+      for (int64_t row = 0; row < B; ++row) {
+        const double e = per_token[static_cast<size_t>(row * T + t)];
+        if (e > tol) return fail({op, row, t, layer, tensor, e, tol, ""});
+      }
+    }
+    return true;
   }
 
   // Per-row tensors [B, ...] (cache states).
@@ -158,11 +206,11 @@ struct Checker {
     }
     const double tol = tolerance(key);
     if (!std::isfinite(tol)) return fail_tolerance(op, layer, tensor, tol);
-    const torch::Tensor per_row = std::get<0>(element_errors(ta, tb, tref, scale_of(tref)).flatten(1).max(1));  // [B]
-    const torch::Tensor over = per_row > tol;
-    if (!over.any().item<bool>()) return true;
-    const int64_t row = over.nonzero()[0].item<int64_t>();
-    return fail({op, row, -1, layer, tensor, per_row[row].item<double>(), tol, ""});
+    const std::vector<double> per_row = max_errors(ta, tb, tref, ta.size(0));  // [B]
+    for (size_t row = 0; row < per_row.size(); ++row) {
+      if (per_row[row] > tol) return fail({op, static_cast<int64_t>(row), -1, layer, tensor, per_row[row], tol, ""});
+    }
+    return true;
   }
 
   bool check_cache(size_t op, const CacheState& ca, const CacheState& cb, const CacheState& cref) {
@@ -204,7 +252,7 @@ ErrorBaseline measure_baseline(const ScenarioResult& plain, const ScenarioResult
   ErrorBaseline bl;
   bl.dtype = plain.dtype;
   auto put = [&](const std::string& key, const torch::Tensor& x, const torch::Tensor& r) {
-    bl.error[key] = element_errors(x, r, r, scale_of(r)).max().item<double>();
+    bl.error[key] = max_errors(x, r, r, 1).front();
   };
   for (size_t i = 0; i < plain.ops.size() && i < ref.ops.size(); ++i) {
     const auto& p = plain.ops[i];
@@ -292,13 +340,11 @@ ErrorMap map_errors(const ScenarioResult& a, const ScenarioResult& b, const Scen
         const torch::Tensor& tr = ssm ? cr.ssm_states[l] : cr.conv_states[l];
         const std::string tensor = fmt::format("cache.{}", name);
         if (!same_shapes(ta, tb, tr, fmt::format("op {} {} layer {}", op, tensor, l))) continue;
-        const torch::Tensor per_row =
-            std::get<0>(element_errors(ta, tb, tr, scale_of(tr)).flatten(1).max(1)).contiguous();  // [B]
         RowErrors r;
         r.op = op;
         r.layer = static_cast<int64_t>(l);
         r.tensor = tensor;
-        r.error.assign(per_row.data_ptr<double>(), per_row.data_ptr<double>() + per_row.numel());
+        r.error = max_errors(ta, tb, tr, ta.size(0));  // [B]
         r.tolerance = ck.tolerance(fmt::format("op{}.{}.{}", op, tensor, l));
         r.final_cache = final_cache;
         map.cache.push_back(std::move(r));
@@ -320,7 +366,8 @@ ErrorMap map_errors(const ScenarioResult& a, const ScenarioResult& b, const Scen
         t.op = i;
         t.layer = layer;
         t.tensor = tensor;
-        t.error = std::get<0>(element_errors(ta, tb, tr, scale_of(tr)).flatten(2).max(2)).contiguous();  // [B, T]
+        const int64_t B = ta.size(0), T = ta.size(1);
+        t.error = torch::tensor(max_errors(ta, tb, tr, B * T), torch::kFloat64).view({B, T});  // [B, T]
         t.tolerance = ck.tolerance(key);
         map.tokens.push_back(std::move(t));
       };
