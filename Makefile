@@ -52,4 +52,5 @@ fuzz-build: setup fuzz-setup $(FUZZ_BUILD)/build.ninja
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
 
 fuzz: build fuzz-build
-	$(BUILD)/mambadiff fuzz --time $(FUZZ_TIME) --jobs $(FUZZ_JOBS) --out $(FUZZ_OUT) --targets-dir $(FUZZ_BUILD)/fuzz
+	$(BUILD)/mambadiff fuzz --time $(FUZZ_TIME) --jobs $(FUZZ_JOBS) --out $(FUZZ_OUT) --targets-dir $(FUZZ_BUILD)/fuzz \
+	  --seeds-dir corpus/fuzz
