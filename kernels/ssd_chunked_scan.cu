@@ -69,25 +69,19 @@ template <Layout L>
 using wmma_layout = std::conditional_t<L == Layout::kRowMajor, wmma::row_major, wmma::col_major>;
 
 // Leading dimensions of a staged slice, in elements of the stage type. fp32: 4 floats of padding
-// (above). bf16: 8 elements of padding (16 bytes), which keeps every 16 x 16 fragment's start
-// 32-byte aligned (16 * 40 * 2 and 16 * 72 * 2 bytes; k0 = 16 and n0 = 16k at 32 bytes) and the
-// leading dimension a multiple of 8, as wmma requires of 16-bit types.
+// (kLdK, kLdM above). bf16: 8 elements of padding (16 bytes), which keeps every 16 x 16 fragment's
+// start 32-byte aligned (16 * 40 * 2 and 16 * 72 * 2 bytes; k0 = 16 and n0 = 16k at 32 bytes) and
+// the leading dimension a multiple of 8, as wmma requires of 16-bit types.
 template <typename Stage>
 struct StageLayout {
-  static constexpr int kLdK = ::mambadiff::kernels::kLdK, kLdM = ::mambadiff::kernels::kLdM;
+  static constexpr int kPad = std::is_same_v<Stage, __nv_bfloat16> ? 8 : 4;
+  static constexpr int kLdK = kTileK + kPad, kLdM = kTile + kPad;
   template <Layout L>
   __host__ __device__ static constexpr int ld_a() { return L == Layout::kRowMajor ? kLdK : kLdM; }
   template <Layout L>
   __host__ __device__ static constexpr int ld_b() { return L == Layout::kRowMajor ? kLdM : kLdK; }
 };
-template <>
-struct StageLayout<__nv_bfloat16> {
-  static constexpr int kLdK = kTileK + 8, kLdM = kTile + 8;
-  template <Layout L>
-  __host__ __device__ static constexpr int ld_a() { return L == Layout::kRowMajor ? kLdK : kLdM; }
-  template <Layout L>
-  __host__ __device__ static constexpr int ld_b() { return L == Layout::kRowMajor ? kLdM : kLdK; }
-};
+static_assert(StageLayout<float>::kLdK == kLdK && StageLayout<float>::kLdM == kLdM, "one fp32 layout");
 static_assert(kTile * StageLayout<__nv_bfloat16>::kLdK * 2 <= kStageFloats * 4 &&
                   kTileK * StageLayout<__nv_bfloat16>::kLdM * 2 <= kStageFloats * 4,
               "a bf16 stage fits in a float stage");
