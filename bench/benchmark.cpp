@@ -4,16 +4,15 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <random>
 #include <stdexcept>
-#include <utility>
 
 #include "bench/scan_ops.h"
 #include "engine/errors.h"
 #include "harness/history.h"
+#include "harness/scoped_env.h"
 #include "harness/path_registry.h"
 #include "optimizer/decode_graph.h"
 #include "optimizer/real_cache_optimizer.h"
@@ -29,29 +28,6 @@ const std::vector<std::string>& item_names() {
 }
 
 namespace {
-
-// Sets an environment variable for a scope and restores what it was (an empty value sets nothing).
-class ScopedEnvironment {
- public:
-  ScopedEnvironment(std::string name, const std::string& value) : name_(std::move(name)) {
-    if (value.empty()) return;
-    if (const char* old = std::getenv(name_.c_str())) old_ = old;
-    ::setenv(name_.c_str(), value.c_str(), 1);
-    set_ = true;
-  }
-  ~ScopedEnvironment() {
-    if (!set_) return;
-    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
-    else ::unsetenv(name_.c_str());
-  }
-  ScopedEnvironment(const ScopedEnvironment&) = delete;
-  ScopedEnvironment& operator=(const ScopedEnvironment&) = delete;
-
- private:
-  std::string name_;
-  std::optional<std::string> old_;
-  bool set_ = false;
-};
 
 // ---- the shapes -------------------------------------------------------------------------------
 
@@ -199,7 +175,8 @@ struct Run {
       const std::vector<std::string> modes =
           options.path == "cuda" ? std::vector<std::string>{"bf16", "split-tf32"} : std::vector<std::string>{""};
       for (const std::string& mode : modes) {
-        const ScopedEnvironment products("MAMBADIFF_SCAN_PRODUCTS", mode);
+        std::optional<ScopedEnv> products;
+        if (!mode.empty()) products.emplace("MAMBADIFF_SCAN_PRODUCTS", mode);
         const torch::Tensor y = run_scan(options.path, in).first;  // for y's dtype; warm-up follows
         const std::string variant = mode.empty() ? "" : mode + " products";
         BenchResult r = row("scan", s.label(), "bf16 (fp32 state)", variant.c_str(), scan_op_name(options.path));

@@ -28,6 +28,7 @@
 #include "engine/errors.h"
 #include "engine/memory_estimate.h"
 #include "engine/safetensors.h"
+#include "harness/scoped_env.h"
 #include "tests/test_support.h"
 
 namespace {
@@ -37,6 +38,7 @@ namespace st = mambadiff::safetensors;
 using mambadiff::json_to_double;
 using mambadiff::Mamba2Checkpoint;
 using mambadiff::Mamba2Config;
+using mambadiff::ScopedEnv;
 using mambadiff::parse_json_allowing_nonfinite;
 using mambadiff::test_support::input_error;
 using mambadiff::test_support::model_dir;
@@ -261,26 +263,6 @@ TEST(Mamba2Config, OverflowingSizesAreRejectedNamingTheKeys) {
 }
 
 // ---- the memory estimate ------------------------------------------------------------------------
-
-// Sets an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    ::setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (old_) {
-      ::setenv(name_, old_->c_str(), 1);
-    } else {
-      ::unsetenv(name_);
-    }
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 TEST(MemoryEstimate, ChunkSizeOfABillionIsRejectedBeforeAllocatingNamingTheKey) {
   Mamba2Config c = parse_config(config_text("0.1"));

@@ -14,6 +14,7 @@
 #include "engine/errors.h"
 #include "engine/chunked_path.h"
 #include "harness/path_registry.h"
+#include "harness/scoped_env.h"
 #include "optimizer/decode_graph.h"
 #include "optimizer/real_cache_optimizer.h"
 #if MAMBADIFF_CUDA_PATH
@@ -68,13 +69,6 @@ struct ScanProducts {
   double tolerance;
 };
 constexpr ScanProducts kScanProducts[] = {{"split-tf32", 1e-4}, {"bf16", 0x1p-7}};
-
-// Sets MAMBADIFF_SCAN_PRODUCTS for a scope (the default, unset, is bf16).
-class ScopedScanProducts {
- public:
-  explicit ScopedScanProducts(const char* mode) { setenv("MAMBADIFF_SCAN_PRODUCTS", mode, 1); }
-  ~ScopedScanProducts() { unsetenv("MAMBADIFF_SCAN_PRODUCTS"); }
-};
 
 TEST_F(FusedOps, RmsNormForwardAndBackwardMatchAten) {
   const torch::Tensor x = randn({2, 5, 96}).requires_grad_(true), w = randn({96});
@@ -164,7 +158,7 @@ TEST_F(FusedOps, ChunkedKernelMatchesTheChunkedScanAtAnyChunkSize) {
     const torch::Tensor dt = torch::rand({c.B, c.T, c.H}, opts_) * 0.1, A = -torch::rand({c.H}, opts_) - 0.5;
     const torch::Tensor D = randn({c.H}), initial = randn({c.B, c.H, c.P, c.N});
     for (const ScanProducts products : kScanProducts) {
-      const ScopedScanProducts scoped(products.mode);
+      const ScopedEnv scoped("MAMBADIFF_SCAN_PRODUCTS", products.mode);
       const double tol = bf16 ? products.tolerance : 1e-4;  // fp32 runs: fp32 FMAs in either mode
       for (const int64_t chunk : {1, 7, 256, 1000}) {
         auto [y, final_state] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, {}, chunk);
@@ -190,7 +184,7 @@ TEST_F(FusedOps, ChunkedKernelSeventyThousandTokenPrefillMatchesTheChunkedPath) 
   const torch::Tensor D = randn({c.H}), initial = randn({c.B, c.H, c.P, c.N});
   auto [ry, rfinal] = aten_ops::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, 256);
   for (const ScanProducts products : kScanProducts) {
-    const ScopedScanProducts scoped(products.mode);
+    const ScopedEnv scoped("MAMBADIFF_SCAN_PRODUCTS", products.mode);
     auto [y, final_state] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, {}, 256);
     EXPECT_LT(rel_err(y, ry), products.tolerance) << products.mode;
     EXPECT_LT(rel_err(final_state, rfinal), products.tolerance) << products.mode;
@@ -275,13 +269,13 @@ TEST_F(FusedOps, Bfloat16ActivationsWithFp32ScanParametersMatchAten) {
   const torch::Tensor initial = randn({2, 4, 8, 16});
   auto [ry, rs1] = aten_ops::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial, 4);
   for (const ScanProducts products : kScanProducts) {  // against fp32 math on the same bf16 inputs
-    const ScopedScanProducts scoped(products.mode);
+    const ScopedEnv scoped("MAMBADIFF_SCAN_PRODUCTS", products.mode);
     auto [y, s1] = fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial);
     EXPECT_LT(rel_err(y, ry), products.tolerance) << products.mode;
     EXPECT_LT(rel_err(s1, rs1), products.tolerance) << products.mode;
   }
   {
-    const ScopedScanProducts scoped("tf32");  // not a mode: one line naming the variable
+    const ScopedEnv scoped("MAMBADIFF_SCAN_PRODUCTS", "tf32");  // not a mode: one line naming the variable
     EXPECT_THROW(fused::ssd_chunk_scan(x, dt, A, Bm, Cm, D, initial), InputError);
   }
   // norms: bf16 weights; the fp32 residual into bf16 weights; the gated norm's bf16 gate.
