@@ -62,12 +62,12 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x_in
 
   const torch::Tensor seg = segment_sums(dA);                              // [B, H, nc, Q(i), Q(j)]
 
-  // The two-operand contractions are written as the batched matmuls einsum reduces them to: the
-  // same bmm on the same operands, so bit for bit einsum's result (2,000 random fuzz-range shapes in
-  // float32 and 1,000 in float64 compared, 2026-12-02), without einsum's dozens of permute, reshape
-  // and view calls -- on small models the scan's cost is its ATen calls. The three-operand one
-  // (chunk_states) stays an einsum: written as (B * decay) then a matmul over j it differed in the
-  // last bit in 69 of 300 cases.
+  // C·B, the diagonal blocks and C·S (before its element-wise decay, which einsum also applies after
+  // contracting over n) are written as the batched matmuls einsum reduces them to: the same bmm on
+  // the same operands, so bit for bit einsum's result (2,000 random fuzz-range shapes in float32 and
+  // 1,000 in float64 compared, 2026-12-02), without einsum's dozens of permute, reshape and view
+  // calls -- on small models the scan's cost is its ATen calls. chunk_states stays an einsum: written
+  // as (B * decay) then a matmul over j it differed in the last bit in 69 of 300 cases.
 
   // 1. Intra-chunk (diagonal blocks): y_i += sum_{j<=i} (C_i.B_j) exp(seg[i, j]) dt_j x_j. C·B is
   // computed once per group.
