@@ -68,6 +68,19 @@ std::pair<torch::Tensor, torch::Tensor> CudaPath::selective_state_update(int64_t
   return {y.squeeze(1), new_state};
 }
 
+std::pair<torch::Tensor, torch::Tensor> CudaPath::decode_step(int64_t l, const torch::Tensor& xBC_raw,
+                                                              const torch::Tensor& dt_raw, torch::Tensor& window,
+                                                              const torch::Tensor& state) {
+  const auto& w = weights_.layers[static_cast<size_t>(l)];
+  const fused::DecodeStepWeights weights{w.conv1d_weight, w.conv1d_bias, w.dt_bias, A_fp32_[static_cast<size_t>(l)], w.D,
+                                         config_.time_step_min, config_.time_step_max, config_.n_groups};
+  // The clamp applies on every branch, decode included (SPEC §2), as in discretize_dt.
+  if (!fused::decode_step_supported(xBC_raw, window, state, weights)) {
+    return ChunkedPath::decode_step(l, xBC_raw, dt_raw, window, state);
+  }
+  return fused::decode_step(xBC_raw, dt_raw, window, state, weights);
+}
+
 torch::Tensor CudaPath::out_proj_residual(int64_t l, const torch::Tensor& normed, const torch::Tensor& residual) {
   const auto& w = weights_.layers[static_cast<size_t>(l)];
   if (residual.scalar_type() != normed.scalar_type() || w.out_proj_bias.defined()) {
@@ -76,6 +89,26 @@ torch::Tensor CudaPath::out_proj_residual(int64_t l, const torch::Tensor& normed
   // residual + normed @ W^T as one GEMM accumulating onto the residual (beta = 1).
   const int64_t D = residual.size(-1), I = normed.size(-1);
   return torch::addmm(residual.reshape({-1, D}), normed.reshape({-1, I}), w.out_proj_weight.t()).view(residual.sizes());
+}
+
+torch::Tensor CudaPath::normed_in_proj(int64_t l, const torch::Tensor& x) {
+  const auto& w = weights_.layers[static_cast<size_t>(l)];
+  if (!fused::norm_in_proj_supported(x, w.norm_weight, w.in_proj_weight, w.in_proj_bias)) {
+    return ChunkedPath::normed_in_proj(l, x);
+  }
+  return fused::norm_in_proj(x, w.norm_weight, config_.layer_norm_epsilon, w.in_proj_weight, w.in_proj_bias);
+}
+
+torch::Tensor CudaPath::gated_out_proj(int64_t l, const torch::Tensor& y, const torch::Tensor& gate,
+                                       const torch::Tensor& residual) {
+  const auto& w = weights_.layers[static_cast<size_t>(l)];
+  if (w.out_proj_bias.defined() || !fused::gated_norm_out_proj_supported(y, gate, w.gated_norm_weight,
+                                                                         config_.gated_norm_group_size(),
+                                                                         w.out_proj_weight, residual)) {
+    return ChunkedPath::gated_out_proj(l, y, gate, residual);
+  }
+  return fused::gated_norm_out_proj(y, gate, w.gated_norm_weight, config_.layer_norm_epsilon,
+                                    config_.gated_norm_group_size(), w.out_proj_weight, residual);
 }
 
 torch::Tensor CudaPath::gated_rms_norm(int64_t l, const torch::Tensor& y, const torch::Tensor& gate) {

@@ -29,7 +29,15 @@ class CudaPath : public ChunkedPath {
                                                        const torch::Tensor& Bm, const torch::Tensor& Cm,
                                                        const torch::Tensor& state) override;
   torch::Tensor gated_rms_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate) override;
+  // One fused kernel each way (fused::decode_step) where it takes the shapes; else the ops above.
+  std::pair<torch::Tensor, torch::Tensor> decode_step(int64_t layer, const torch::Tensor& xBC_raw, const torch::Tensor& dt_raw,
+                                                      torch::Tensor& window, const torch::Tensor& state) override;
   torch::Tensor out_proj_residual(int64_t layer, const torch::Tensor& normed, const torch::Tensor& residual) override;
+  // At decode (one token, no gradient): the norm and the product in one kernel each
+  // (fused::norm_in_proj, fused::gated_norm_out_proj); else the ops one by one.
+  torch::Tensor normed_in_proj(int64_t layer, const torch::Tensor& x) override;
+  torch::Tensor gated_out_proj(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate,
+                               const torch::Tensor& residual) override;
 
  private:
   std::vector<torch::Tensor> A_fp32_;  // per layer: -exp(A_log) [H] fp32 (the scan's decay rates)

@@ -428,6 +428,100 @@ struct SsdChunkScanFn : torch::autograd::Function<SsdChunkScanFn> {
   }
 };
 
+// ---- the fused decode step -------------------------------------------------------------------
+
+// Everything of the decode step that is not an autograd input: the cache's window (written in
+// place), the weights, and whether the state is updated in place (nothing records a gradient).
+struct DecodeStepArgs {
+  torch::Tensor window;
+  DecodeStepWeights weights;
+  bool in_place = false;
+};
+
+struct DecodeStepFn : torch::autograd::Function<DecodeStepFn> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& xBC_raw, const torch::Tensor& dt_raw,
+                               const torch::Tensor& state, DecodeStepArgs args) {
+    const DecodeStepWeights& w = args.weights;
+    const Rows xbc = rows_of(xBC_raw), dt = rows_of(dt_raw);
+    const int64_t Bsz = xBC_raw.size(0), C = xBC_raw.size(2), H = dt_raw.size(2);
+    const int64_t P = state.size(2), N = state.size(3), G = w.groups;
+    const auto f32 = state.options();
+    const torch::Tensor dt_bias = w.dt_bias.to(torch::kFloat32).contiguous(), A = w.A.to(torch::kFloat32).contiguous(),
+                        D = w.D.to(torch::kFloat32).contiguous();
+    torch::Tensor y = torch::empty({Bsz, H, P}, f32);
+    torch::Tensor new_state = args.in_place ? torch::empty({0}, f32) : torch::empty(state.sizes(), f32);
+    torch::Tensor saved_state = args.in_place ? torch::empty({0}, f32) : torch::empty(state.sizes(), f32);
+    torch::Tensor saved_pre = args.in_place ? torch::empty({0}, f32) : torch::empty({Bsz, C}, f32);
+    k::DecodeStepParams p;
+    p.act = act_of(xBC_raw, "decode_step");
+    p.shape = k::ScanShape{Bsz, 1, H, P, G, N};
+    p.conv_kernel = w.conv_weight.size(1);
+    p.xbc_raw = xbc.tensor.data_ptr();
+    p.xbc_stride = xbc.stride;
+    p.dt_raw = dt.tensor.data_ptr();
+    p.dt_stride = dt.stride;
+    p.window = args.window.data_ptr();
+    p.conv_weight = w.conv_weight.data_ptr();
+    p.conv_bias = w.conv_bias.defined() && w.conv_bias.numel() > 0 ? w.conv_bias.data_ptr() : nullptr;
+    p.dt_bias = dt_bias.data_ptr<float>();
+    p.dt_min = static_cast<float>(w.dt_min);
+    p.dt_max = static_cast<float>(w.dt_max);
+    p.A = A.data_ptr<float>();
+    p.D = D.data_ptr<float>();
+    p.state_in = state.data_ptr<float>();
+    p.state_out = args.in_place ? state.data_ptr<float>() : new_state.data_ptr<float>();
+    p.y = y.data_ptr<float>();
+    p.saved_state = args.in_place ? nullptr : saved_state.data_ptr<float>();
+    p.saved_pre = args.in_place ? nullptr : saved_pre.data_ptr<float>();
+    check(k::decode_step_forward(p, stream()), "decode_step");
+    ctx->save_for_backward({saved_pre, saved_state, dt.tensor, w.conv_weight, dt_bias, A, D});
+    ctx->saved_data["dt_stride"] = dt.stride;
+    ctx->saved_data["dt_min"] = w.dt_min;
+    ctx->saved_data["dt_max"] = w.dt_max;
+    ctx->saved_data["groups"] = G;
+    return {y, new_state};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &saved_pre = saved[0], &saved_state = saved[1], &dt_raw = saved[2], &conv_weight = saved[3],
+                        &dt_bias = saved[4], &A = saved[5], &D = saved[6];
+    TORCH_CHECK(saved_pre.numel() > 0, "cuda decode_step backward: the forward ran in place and kept nothing");
+    const int64_t Bsz = saved_state.size(0), H = saved_state.size(1), P = saved_state.size(2), N = saved_state.size(3);
+    const int64_t C = saved_pre.size(1);
+    const auto f32 = saved_state.options();
+    const torch::Tensor gy = grads[0].defined() ? grads[0].to(torch::kFloat32).contiguous() : torch::zeros({Bsz, H, P}, f32);
+    const torch::Tensor gs_out = grads[1].defined() ? grads[1].to(torch::kFloat32).contiguous() : torch::Tensor();
+    const LaunchCheck c("decode_step backward");
+    c.device(gy, "grad_y").shape(gy, "grad_y", {Bsz, H, P});
+    if (gs_out.defined()) c.device(gs_out, "grad_new_state").shape(gs_out, "grad_new_state", {Bsz, H, P, N});
+    const auto act = conv_weight.options();
+    torch::Tensor gxbc = torch::empty({Bsz, 1, C}, act), gdt = torch::empty({Bsz, 1, H}, act);
+    torch::Tensor gs = torch::empty({Bsz, H, P, N}, f32), workspace = torch::empty({Bsz, H, 2 * N}, f32);
+    k::DecodeStepBackwardParams p;
+    p.act = act_of(conv_weight, "decode_step");
+    p.shape = k::ScanShape{Bsz, 1, H, P, ctx->saved_data["groups"].toInt(), N};
+    p.conv_kernel = conv_weight.size(1);
+    p.saved_pre = saved_pre.data_ptr<float>();
+    p.saved_state = saved_state.data_ptr<float>();
+    p.dt_raw = dt_raw.data_ptr();
+    p.dt_stride = ctx->saved_data["dt_stride"].toInt();
+    p.conv_weight = conv_weight.data_ptr();
+    p.dt_bias = dt_bias.data_ptr<float>();
+    p.dt_min = static_cast<float>(ctx->saved_data["dt_min"].toDouble());
+    p.dt_max = static_cast<float>(ctx->saved_data["dt_max"].toDouble());
+    p.A = A.data_ptr<float>();
+    p.D = D.data_ptr<float>();
+    p.grad_y = gy.data_ptr<float>();
+    p.grad_state_out = gs_out.defined() ? gs_out.data_ptr<float>() : nullptr;
+    p.grad_xbc_raw = gxbc.data_ptr();
+    p.grad_dt_raw = gdt.data_ptr();
+    p.grad_state = gs.data_ptr<float>();
+    p.workspace = workspace.data_ptr<float>();
+    check(k::decode_step_backward(p, stream()), "decode_step backward");
+    return {gxbc, gdt, gs, torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
@@ -520,6 +614,186 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, c
   auto out = SsdChunkScanFn::apply(x, dt, A, Bm, Cm, D, initial.defined() ? initial : torch::empty({0}, dt.options()),
                            Destination{final_state_out}, chunk_size);
   return {out[0], final_state_out.defined() ? final_state_out : out[1]};
+}
+
+bool decode_step_supported(const torch::Tensor& xBC_raw, const torch::Tensor& window, const torch::Tensor& state,
+                           const DecodeStepWeights& w) {
+  if (xBC_raw.dim() != 3 || xBC_raw.size(1) != 1 || state.dim() != 4 || w.conv_weight.dim() != 2) return false;
+  const auto act = xBC_raw.scalar_type();
+  if (act != torch::kFloat32 && act != torch::kBFloat16) return false;
+  if (!window.is_contiguous() || window.scalar_type() != act || w.conv_weight.scalar_type() != act) return false;
+  if (w.conv_bias.defined() && w.conv_bias.numel() > 0 && w.conv_bias.scalar_type() != act) return false;
+  if (!state.is_contiguous() || state.scalar_type() != torch::kFloat32) return false;
+  if (reinterpret_cast<uintptr_t>(state.data_ptr()) % 16 != 0) return false;
+  const k::ScanShape s{xBC_raw.size(0), 1, state.size(1), state.size(2), w.groups, state.size(3)};
+  return k::decode_step_supported(s, w.conv_weight.size(1));
+}
+
+std::pair<torch::Tensor, torch::Tensor> decode_step(const torch::Tensor& xBC_raw, const torch::Tensor& dt_raw,
+                                                    const torch::Tensor& window, const torch::Tensor& state,
+                                                    const DecodeStepWeights& w) {
+  const LaunchCheck c("decode_step");
+  c.shape(state, "state", {kAny, kAny, kAny, kAny});
+  const int64_t Bsz = state.size(0), H = state.size(1), P = state.size(2), N = state.size(3), G = w.groups;
+  c.positive("n_groups", G).positive("state_size", N);
+  TORCH_CHECK(H % G == 0, "cuda decode_step: heads ", H, " are not a multiple of groups ", G);
+  const int64_t C = H * P + 2 * G * N;
+  c.shape(xBC_raw, "xBC_raw", {Bsz, 1, C}).shape(dt_raw, "dt_raw", {Bsz, 1, H});
+  c.shape(w.conv_weight, "conv_weight", {C, kAny});
+  const int64_t K = w.conv_weight.size(1);
+  c.positive("conv_kernel", K).limit("conv_kernel", K, kMaxConvKernel).limit("state_size", N, kMaxStateSize);
+  c.limit("head_dim", P, kMaxHeadDim);
+  c.device(xBC_raw, "xBC_raw").dtype(xBC_raw, "xBC_raw", kActDtypes);
+  c.device(dt_raw, "dt_raw").dtype(dt_raw, "dt_raw", {xBC_raw.scalar_type()});
+  c.device(window, "window").dtype(window, "window", {xBC_raw.scalar_type()}).shape(window, "window", {Bsz, C, K});
+  c.contiguous(window, "window");
+  c.device(state, "state").dtype(state, "state", {torch::kFloat32}).contiguous(state, "state");
+  c.device(w.conv_weight, "conv_weight").dtype(w.conv_weight, "conv_weight", {xBC_raw.scalar_type()});
+  if (w.conv_bias.defined() && w.conv_bias.numel() > 0) {
+    c.device(w.conv_bias, "conv_bias").dtype(w.conv_bias, "conv_bias", {xBC_raw.scalar_type()}).shape(w.conv_bias, "conv_bias", {C});
+  }
+  c.device(w.dt_bias, "dt_bias").shape(w.dt_bias, "dt_bias", {H}).dtype(w.dt_bias, "dt_bias", kFloatDtypes);
+  c.device(w.A, "A").shape(w.A, "A", {H}).dtype(w.A, "A", kFloatDtypes);
+  c.device(w.D, "D").shape(w.D, "D", {H}).dtype(w.D, "D", kFloatDtypes);
+  TORCH_CHECK(decode_step_supported(xBC_raw, window, state, w),
+              "cuda decode_step: these tensors are past the fused kernel's limits (decode_step_supported)");
+  const c10::cuda::CUDAGuard on_device(state.device());
+  const bool tracked = torch::GradMode::is_enabled() &&
+                       (xBC_raw.requires_grad() || dt_raw.requires_grad() || state.requires_grad());
+  auto out = DecodeStepFn::apply(xBC_raw, dt_raw, state, DecodeStepArgs{window, w, !tracked});
+  return {out[0], tracked ? out[1] : state};
+}
+
+bool delta_statistics(const std::vector<torch::Tensor>& rows, const std::vector<int64_t>& target,
+                      const std::vector<torch::Tensor>& deltas, const torch::Tensor& loss, torch::Tensor& stats) {
+  using Params = k::DeltaStatisticsParams;
+  if (rows.empty() || rows.size() != target.size() || rows.size() > static_cast<size_t>(Params::kMaxRows) ||
+      deltas.size() > static_cast<size_t>(Params::kMaxDeltas)) {
+    return false;
+  }
+  const auto on_device_fp32 = [&](const torch::Tensor& t) {
+    return t.defined() && t.is_cuda() && t.device() == stats.device() && t.scalar_type() == torch::kFloat32 &&
+           t.is_contiguous();
+  };
+  if (!stats.is_cuda() || stats.scalar_type() != torch::kFloat64 || stats.numel() != 4 || !stats.is_contiguous() ||
+      !on_device_fp32(loss) || loss.numel() != 1) {
+    return false;
+  }
+  Params p;
+  p.rows = static_cast<int>(rows.size());
+  p.vocab = rows[0].numel();
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (!on_device_fp32(rows[r]) || rows[r].numel() != p.vocab || target[r] < 0 || target[r] >= p.vocab) return false;
+    p.logits[r] = rows[r].data_ptr<float>();
+    p.target[r] = target[r];
+  }
+  p.deltas = static_cast<int>(deltas.size());
+  for (size_t d = 0; d < deltas.size(); ++d) {
+    if (!on_device_fp32(deltas[d])) return false;
+    p.delta[d] = deltas[d].data_ptr<float>();
+    p.delta_numel[d] = deltas[d].numel();
+  }
+  const c10::cuda::CUDAGuard on_device(stats.device());
+  torch::Tensor partials = torch::empty({2 * p.rows + p.deltas}, stats.options());
+  p.loss = loss.data_ptr<float>();
+  p.partials = partials.data_ptr<double>();
+  p.stats = stats.data_ptr<double>();
+  check(k::delta_statistics(p, stream()), "delta_statistics");
+  return true;
+}
+
+namespace {
+
+// One token per sequence, no gradient recorded, on a CUDA device, a weight the GEMV kernels take.
+bool decode_gemv_operands(const torch::Tensor& input, const torch::Tensor& weight, int64_t cols) {
+  if (torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad())) return false;
+  if (input.dim() != 3 || input.size(1) != 1 || !input.is_cuda() || !weight.is_cuda() || weight.dim() != 2) return false;
+  const auto act = weight.scalar_type();
+  if ((act != torch::kFloat32 && act != torch::kBFloat16) || !weight.is_contiguous()) return false;
+  const int64_t vector = act == torch::kFloat32 ? 4 : 8;
+  return weight.size(1) == cols && cols <= k::kDecodeGemvMaxCols && cols % vector == 0 &&
+         reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0;
+}
+
+}  // namespace
+
+bool norm_in_proj_supported(const torch::Tensor& x, const torch::Tensor& norm_weight, const torch::Tensor& weight,
+                            const torch::Tensor& bias) {
+  if (!decode_gemv_operands(x, weight, x.dim() == 3 ? x.size(2) : -1) || !x.is_contiguous()) return false;
+  if (x.scalar_type() != torch::kFloat32 && x.scalar_type() != weight.scalar_type()) return false;
+  if (norm_weight.scalar_type() != weight.scalar_type() || norm_weight.numel() != x.size(2)) return false;
+  return !bias.defined() || (bias.scalar_type() == weight.scalar_type() && bias.numel() == weight.size(0));
+}
+
+torch::Tensor norm_in_proj(const torch::Tensor& x, const torch::Tensor& norm_weight, double eps,
+                           const torch::Tensor& weight, const torch::Tensor& bias) {
+  TORCH_CHECK(norm_in_proj_supported(x, norm_weight, weight, bias),
+              "cuda norm_in_proj: these tensors are past the kernel's limits (norm_in_proj_supported)");
+  LaunchCheck("norm_in_proj").device(x, "x").device(norm_weight, "norm_weight").device(weight, "weight");
+  const c10::cuda::CUDAGuard on_device(x.device());
+  const torch::Tensor nw = norm_weight.contiguous();
+  const torch::Tensor b = bias.defined() ? bias.contiguous() : bias;
+  torch::Tensor out = torch::empty({x.size(0), 1, weight.size(0)}, weight.options());
+  k::NormInProjParams p;
+  p.x_act = act_of(x, "norm_in_proj");
+  p.act = act_of(weight, "norm_in_proj");
+  p.batch = x.size(0);
+  p.dim = x.size(2);
+  p.out_features = weight.size(0);
+  p.x = x.data_ptr();
+  p.norm_weight = nw.data_ptr();
+  p.eps = static_cast<float>(eps);
+  p.weight = weight.data_ptr();
+  p.bias = b.defined() ? b.data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  check(k::norm_in_proj_forward(p, stream()), "norm_in_proj");
+  return out;
+}
+
+bool gated_norm_out_proj_supported(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& norm_weight,
+                                   int64_t group_size, const torch::Tensor& weight, const torch::Tensor& residual) {
+  if (!decode_gemv_operands(y, weight, y.dim() == 3 ? y.size(2) : -1) || !y.is_contiguous()) return false;
+  if (torch::GradMode::is_enabled() && (gate.requires_grad() || residual.requires_grad())) return false;
+  if (y.scalar_type() != torch::kFloat32 || gate.scalar_type() != weight.scalar_type() ||
+      norm_weight.scalar_type() != weight.scalar_type() || norm_weight.numel() != y.size(2)) {
+    return false;
+  }
+  if (gate.dim() != 3 || gate.sizes() != y.sizes() || gate.stride(2) != 1) return false;
+  if (group_size < 1 || y.size(2) % group_size != 0) return false;
+  if (residual.dim() != 3 || residual.size(0) != y.size(0) || residual.size(1) != 1 ||
+      residual.size(2) != weight.size(0) || !residual.is_contiguous()) {
+    return false;
+  }
+  return residual.scalar_type() == torch::kFloat32 || residual.scalar_type() == weight.scalar_type();
+}
+
+torch::Tensor gated_norm_out_proj(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& norm_weight,
+                                  double eps, int64_t group_size, const torch::Tensor& weight,
+                                  const torch::Tensor& residual) {
+  TORCH_CHECK(gated_norm_out_proj_supported(y, gate, norm_weight, group_size, weight, residual),
+              "cuda gated_norm_out_proj: these tensors are past the kernel's limits (gated_norm_out_proj_supported)");
+  LaunchCheck("gated_norm_out_proj").device(y, "y").device(gate, "gate").device(norm_weight, "norm_weight")
+      .device(weight, "weight").device(residual, "residual");
+  const c10::cuda::CUDAGuard on_device(y.device());
+  const torch::Tensor nw = norm_weight.contiguous();
+  torch::Tensor out = torch::empty(residual.sizes(), residual.options());
+  k::GatedNormOutProjParams p;
+  p.act = act_of(weight, "gated_norm_out_proj");
+  p.residual_act = act_of(residual, "gated_norm_out_proj");
+  p.batch = y.size(0);
+  p.channels = y.size(2);
+  p.group_size = group_size;
+  p.out_features = weight.size(0);
+  p.y = y.data_ptr<float>();
+  p.gate = gate.data_ptr();
+  p.gate_stride = gate.stride(0);
+  p.norm_weight = nw.data_ptr();
+  p.eps = static_cast<float>(eps);
+  p.weight = weight.data_ptr();
+  p.residual = residual.data_ptr();
+  p.out = out.data_ptr();
+  check(k::gated_norm_out_proj_forward(p, stream()), "gated_norm_out_proj");
+  return out;
 }
 
 }  // namespace mambadiff::fused

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <utility>
+#include <vector>
 
 namespace mambadiff::fused {
 
@@ -42,5 +43,56 @@ std::pair<torch::Tensor, torch::Tensor> ssd_chunk_scan(const torch::Tensor& x, c
                                                  const torch::Tensor& Cm, const torch::Tensor& D,
                                                  const torch::Tensor& initial, const torch::Tensor& final_state_out = {},
                                                  int64_t chunk_size = 256);
+
+// The decode step of a layer's mixer (T = 1) in one kernel each way (kernels/decode_step.cu): the
+// conv update + SiLU, dt discretization and the state update that causal_conv1d, discretize_dt and
+// ssd_chunk_scan compute at T = 1 in three launches.
+//   xBC_raw: [B, 1, C] pre-conv (a column slice of in_proj's output)   dt_raw: [B, 1, H]
+//   window: [B, C, K] contiguous in xBC_raw's dtype: the cache's conv window, shifted to the new
+//   token in place (no gradient)   state: [B, H, P, N] fp32 contiguous
+// Returns (y [B, H, P] fp32, the new state). Where no gradient is recorded the new state is `state`
+// itself, updated in place; under autograd it is a new tensor and the kernel keeps a copy of the
+// state it read for the backward (the caller clones nothing).
+struct DecodeStepWeights {
+  torch::Tensor conv_weight;  // [C, K], xBC_raw's dtype
+  torch::Tensor conv_bias;    // [C] or undefined
+  torch::Tensor dt_bias;      // [H]
+  torch::Tensor A;            // [H] fp32
+  torch::Tensor D;            // [H]
+  double dt_min = 0.0, dt_max = 0.0;
+  int64_t groups = 1;
+};
+// True when the fused kernel takes these tensors (its limits, dtypes, layout); otherwise run the ops one by one.
+bool decode_step_supported(const torch::Tensor& xBC_raw, const torch::Tensor& window, const torch::Tensor& state,
+                           const DecodeStepWeights& weights);
+std::pair<torch::Tensor, torch::Tensor> decode_step(const torch::Tensor& xBC_raw, const torch::Tensor& dt_raw,
+                                                    const torch::Tensor& window, const torch::Tensor& state,
+                                                    const DecodeStepWeights& weights);
+
+// The real-cache optimizer's statistics of one Δ in one kernel (kernels/delta_statistics.cu), into
+// `stats` ([4] float64 on the rows' CUDA device): {loss, worst rank, worst margin, ‖Δ‖₂} as
+// optimizer/delta_loop.cpp defines them.   rows: [V] logits per target token   target: the token ids
+// deltas: the Δ tensors   loss: [] float32. Device work only (graph-capturable). Returns false and
+// writes nothing where the kernel does not take the tensors (not CUDA, not contiguous fp32, more
+// than 64 rows or Δs): the caller computes them with ATen ops.
+bool delta_statistics(const std::vector<torch::Tensor>& rows, const std::vector<int64_t>& target,
+                      const std::vector<torch::Tensor>& deltas, const torch::Tensor& loss, torch::Tensor& stats);
+
+// The decode step's matrix-vector products with their norms folded in, one kernel each
+// (kernels/decode_gemv.cu), for one token (T = 1) where nothing records a gradient:
+//   norm_in_proj:        linear(rms_norm(x.to(weight dtype), norm_weight), weight, bias)
+//                        x: [B, 1, D] (the residual stream) -> [B, 1, out] in the weight's dtype
+//   gated_norm_out_proj: residual + linear(gated_rms_norm(y, gate, norm_weight), weight)
+//                        y: [B, 1, I] fp32   gate: [B, 1, I] (a column slice)   residual: [B, 1, D]
+// The *_supported checks say whether the kernel takes the tensors (else run the ops one by one).
+bool norm_in_proj_supported(const torch::Tensor& x, const torch::Tensor& norm_weight, const torch::Tensor& weight,
+                            const torch::Tensor& bias);
+torch::Tensor norm_in_proj(const torch::Tensor& x, const torch::Tensor& norm_weight, double eps,
+                           const torch::Tensor& weight, const torch::Tensor& bias);
+bool gated_norm_out_proj_supported(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& norm_weight,
+                                   int64_t group_size, const torch::Tensor& weight, const torch::Tensor& residual);
+torch::Tensor gated_norm_out_proj(const torch::Tensor& y, const torch::Tensor& gate, const torch::Tensor& norm_weight,
+                                  double eps, int64_t group_size, const torch::Tensor& weight,
+                                  const torch::Tensor& residual);
 
 }  // namespace mambadiff::fused

@@ -49,13 +49,11 @@ ForwardOutput ChunkedPath::run(const torch::Tensor& tokens, Mamba2Cache& cache, 
 
 torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamba2Cache& cache, Branch branch,
                                          DispatchRecord& record) {
-  const auto& w = weights_.layers[static_cast<size_t>(l)];
   const auto& c = config_;
   const int64_t Bsz = x.size(0), T = x.size(1), H = c.num_heads, P = c.head_dim, G = c.n_groups,
                 N = c.state_size, I = c.d_inner();
 
-  const torch::Tensor h = rms_norm(x.to(dtype_), w.norm_weight);  // [B, T, D]
-  const torch::Tensor proj = torch::linear(h, w.in_proj_weight, w.in_proj_bias);  // [B, T, I + C + H]
+  const torch::Tensor proj = normed_in_proj(l, x);  // [B, T, I + C + H]
   const auto parts = proj.split_with_sizes({I, c.conv_dim(), H}, -1);
   const torch::Tensor& gate = parts[0];    // [B, T, I]
   const torch::Tensor& xBC_raw = parts[1];  // [B, T, C]
@@ -63,42 +61,71 @@ torch::Tensor ChunkedPath::layer_forward(int64_t l, const torch::Tensor& x, Mamb
 
   torch::Tensor& window = cache.conv_states[static_cast<size_t>(l)];  // [B, C, K]
   torch::Tensor& state = cache.ssm_states[static_cast<size_t>(l)];    // [B, H, P, N]
-  // Under autograd (the real-cache optimizer) the state read by this forward may be saved for
-  // backward (state * decay saves the state once decay depends on Δ through earlier layers);
-  // read a clone, so writing the new state into the cache below does not invalidate the graph.
-  // A layer neither of whose inputs carries gradient records no graph and needs no clone.
-  const bool tracked = torch::GradMode::is_enabled() && (x.requires_grad() || state.requires_grad());
-  const torch::Tensor state_in = tracked ? state.clone() : state;
-  const torch::Tensor history = branch == Branch::kPrefill ? torch::zeros_like(window) : window;
-  auto [xBC, new_window] = causal_conv1d(l, xBC_raw, history, branch);  // [B, T, C], [B, C, K]
-  {
-    torch::NoGradGuard no_grad;  // the cache holds values; gradients flow through the outputs
-    window.copy_(new_window);
-  }
-  const auto xbc = xBC.split_with_sizes({I, G * N, G * N}, -1);
-  const torch::Tensor dt = discretize_dt(l, dt_raw, branch);  // [B, T, H] fp32
-
   torch::Tensor y;  // [B, T, H, P]
   if (branch == Branch::kStep) {
-    // squeeze, not select: the same values, and its backward is a view (select's allocates).
-    auto [y1, new_state] = selective_state_update(l, xbc[0].reshape({Bsz, H, P}), dt.squeeze(1),
-                                        xbc[1].reshape({Bsz, G, N}), xbc[2].reshape({Bsz, G, N}), state_in);
+    auto [y1, new_state] = decode_step(l, xBC_raw, dt_raw, window, state);
     y = y1.unsqueeze(1);
-    state.copy_(new_state);
+    state.copy_(new_state);  // a copy onto itself (skipped by ATen) where the step ran in place
   } else {
-    const torch::Tensor initial = branch == Branch::kContinue ? state_in : torch::Tensor();
+    // Under autograd the state read by this forward may be saved for backward; read a clone, so
+    // writing the new state into the cache below does not invalidate the graph.
+    const bool tracked = torch::GradMode::is_enabled() && (x.requires_grad() || state.requires_grad());
+    const torch::Tensor initial = branch == Branch::kContinue ? (tracked ? state.clone() : state) : torch::Tensor();
+    const torch::Tensor history = branch == Branch::kPrefill ? torch::zeros_like(window) : window;
+    auto [xBC, new_window] = causal_conv1d(l, xBC_raw, history, branch);  // [B, T, C], [B, C, K]
+    {
+      torch::NoGradGuard no_grad;  // the cache holds values; gradients flow through the outputs
+      window.copy_(new_window);
+    }
+    const auto xbc = xBC.split_with_sizes({I, G * N, G * N}, -1);
+    const torch::Tensor dt = discretize_dt(l, dt_raw, branch);  // [B, T, H] fp32
     auto [yc, final_state] = ssd_chunk_scan(l, xbc[0].reshape({Bsz, T, H, P}), dt, xbc[1].reshape({Bsz, T, G, N}),
-                                        xbc[2].reshape({Bsz, T, G, N}), initial);
+                                            xbc[2].reshape({Bsz, T, G, N}), initial);
     y = yc;
     state.copy_(final_state);
   }
-  const torch::Tensor normed = gated_rms_norm(l, y.reshape({Bsz, T, I}), gate);  // [B, T, I]
-  return out_proj_residual(l, normed.to(dtype_), x);  // [B, T, D]
+  return gated_out_proj(l, y.reshape({Bsz, T, I}), gate, x);  // [B, T, D]
+}
+
+torch::Tensor ChunkedPath::normed_in_proj(int64_t l, const torch::Tensor& x) {
+  const auto& w = weights_.layers[static_cast<size_t>(l)];
+  const torch::Tensor h = rms_norm(x.to(dtype_), w.norm_weight);  // [B, T, D]
+  return torch::linear(h, w.in_proj_weight, w.in_proj_bias);
+}
+
+torch::Tensor ChunkedPath::gated_out_proj(int64_t l, const torch::Tensor& y, const torch::Tensor& gate,
+                                          const torch::Tensor& residual) {
+  const torch::Tensor normed = gated_rms_norm(l, y, gate);  // [B, T, I]
+  return out_proj_residual(l, normed.to(dtype_), residual);
 }
 
 torch::Tensor ChunkedPath::out_proj_residual(int64_t l, const torch::Tensor& normed, const torch::Tensor& residual) {
   const auto& w = weights_.layers[static_cast<size_t>(l)];
   return residual + torch::linear(normed, w.out_proj_weight, w.out_proj_bias);
+}
+
+std::pair<torch::Tensor, torch::Tensor> ChunkedPath::decode_step(int64_t l, const torch::Tensor& xBC_raw,
+                                                                 const torch::Tensor& dt_raw, torch::Tensor& window,
+                                                                 const torch::Tensor& state) {
+  const auto& c = config_;
+  const int64_t Bsz = xBC_raw.size(0), H = c.num_heads, P = c.head_dim, G = c.n_groups, N = c.state_size;
+  // Under autograd (the real-cache optimizer) the state read here may be saved for backward
+  // (state * decay saves the state once decay depends on Δ through earlier layers); read a clone,
+  // so writing the new state into the cache afterwards does not invalidate the graph. A layer none
+  // of whose inputs carries gradient records no graph and needs no clone.
+  const bool tracked = torch::GradMode::is_enabled() &&
+                       (xBC_raw.requires_grad() || dt_raw.requires_grad() || state.requires_grad());
+  const torch::Tensor state_in = tracked ? state.clone() : state;
+  auto [xBC, new_window] = causal_conv1d(l, xBC_raw, window, Branch::kStep);  // [B, 1, C], [B, C, K]
+  {
+    torch::NoGradGuard no_grad;  // the cache holds values; gradients flow through the outputs
+    window.copy_(new_window);
+  }
+  const auto xbc = xBC.split_with_sizes({H * P, G * N, G * N}, -1);
+  const torch::Tensor dt = discretize_dt(l, dt_raw, Branch::kStep);  // [B, 1, H] fp32
+  // squeeze, not select: the same values, and its backward is a view (select's allocates).
+  return selective_state_update(l, xbc[0].reshape({Bsz, H, P}), dt.squeeze(1), xbc[1].reshape({Bsz, G, N}),
+                                xbc[2].reshape({Bsz, G, N}), state_in);
 }
 
 torch::Tensor ChunkedPath::rms_norm(const torch::Tensor& x, const torch::Tensor& weight) {

@@ -43,8 +43,21 @@ class ChunkedPath : public ExecutionPath {
                                                                const torch::Tensor& dt, const torch::Tensor& Bm,
                                                                const torch::Tensor& Cm, const torch::Tensor& state);
   virtual torch::Tensor gated_rms_norm(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate);
+  // The decode step's conv, dt and state update (T = 1).   xBC_raw: [B, 1, C] pre-conv   dt_raw: [B, 1, H]
+  // window: the cache's [B, C, K], shifted to the new token   state: the cache's [B, H, P, N].
+  // Returns (y [B, H, P] fp32, the new state: `state` itself where it was updated in place). Here the
+  // logical kernels one after the other; the cuda path fuses them into one kernel.
+  virtual std::pair<torch::Tensor, torch::Tensor> decode_step(int64_t layer, const torch::Tensor& xBC_raw,
+                                                              const torch::Tensor& dt_raw, torch::Tensor& window,
+                                                              const torch::Tensor& state);
   // residual + out_proj(normed).   normed: [B, T, I] run dtype   residual: [B, T, D]
   virtual torch::Tensor out_proj_residual(int64_t layer, const torch::Tensor& normed, const torch::Tensor& residual);
+  // The mixer's way in: in_proj(rms_norm(x)).   x: [B, T, D] residual dtype -> [B, T, I + C + H] run dtype.
+  // The way out: residual + out_proj(gated_rms_norm(y, gate)).   y: [B, T, I] fp32   gate: [B, T, I]
+  // residual: [B, T, D]. Here the logical kernels above; the cuda path folds each into one kernel at decode.
+  virtual torch::Tensor normed_in_proj(int64_t layer, const torch::Tensor& x);
+  virtual torch::Tensor gated_out_proj(int64_t layer, const torch::Tensor& y, const torch::Tensor& gate,
+                                       const torch::Tensor& residual);
 
   Mamba2Weights weights_;        // compute dtype, on device
   std::vector<torch::Tensor> A_;  // per layer: -exp(A_log), [H] fp32

@@ -10,7 +10,7 @@ namespace {
 using device::load;
 using device::store;
 
-__device__ __forceinline__ float softplus(float u) { return u > 20.0f ? u : log1pf(expf(u)); }
+using device::softplus;
 
 template <typename T>
 __global__ void discretize_dt_forward_kernel(const T* raw, int64_t stride, const float* bias, float* dt, int64_t rows, int64_t heads,

@@ -11,7 +11,8 @@
 //
 // Ops and their files (the names of engine/aten_ops.h): rms_norm and gated_rms_norm in
 // rms_norm.cu, causal_conv1d in causal_conv1d.cu, discretize_dt in discretize_dt.cu,
-// ssd_chunk_scan and selective_state_update_backward in ssd_chunk_scan.cu.
+// ssd_chunk_scan and selective_state_update_backward in ssd_chunk_scan.cu, the fused decode step
+// (conv + dt + state update, forward and backward) in decode_step.cu.
 #pragma once
 
 #include <cstddef>
@@ -122,5 +123,128 @@ int selective_state_update_backward(Act act, const ScanShape& s, const void* x, 
                       int64_t xbc_token_stride, const float* dt, const float* A, const float* D, const float* state,
                       const float* grad_y, const float* grad_state_out, void* grad_x, float* grad_dt,
                       float* grad_B_head, float* grad_C_head, float* grad_state, void* stream);
+
+// The decode step of a layer's mixer in one kernel (kernels/decode_step.cu): the causal conv's
+// update (window shifted in place) + SiLU, dt = clamp(softplus(dt_raw + dt_bias), dt_min, dt_max),
+// and the state update, T == 1 — what causal_conv1d_forward, discretize_dt_forward and the
+// decode step of ssd_chunk_scan_forward compute one after the other, bit for bit (the conv output
+// rounded to `act` as the separate kernels store it).
+//   xbc_raw: batch b's pre-conv row [x (H·P) | B (G·N) | C (G·N)] at xbc_raw + b·xbc_stride (a column
+//   slice of in_proj's output)   dt_raw: [H] at dt_raw + b·dt_stride   window: [B, C, K] act, updated
+//   in place   conv_weight: [C, K] act   conv_bias: [C] act or null   dt_bias, A, D: [H] fp32
+//   state_in: [B, H, P, N] fp32   state_out: the new state (may be state_in: in place)   y: [B, H, P]
+//   fp32   saved_state: a copy of state_in for a backward, or null   saved_pre: [B, C] fp32 conv
+//   pre-activation for a backward, or null.
+// Limits: K <= 8, N % 4 == 0, N <= 256, 16-byte aligned states, batch × groups <= 65536 (the kernel
+// counts, per (batch, group), the blocks done reading the shared B/C window: the last one shifts it).
+// Not reentrant across concurrent streams on one device (the counters are the kernel's own).
+struct DecodeStepParams {
+  Act act = Act::kFloat32;
+  ScanShape shape{};  // tokens == 1
+  int64_t conv_kernel = 0;
+  const void* xbc_raw = nullptr;
+  int64_t xbc_stride = 0;
+  const void* dt_raw = nullptr;
+  int64_t dt_stride = 0;
+  void* window = nullptr;
+  const void* conv_weight = nullptr;
+  const void* conv_bias = nullptr;
+  const float* dt_bias = nullptr;
+  float dt_min = 0.0f;
+  float dt_max = __builtin_huge_valf();
+  const float* A = nullptr;
+  const float* D = nullptr;
+  const float* state_in = nullptr;
+  float* state_out = nullptr;
+  float* y = nullptr;
+  float* saved_state = nullptr;
+  float* saved_pre = nullptr;
+};
+constexpr int64_t kDecodeStepMaxBatchGroups = 65536;
+// True when the fused kernel takes this shape (else run the three kernels).
+bool decode_step_supported(const ScanShape& s, int64_t conv_kernel);
+int decode_step_forward(const DecodeStepParams& params, void* stream);
+
+// Its backward in one kernel, from what the forward saved: grad_xbc_raw [B, C] act (x, B and C
+// through SiLU and the conv's newest tap; the window gets no gradient), grad_dt_raw [B, H] act (zero
+// where the clamp was active), grad_state [B, H, P, N] fp32 (of state_in). The heads of a group add
+// their B and C gradients in head order (workspace: [B, H, 2N] fp32, the per-head terms).
+struct DecodeStepBackwardParams {
+  Act act = Act::kFloat32;
+  ScanShape shape{};
+  int64_t conv_kernel = 0;
+  const float* saved_pre = nullptr;    // [B, C]
+  const float* saved_state = nullptr;  // [B, H, P, N]
+  const void* dt_raw = nullptr;
+  int64_t dt_stride = 0;
+  const void* conv_weight = nullptr;
+  const float* dt_bias = nullptr;
+  float dt_min = 0.0f;
+  float dt_max = __builtin_huge_valf();
+  const float* A = nullptr;
+  const float* D = nullptr;
+  const float* grad_y = nullptr;          // [B, H, P]
+  const float* grad_state_out = nullptr;  // [B, H, P, N] or null
+  void* grad_xbc_raw = nullptr;           // [B, C] contiguous
+  void* grad_dt_raw = nullptr;            // [B, H] contiguous
+  float* grad_state = nullptr;            // [B, H, P, N]
+  float* workspace = nullptr;             // [B, H, 2N]
+};
+int decode_step_backward(const DecodeStepBackwardParams& params, void* stream);
+
+// The real-cache optimizer's statistics of one Δ in one kernel (kernels/delta_statistics.cu):
+//   stats[4] float64 = {*loss, worst rank, worst margin, ‖Δ‖₂} where, per logits row r (fp32 [vocab]),
+//   rank = 1 + #{j : logits[j] > logits[target]} (a tie: rank 1 and margin 0; vocab + 1 when any
+//   logit is not finite) and margin = logits[target] − max_{j ≠ target} logits[j] (NaN-propagating);
+//   worst = the largest rank and the smallest margin over the rows; ‖Δ‖₂ over every Δ tensor (fp32).
+// partials: 2·rows + deltas doubles of device memory. Not reentrant across concurrent streams.
+struct DeltaStatisticsParams {
+  static constexpr int kMaxRows = 64, kMaxDeltas = 64;
+  int rows = 0;
+  const float* logits[kMaxRows] = {};
+  int64_t target[kMaxRows] = {};
+  int64_t vocab = 0;
+  int deltas = 0;
+  const float* delta[kMaxDeltas] = {};
+  int64_t delta_numel[kMaxDeltas] = {};
+  const float* loss = nullptr;  // [] fp32
+  double* partials = nullptr;
+  double* stats = nullptr;
+};
+int delta_statistics(const DeltaStatisticsParams& params, void* stream);
+
+// The decode step's matrix-vector products with their norms folded in (kernels/decode_gemv.cu),
+// for one token per sequence where nothing records a gradient. Weights [out_features, cols]
+// row-major in `act`, 16-byte aligned rows (cols % 4 fp32, % 8 bf16); cols <= kDecodeGemvMaxCols.
+constexpr int64_t kDecodeGemvMaxCols = 8192;  // the normalized vector in shared memory (32 KB)
+// proj[b] = weight · (norm_weight * RMSNorm(x[b] rounded to act)) + bias: rms_norm + in_proj.
+//   x: [batch, dim] contiguous in x_act (the residual stream)   out: [batch, out_features] act   bias: or null
+struct NormInProjParams {
+  Act x_act = Act::kFloat32, act = Act::kFloat32;
+  int64_t batch = 0, dim = 0, out_features = 0;
+  const void* x = nullptr;
+  const void* norm_weight = nullptr;
+  float eps = 1e-5f;
+  const void* weight = nullptr;
+  const void* bias = nullptr;
+  void* out = nullptr;
+};
+int norm_in_proj_forward(const NormInProjParams& params, void* stream);
+// out[b] = residual[b] + weight · (norm_weight * RMSNorm_group(y[b] * SiLU(gate[b]))): gated_rms_norm +
+// out_proj + the residual.   y: [batch, channels] fp32   gate: rows `gate_stride` apart (act)
+// residual, out: [batch, out_features] in residual_act (fp32, or act); out may not alias residual.
+struct GatedNormOutProjParams {
+  Act act = Act::kFloat32, residual_act = Act::kFloat32;
+  int64_t batch = 0, channels = 0, group_size = 0, out_features = 0;
+  const float* y = nullptr;
+  const void* gate = nullptr;
+  int64_t gate_stride = 0;
+  const void* norm_weight = nullptr;
+  float eps = 1e-5f;
+  const void* weight = nullptr;
+  const void* residual = nullptr;
+  void* out = nullptr;
+};
+int gated_norm_out_proj_forward(const GatedNormOutProjParams& params, void* stream);
 
 }  // namespace mambadiff::kernels

@@ -10,6 +10,7 @@ int take_rms_norm(uint32_t* counts);
 int take_causal_conv1d(uint32_t* counts);
 int take_discretize_dt(uint32_t* counts);
 int take_ssd_chunked_scan(uint32_t* counts);
+int take_decode_step(uint32_t* counts);
 }  // namespace coverage
 #endif
 
@@ -38,7 +39,7 @@ int kernel_coverage_take(uint32_t* counts) {
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) return e;
   for (auto take : {coverage::take_ssd_chunk_scan, coverage::take_rms_norm, coverage::take_causal_conv1d,
-                    coverage::take_discretize_dt, coverage::take_ssd_chunked_scan}) {
+                    coverage::take_discretize_dt, coverage::take_ssd_chunked_scan, coverage::take_decode_step}) {
     if (const int r = take(counts); r != cudaSuccess) return r;
   }
   return cudaSuccess;

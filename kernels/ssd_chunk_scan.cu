@@ -10,6 +10,7 @@
 
 #include "kernels/device_math.cuh"
 #include "kernels/kernel_coverage.cuh"
+#include "kernels/state_update_rows.cuh"
 
 namespace mambadiff::kernels {
 
@@ -68,45 +69,29 @@ __global__ void ssd_chunk_scan_forward_kernel(ScanShape s, const T* x, const T* 
   }
 }
 
-// The decode step (T = 1) when state_size % 4 == 0, at the state's copy bandwidth: a warp owns
-// kStepRowsPerWarp rows p of one (batch, head) and each lane 4 consecutive state entries per round of
-// 128 (one 16-byte load and store), so a warp has 2 KB of state in flight instead of 512 bytes; B and
-// C are read once per warp for all its rows. The same arithmetic as the sequential kernel at T = 1
-// (the fixed-order warp sum differs only in which lane holds which n).
-constexpr int kStepRowsPerWarp = 4;
-constexpr int kStepWarps = 8;
-constexpr int kStepRowsPerBlock = kStepRowsPerWarp * kStepWarps;
-constexpr int kStepRounds = 2;  // N <= 2 * 128 = 256
-
-template <typename T>
-__global__ void __launch_bounds__(32 * kStepWarps) decode_step_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm,
-                                                                     int64_t stride, const float* dt, const float* A,
-                                                                     const float* D, const float* initial, float* y,
-                                                                     float* final_state) {
+// The decode step (T = 1) when state_size % 4 == 0, at the state's copy bandwidth
+// (kernels/state_update_rows.cuh): a warp owns `Rows` rows p of one (batch, head); B and C are read
+// once per warp for all its rows. The same arithmetic as the sequential kernel at T = 1 (the
+// fixed-order warp sum differs only in which lane holds which n).
+template <typename T, int Rows>
+__global__ void __launch_bounds__(32 * device::kStepWarps) decode_step_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm,
+                                                                             int64_t stride, const float* dt, const float* A,
+                                                                             const float* D, const float* initial, float* y,
+                                                                             float* final_state) {
+  constexpr int kRowsPerBlock = Rows * device::kStepWarps;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
   const int64_t P = s.head_dim, N = s.state_size, H = s.heads, g = h / (s.heads / s.groups);
-  const int64_t p0 = int64_t(blockIdx.y) * kStepRowsPerBlock + warp * kStepRowsPerWarp;
-  MAMBADIFF_COVER(kScanHeadDimTail, threadIdx.x == 0 && (int64_t(blockIdx.y) + 1) * kStepRowsPerBlock > P);
+  const int64_t p0 = int64_t(blockIdx.y) * kRowsPerBlock + warp * Rows;
+  MAMBADIFF_COVER(kScanHeadDimTail, threadIdx.x == 0 && (int64_t(blockIdx.y) + 1) * kRowsPerBlock > P);
   if (p0 >= P) return;
-  // The state loads first, every row's, before anything else (the loops have constant trip counts):
-  // they are the bytes that bound the kernel, and nothing they need waits on dt, B or C.
-  float4 st[kStepRowsPerWarp][kStepRounds];
-  float xv[kStepRowsPerWarp];
-#pragma unroll
-  for (int r = 0; r < kStepRowsPerWarp; ++r) {
-    const int64_t p = p0 + r;
-#pragma unroll
-    for (int j = 0; j < kStepRounds; ++j) {
-      const int64_t n = 128 * j + 4 * lane;
-      st[r][j] = (p < P && n < N && initial) ? *reinterpret_cast<const float4*>(&initial[((b * H + h) * P + p) * N + n])
-                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  }
+  const int64_t rows_base = (b * H + h) * P * N;
+  float4 st[Rows][device::kStepRounds];
+  device::load_state_rows<Rows>(st, initial, rows_base, p0, P, N, lane);
   const int64_t row = b * stride;  // T == 1: batch b's only row
-  const float dtv = dt[b * H + h], decay = expf(dtv * A[h]), d_h = D[h];
-  float Bv[kStepRounds][4], Cv[kStepRounds][4];
-  for (int j = 0; j < kStepRounds; ++j) {
+  const float dtv = dt[b * H + h], decay = expf(dtv * A[h]);
+  float Bv[device::kStepRounds][4], Cv[device::kStepRounds][4], xv[Rows];
+  for (int j = 0; j < device::kStepRounds; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int64_t n = 128 * j + 4 * lane + e;
       Bv[j][e] = n < N ? load(Bm, row + g * N + n) : 0.0f;
@@ -114,38 +99,15 @@ __global__ void __launch_bounds__(32 * kStepWarps) decode_step_kernel(ScanShape 
     }
   }
 #pragma unroll
-  for (int r = 0; r < kStepRowsPerWarp; ++r) xv[r] = p0 + r < P ? load(x, b * stride + h * P + p0 + r) : 0.0f;
-#pragma unroll
-  for (int r = 0; r < kStepRowsPerWarp; ++r) {
-    const int64_t p = p0 + r;
-    if (p >= P) break;  // warp-uniform
-    // Counted once per row, as the sequential kernel counts once per warp (one row each).
-    MAMBADIFF_COVER(kScanStateTail, lane == 0 && N % 32 != 0);
-    MAMBADIFF_COVER(kScanStateManyRounds, lane == 0 && N > 32);
-    MAMBADIFF_COVER(kScanInitialState, lane == 0 && initial != nullptr);
-    MAMBADIFF_COVER(kScanZeroState, lane == 0 && initial == nullptr);
-    MAMBADIFF_COVER(kScanGroupBroadcast, lane == 0 && s.heads / s.groups > 1);
-    MAMBADIFF_COVER(kScanOneToken, lane == 0);
-    MAMBADIFF_COVER(kScanDecayUnderflow, lane == 0 && decay == 0.0f);
-    MAMBADIFF_COVER(kScanDecayOne, lane == 0 && decay == 1.0f);
-    const float dx = dtv * xv[r];
-    float acc = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kStepRounds; ++j) {
-      const int64_t n = 128 * j + 4 * lane;
-      if (n >= N) continue;
-      float4& v = st[r][j];
-      v.x = decay * v.x + dx * Bv[j][0];
-      v.y = decay * v.y + dx * Bv[j][1];
-      v.z = decay * v.z + dx * Bv[j][2];
-      v.w = decay * v.w + dx * Bv[j][3];
-      acc += Cv[j][0] * v.x + Cv[j][1] * v.y + Cv[j][2] * v.z + Cv[j][3] * v.w;
-      // In place when final_state == initial: this lane read exactly these 4 values above.
-      *reinterpret_cast<float4*>(&final_state[((b * H + h) * P + p) * N + n]) = v;
-    }
-    acc = device::warp_sum(acc);
-    if (lane == 0) y[(b * H + h) * P + p] = acc + d_h * xv[r];
-  }
+  for (int r = 0; r < Rows; ++r) xv[r] = p0 + r < P ? load(x, row + h * P + p0 + r) : 0.0f;
+  device::update_state_rows<Rows>(st, Bv, Cv, xv, dtv, decay, D[h], initial != nullptr, s.heads / s.groups > 1, final_state,
+                                  rows_base, y + (b * H + h) * P, p0, P, N, lane);
+}
+
+template <int Rows>
+dim3 decode_step_grid(const ScanShape& s) {
+  return dim3(static_cast<unsigned>(s.batch * s.heads),
+              static_cast<unsigned>(device::ceil_div(s.head_dim, Rows * device::kStepWarps)));
 }
 
 // One block per (batch, head); thread j owns state entries n = j, j + blockDim, ... and walks p.
@@ -215,11 +177,16 @@ int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const voi
   if (s.batch * s.heads * s.head_dim == 0) return cudaSuccess;
   const bool aligned16 = ((reinterpret_cast<uintptr_t>(initial) | reinterpret_cast<uintptr_t>(final_state)) & 15) == 0;
   if (s.tokens == 1 && s.state_size % 4 == 0 && aligned16) {  // the decode step: 16-byte state rows (decode_step_kernel)
-    const dim3 step_grid(static_cast<unsigned>(s.batch * s.heads),
-                         static_cast<unsigned>(device::ceil_div(s.head_dim, kStepRowsPerBlock)));
-    MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T><<<step_grid, 32 * kStepWarps, 0, static_cast<cudaStream_t>(stream)>>>(
-                                    s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
-                                    xbc_token_stride, dt, A, D, initial, y, final_state)));
+    const auto st = static_cast<cudaStream_t>(stream);
+    if (device::step_many_rows(s.batch, s.heads)) {
+      MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T, 8><<<decode_step_grid<8>(s), 32 * device::kStepWarps, 0, st>>>(
+                                      s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
+                                      xbc_token_stride, dt, A, D, initial, y, final_state)));
+    } else {
+      MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T, 4><<<decode_step_grid<4>(s), 32 * device::kStepWarps, 0, st>>>(
+                                      s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
+                                      xbc_token_stride, dt, A, D, initial, y, final_state)));
+    }
     return cudaGetLastError();
   }
   const dim3 grid(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(device::ceil_div(s.head_dim, kWarpsPerBlock)));

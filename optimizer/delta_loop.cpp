@@ -1,5 +1,9 @@
 #include "optimizer/delta_loop.h"
 
+#if MAMBADIFF_CUDA_PATH
+#include "cuda_path/fused_ops.h"
+#endif
+
 #include <limits>
 
 namespace mambadiff {
@@ -30,6 +34,26 @@ torch::Tensor delta_loss(const std::vector<torch::Tensor>& logits, const std::ve
     }
   }
   return total;
+}
+
+torch::Tensor delta_statistics(const std::vector<torch::Tensor>& rows, const std::vector<int64_t>& target,
+                               const std::vector<torch::Tensor>& deltas, const torch::Tensor& loss) {
+  const auto f64 = rows[0].options().dtype(torch::kFloat64);
+  torch::Tensor rank = torch::zeros({}, f64);
+  torch::Tensor margin = torch::full({}, std::numeric_limits<double>::infinity(), f64);
+  for (size_t k = 0; k < target.size(); ++k) {
+    const torch::Tensor l = rows[k].to(torch::kFloat64);
+    const int64_t t = target[k];
+    // rank = 1 + the logits strictly above the target's (as rank_of); non-finite logits rank V + 1 (NaN compares
+    // false with everything and would make the target "rank 1"). Device ops only.
+    const torch::Tensor finite_rank = 1 + (l > l[t]).sum().to(torch::kFloat64);
+    const torch::Tensor no_rank = torch::full({}, static_cast<double>(l.size(0) + 1), f64);
+    rank = torch::maximum(rank, torch::where(torch::isfinite(l).all(), finite_rank, no_rank));
+    margin = torch::minimum(margin, l[t] - others(l, t).max());
+  }
+  torch::Tensor norm2 = torch::zeros({}, f64);
+  for (const auto& d : deltas) norm2 = norm2 + d.to(torch::kFloat64).pow(2).sum();
+  return torch::stack({loss.to(torch::kFloat64).reshape({}), rank, margin, norm2.sqrt()});
 }
 
 void adam_update(std::vector<torch::Tensor> params, const std::vector<torch::Tensor>& grads,
@@ -90,22 +114,17 @@ void DeltaLoop::iterate() {
   const auto grads = torch::autograd::grad({loss}, params, /*grad_outputs=*/{}, /*retain_graph=*/false,
                                            /*create_graph=*/false, /*allow_unused=*/true);
   torch::NoGradGuard no_grad;
-  {  // statistics of this Δ, in float64 on the device
-    torch::Tensor rank = torch::zeros({}, stats_.options());
-    torch::Tensor margin = torch::full({}, std::numeric_limits<double>::infinity(), stats_.options());
-    for (size_t k = 0; k < options_.target.size(); ++k) {
-      const torch::Tensor l = rows[k].detach().to(torch::kFloat64);
-      const int64_t t = options_.target[k];
-      // rank 1 = argmax; ties count against the target; non-finite logits rank V + 1 (NaN compares
-      // false with everything and would make the target "rank 1"). Device ops only.
-      const torch::Tensor finite_rank = 1 + (l > l[t]).sum().to(torch::kFloat64);
-      const torch::Tensor no_rank = torch::full({}, static_cast<double>(l.size(0) + 1), stats_.options());
-      rank = torch::maximum(rank, torch::where(torch::isfinite(l).all(), finite_rank, no_rank));
-      margin = torch::minimum(margin, l[t] - others(l, t).max());
-    }
-    torch::Tensor norm2 = torch::zeros({}, stats_.options());
-    for (const auto& p : params) norm2 = norm2 + p.detach().to(torch::kFloat64).pow(2).sum();
-    stats_.copy_(torch::stack({loss.detach().to(torch::kFloat64), rank, margin, norm2.sqrt()}));
+  {  // statistics of this Δ, in float64 on the device: one kernel on the cuda path's device
+    std::vector<torch::Tensor> detached;
+    for (const auto& r : rows) detached.push_back(r.detach());
+    std::vector<torch::Tensor> deltas;
+    for (const auto& p : params) deltas.push_back(p.detach());
+#if MAMBADIFF_CUDA_PATH
+    const bool fused = fused::delta_statistics(detached, options_.target, deltas, loss.detach(), stats_);
+#else
+    const bool fused = false;
+#endif
+    if (!fused) stats_.copy_(delta_statistics(detached, options_.target, deltas, loss.detach()));
   }
   adam_steps_.add_(1);
   std::vector<torch::Tensor> g(params.size()), m, v;

@@ -55,6 +55,14 @@ class DeltaLoop {
 torch::Tensor delta_loss(const std::vector<torch::Tensor>& logits, const std::vector<int64_t>& target,
                          const std::string& loss, double margin);
 
+// The statistics of one Δ, [4] float64 on the rows' device: {loss, worst rank, worst margin, ‖Δ‖₂}.
+// rows: [V] logits per target token; rank = 1 + the logits strictly above the target's, a row with a
+// non-finite logit ranks V + 1; margin = target logit − the best other (NaN-propagating); the worst
+// over the rows. ATen ops (device work only); on a CUDA device DeltaLoop runs the same as one
+// kernel (fused::delta_statistics).
+torch::Tensor delta_statistics(const std::vector<torch::Tensor>& rows, const std::vector<int64_t>& target,
+                               const std::vector<torch::Tensor>& deltas, const torch::Tensor& loss);
+
 // One Adam update of every tensor in `params` (torch.optim.Adam's defaults: betas 0.9, 0.999,
 // eps 1e-8, no weight decay) with the step number on the device: `step` is a [] float32 tensor
 // holding t = 1, 2, ... for this update. m and v are the moments, updated in place.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -16,6 +17,7 @@
 #include "harness/path_registry.h"
 #include "harness/scoped_env.h"
 #include "optimizer/decode_graph.h"
+#include "optimizer/delta_loop.h"
 #include "optimizer/real_cache_optimizer.h"
 #if MAMBADIFF_CUDA_PATH
 #include "cuda_path/cuda_path.h"
@@ -195,7 +197,9 @@ TEST_F(FusedOps, ChunkedKernelSeventyThousandTokenPrefillMatchesTheChunkedPath) 
 }
 
 TEST_F(FusedOps, DecodeStepForwardAndBackwardMatchTheStateUpdate) {
-  for (const ScanCase c : {ScanCase{2, 1, 4, 8, 2, 16}, ScanCase{1, 1, 24, 64, 1, 128}, ScanCase{3, 1, 8, 16, 4, 40}}) {
+  // The last case has batch × heads >= 1024: 8 state rows a warp (kernels/state_update_rows.cuh).
+  for (const ScanCase c : {ScanCase{2, 1, 4, 8, 2, 16}, ScanCase{1, 1, 24, 64, 1, 128}, ScanCase{3, 1, 8, 16, 4, 40},
+                           ScanCase{16, 1, 64, 72, 2, 64}}) {
     const int64_t I = c.H * c.P, GN = c.G * c.N;
     const torch::Tensor xbc = randn({c.B, 1, I + 2 * GN}).requires_grad_(true);
     const torch::Tensor x = xbc.narrow(2, 0, I).reshape({c.B, 1, c.H, c.P});
@@ -216,6 +220,183 @@ TEST_F(FusedOps, DecodeStepForwardAndBackwardMatchTheStateUpdate) {
     const char* names[] = {"x/B/C", "dt", "state"};
     for (size_t i = 0; i < 3; ++i) EXPECT_LT(rel_err(ours[i], theirs[i]), 1e-4) << names[i] << " H " << c.H;
   }
+}
+
+// The fused decode step (conv + dt + state update in one kernel each way, fused::decode_step)
+// against the three fused ops it replaces, run one after the other on copies of the same cache:
+// forward bit for bit (the same arithmetic: the conv output rounded to the activation dtype as the
+// conv kernel stores it), three steps in a row (the kernel's per-group counters start from zero
+// on every launch); gradients to the in_proj row and the state within two fp32 summation orders
+// (the heads of a group add their B/C gradients in head order, ATen's sum in its own).
+struct DecodeStepCase {
+  int64_t B, H, P, G, N, K;
+  bool bias;
+  double dt_min, dt_max;
+};
+
+TEST_F(FusedOps, FusedDecodeStepEqualsTheThreeKernels) {
+  const DecodeStepCase cases[] = {
+      {1, 24, 64, 1, 128, 4, true, 0.0, INFINITY},     // the 130m shape at batch 1
+      {2, 8, 16, 4, 40, 4, false, 0.05, 0.5},         // groups of 2 heads, N not a multiple of 32, dt clamped
+      {3, 6, 7, 3, 16, 2, true, 0.0, 0.1},            // head_dim tail, conv width 2
+      {16, 64, 72, 2, 64, 4, true, 0.0, INFINITY},    // batch × heads >= 1024: 8 rows a warp, a rows tail
+  };
+  for (const auto act : {torch::kFloat32, torch::kBFloat16}) {
+    for (const DecodeStepCase& c : cases) {
+      SCOPED_TRACE(fmt::format("{} b{} h{} p{} g{} n{} k{}", c10::toString(act), c.B, c.H, c.P, c.G, c.N, c.K));
+      const int64_t I = c.H * c.P, C = I + 2 * c.G * c.N, width = I + C + c.H + 3;  // gate, xBC, dt, 3 spare
+      const torch::Tensor conv_w = (torch::randn({C, c.K}, opts_) * 0.5).to(act);
+      const torch::Tensor conv_b = c.bias ? torch::randn({C}, opts_).to(act) : torch::Tensor();
+      const fused::DecodeStepWeights w{conv_w, conv_b, randn({c.H}) - 1.0, -torch::rand({c.H}, opts_) - 0.5, randn({c.H}),
+                                       c.dt_min, c.dt_max, c.G};
+      const torch::Tensor window0 = torch::randn({c.B, C, c.K}, opts_).to(act), state0 = randn({c.B, c.H, c.P, c.N});
+      const auto rows = [&](const torch::Tensor& proj) {
+        return std::make_pair(proj.narrow(2, I, C), proj.narrow(2, I + C, c.H));
+      };
+      // The three ops, as CudaPath ran them: conv (window in place), dt, scan at T = 1 (state in place).
+      const auto separate = [&](const torch::Tensor& proj, torch::Tensor& window, const torch::Tensor& state) {
+        const auto [xBC_raw, dt_raw] = rows(proj);
+        auto [xBC, new_window] = fused::causal_conv1d(xBC_raw, window, conv_w, conv_b, torch::GradMode::is_enabled() ? torch::Tensor() : window);
+        if (!new_window.is_same(window)) {
+          torch::NoGradGuard no_grad;
+          window.copy_(new_window);
+        }
+        const auto parts = xBC.split_with_sizes({I, c.G * c.N, c.G * c.N}, -1);
+        const torch::Tensor dt = fused::discretize_dt(dt_raw, w.dt_bias, c.dt_min, c.dt_max);
+        const bool tracked = torch::GradMode::is_enabled() && state.requires_grad();
+        auto [y, s1] = fused::ssd_chunk_scan(parts[0].reshape({c.B, 1, c.H, c.P}), dt, w.A, parts[1].reshape({c.B, 1, c.G, c.N}),
+                                             parts[2].reshape({c.B, 1, c.G, c.N}), w.D, state,
+                                             tracked || torch::GradMode::is_enabled() ? torch::Tensor() : state);
+        return std::make_pair(y.squeeze(1), s1);
+      };
+      {  // forward, no gradient: in place, three steps
+        torch::NoGradGuard no_grad;
+        torch::Tensor win_f = window0.clone(), st_f = state0.clone(), win_s = window0.clone(), st_s = state0.clone();
+        for (int step = 0; step < 3; ++step) {
+          SCOPED_TRACE(step);
+          const torch::Tensor proj = torch::randn({c.B, 1, width}, opts_).to(act);
+          const auto [xBC_raw, dt_raw] = rows(proj);
+          ASSERT_TRUE(fused::decode_step_supported(xBC_raw, win_f, st_f, w));
+          const auto [y_f, s_f] = fused::decode_step(xBC_raw, dt_raw, win_f, st_f, w);
+          EXPECT_TRUE(s_f.is_same(st_f)) << "the state is updated in place";
+          const auto [y_s, s_s] = separate(proj, win_s, st_s);
+          EXPECT_TRUE(s_s.is_same(st_s));
+          EXPECT_TRUE(torch::equal(win_f, win_s)) << "window";
+          EXPECT_TRUE(torch::equal(y_f, y_s)) << "y, max diff " << (y_f - y_s).abs().max().item<double>();
+          EXPECT_TRUE(torch::equal(st_f, st_s)) << "state, max diff " << (st_f - st_s).abs().max().item<double>();
+        }
+      }
+      {  // under autograd: a new state, the read state kept by the kernel; gradients through both outputs
+        const torch::Tensor proj = torch::randn({c.B, 1, width}, opts_).to(act).requires_grad_(true);
+        const torch::Tensor state = state0.clone().requires_grad_(true);
+        torch::Tensor win_f = window0.clone(), win_s = window0.clone();
+        const auto [xBC_raw, dt_raw] = rows(proj);
+        const auto [y_f, s_f] = fused::decode_step(xBC_raw, dt_raw, win_f, state, w);
+        EXPECT_FALSE(s_f.is_same(state));
+        const auto [y_s, s_s] = separate(proj, win_s, state);
+        EXPECT_TRUE(torch::equal(win_f, win_s)) << "window";
+        EXPECT_TRUE(torch::equal(y_f, y_s)) << "y";
+        EXPECT_TRUE(torch::equal(s_f, s_s)) << "state";
+        {
+          torch::NoGradGuard no_grad;  // the cache's state is overwritten before the backward (as in a layer)
+          state.detach().fill_(123.0f);
+        }
+        const torch::Tensor py = randn({c.B, c.H, c.P}), ps = randn({c.B, c.H, c.P, c.N});
+        const auto g_f = torch::autograd::grad({(y_f * py).sum() + (s_f * ps).sum()}, {proj, state});
+        {
+          torch::NoGradGuard no_grad;
+          state.detach().copy_(state0);
+        }
+        const torch::Tensor state2 = state0.clone().requires_grad_(true);
+        torch::Tensor win_s2 = window0.clone();
+        const auto [y_s2, s_s2] = separate(proj, win_s2, state2);
+        const auto g_s = torch::autograd::grad({(y_s2 * py).sum() + (s_s2 * ps).sum()}, {proj, state2});
+        const double tol = act == torch::kFloat32 ? 1e-5 : 2e-2;  // bf16: a B/C sum rounded to bf16 in another order
+        EXPECT_LT(rel_err(g_f[0].narrow(2, I, C), g_s[0].narrow(2, I, C)), tol) << "grad xBC_raw";
+        EXPECT_LT(rel_err(g_f[0].narrow(2, I + C, c.H), g_s[0].narrow(2, I + C, c.H)), tol) << "grad dt_raw";
+        EXPECT_LT(rel_err(g_f[1], g_s[1]), 1e-5) << "grad state";
+        EXPECT_GT(g_f[0].narrow(2, I + C, c.H).abs().max().item<double>(), 0.0) << "dt gets a gradient";
+      }
+    }
+  }
+}
+
+// The decode step's products with their norms folded in (fused::norm_in_proj,
+// fused::gated_norm_out_proj) against the ops they replace: the norms round where the separate
+// kernels store, the products sum in fp32 in another order than cuBLAS (fp32: a few ulps of the
+// row's Σ|w·v|; bf16: one bf16 rounding of the output apart at most, 2^-8).
+TEST_F(FusedOps, DecodeProductsWithTheirNormsMatchTheOps) {
+  for (const auto act : {torch::kFloat32, torch::kBFloat16}) {
+    for (const int64_t B : {int64_t{1}, int64_t{3}}) {
+      for (const bool fp32_residual : {true, false}) {
+        if (act == torch::kFloat32 && !fp32_residual) continue;
+        SCOPED_TRACE(fmt::format("{} b{} {} residual", c10::toString(act), B, fp32_residual ? "fp32" : "bf16"));
+        const double tol = act == torch::kFloat32 ? 1e-5 : 1e-2;
+        const int64_t D = 96, I = 192, width = 2 * I + 2 * 16 + 6;
+        const auto res_dtype = fp32_residual ? torch::kFloat32 : act;
+        const torch::Tensor x = randn({B, 1, D}).to(res_dtype), norm_w = randn({D}).to(act);
+        const torch::Tensor in_w = (randn({width, D}) * 0.1).to(act), in_b = randn({width}).to(act);
+        for (const torch::Tensor& bias : {torch::Tensor(), in_b}) {
+          const torch::Tensor ours = fused::norm_in_proj(x, norm_w, 1e-5, in_w, bias);
+          const torch::Tensor theirs = torch::linear(fused::rms_norm(x.to(act), norm_w, 1e-5), in_w, bias);
+          EXPECT_EQ(ours.scalar_type(), theirs.scalar_type());
+          EXPECT_LT(rel_err(ours, theirs), tol) << "in_proj, bias " << bias.defined();
+        }
+        const torch::Tensor proj = randn({B, 1, width}).to(act), gate = proj.narrow(2, 3, I), y = randn({B, 1, I});
+        const torch::Tensor gn_w = randn({I}).to(act), out_w = (randn({D, I}) * 0.1).to(act);
+        for (const int64_t group : {I, I / 4}) {
+          const torch::Tensor ours = fused::gated_norm_out_proj(y, gate, gn_w, 1e-5, group, out_w, x);
+          const torch::Tensor normed = fused::gated_rms_norm(y, gate, gn_w, 1e-5, group);
+          const torch::Tensor theirs = fp32_residual && act != torch::kFloat32
+                                           ? x + torch::linear(normed, out_w)
+                                           : torch::addmm(x.reshape({B, D}), normed.reshape({B, I}), out_w.t()).view(x.sizes());
+          EXPECT_EQ(ours.scalar_type(), res_dtype);
+          EXPECT_LT(rel_err(ours, theirs), tol) << "out_proj, group " << group;
+        }
+      }
+    }
+  }
+  // Under autograd the kernels are not used (no backward): the path falls back to the ops.
+  const torch::Tensor x = randn({1, 1, 64}).requires_grad_(true), w = randn({64, 64});
+  EXPECT_FALSE(fused::norm_in_proj_supported(x, randn({64}), w, {}));
+  EXPECT_TRUE(fused::norm_in_proj_supported(x.detach(), randn({64}), w, {}));
+  EXPECT_FALSE(fused::norm_in_proj_supported(randn({1, 2, 64}), randn({64}), w, {})) << "two tokens";
+}
+
+// The optimizer's statistics in one kernel (fused::delta_statistics) against the ATen version:
+// rank and margin exactly (the same float64 comparisons and max), ‖Δ‖₂ to float64 rounding (another
+// summation order), over rows with ties, infinities and NaN, and the 130m vocabulary.
+TEST_F(FusedOps, DeltaStatisticsKernelEqualsTheAtenOps) {
+  const auto f64 = opts_.dtype(torch::kFloat64);
+  for (const int64_t V : {int64_t{5}, int64_t{50288}}) {
+    std::vector<torch::Tensor> rows;
+    for (int r = 0; r < 4; ++r) rows.push_back(randn({V}));
+    rows[1][3] = rows[1][0];  // a tie with target 0
+    std::vector<int64_t> target = {V - 1, 0, 2, 1};
+    const std::vector<torch::Tensor> deltas = {randn({1, 24, 64, 128}), randn({1, 3, 7, 5}, 0.1)};
+    const torch::Tensor loss = randn({1}).reshape({});
+    for (int variant = 0; variant < 3; ++variant) {
+      SCOPED_TRACE(fmt::format("V {} variant {}", V, variant));
+      std::vector<torch::Tensor> r = rows;
+      if (variant == 1) r[2] = r[2].clone().index_fill_(0, torch::tensor({1}, opts_.dtype(torch::kInt64)), INFINITY);
+      if (variant == 2) r[3] = r[3].clone().index_fill_(0, torch::tensor({V - 1}, opts_.dtype(torch::kInt64)), NAN);
+      torch::Tensor ours = torch::full({4}, -7.0, f64);
+      ASSERT_TRUE(fused::delta_statistics(r, target, deltas, loss, ours));
+      const torch::Tensor theirs = delta_statistics(r, target, deltas, loss);
+      EXPECT_EQ(ours[0].item<double>(), theirs[0].item<double>()) << "loss";
+      EXPECT_EQ(ours[1].item<double>(), theirs[1].item<double>()) << "rank";
+      const double m1 = ours[2].item<double>(), m2 = theirs[2].item<double>();
+      EXPECT_TRUE(m1 == m2 || (std::isnan(m1) && std::isnan(m2))) << "margin " << m1 << " vs " << m2;
+      EXPECT_NEAR(ours[3].item<double>(), theirs[3].item<double>(), 1e-12 * theirs[3].item<double>()) << "norm";
+      if (variant == 2) {
+        EXPECT_EQ(ours[1].item<double>(), static_cast<double>(V + 1));
+      }
+    }
+  }
+  // What the kernel does not take is left to the ATen ops: nothing written.
+  torch::Tensor stats = torch::full({4}, -7.0, f64);
+  EXPECT_FALSE(fused::delta_statistics({randn({8}).to(torch::kFloat64)}, {0}, {}, randn({1}).reshape({}), stats));
+  EXPECT_EQ(stats[0].item<double>(), -7.0);
 }
 
 // The whole path: d loss / d Δ through the cuda path equals chunked-gpu's (fp32, within the
@@ -513,6 +694,107 @@ TEST_F(FusedOps, EveryKernelWritesOnlyInsideItsOutputs) {
         gC.expect_intact("selective_state_update_backward grad_C_head");
         gs.expect_intact("selective_state_update_backward grad_state");
       }
+    }
+    {  // the fused decode step, forward (new state out of place, the copies for a backward) and backward;
+       // N a multiple of 4 (its 16-byte state rows)
+      const int64_t Ns = 20, Cs = I + 2 * G * Ns, stride = I + Cs + H + 5;  // an in_proj row: gate, xBC, dt, spare
+      const torch::Tensor proj = rand_act({B, stride}), w = rand_act({Cs, K}), bias = rand_act({Cs}), dt_bias = rand_f32({H}),
+                          A = -torch::rand({H}, opts_), Dp = rand_f32({H}), state_in = rand_f32({B, H, P, Ns});
+      const char* row = static_cast<const char*>(proj.data_ptr());
+      Guarded window({B, Cs, K}, act_dtype), y({B, H, P}, torch::kFloat32), state_out({B, H, P, Ns}, torch::kFloat32),
+          saved_state({B, H, P, Ns}, torch::kFloat32), saved_pre({B, Cs}, torch::kFloat32);
+      window.tensor().copy_(rand_act({B, Cs, K}));
+      k::DecodeStepParams f;
+      f.act = act;
+      f.shape = k::ScanShape{B, 1, H, P, G, Ns};
+      f.conv_kernel = K;
+      f.xbc_raw = row + I * proj.element_size();
+      f.xbc_stride = stride;
+      f.dt_raw = row + (I + Cs) * proj.element_size();
+      f.dt_stride = stride;
+      f.window = window.ptr();
+      f.conv_weight = w.data_ptr();
+      f.conv_bias = bias.data_ptr();
+      f.dt_bias = dt_bias.data_ptr<float>();
+      f.dt_min = 0.001f;
+      f.dt_max = 0.1f;
+      f.A = A.data_ptr<float>();
+      f.D = Dp.data_ptr<float>();
+      f.state_in = state_in.data_ptr<float>();
+      f.state_out = state_out.fptr();
+      f.y = y.fptr();
+      f.saved_state = saved_state.fptr();
+      f.saved_pre = saved_pre.fptr();
+      ASSERT_EQ(k::decode_step_forward(f, nullptr), 0);
+      window.expect_intact("decode_step window");
+      y.expect_intact("decode_step y");
+      state_out.expect_intact("decode_step state_out");
+      saved_state.expect_intact("decode_step saved_state");
+      saved_pre.expect_intact("decode_step saved_pre");
+      const torch::Tensor gy = rand_f32({B, H, P}), gs_out = rand_f32({B, H, P, Ns});
+      Guarded gxbc({B, Cs}, act_dtype), gdt({B, H}, act_dtype), gs({B, H, P, Ns}, torch::kFloat32),
+          workspace({B, H, 2 * Ns}, torch::kFloat32);
+      k::DecodeStepBackwardParams bw;
+      bw.act = act;
+      bw.shape = f.shape;
+      bw.conv_kernel = K;
+      bw.saved_pre = saved_pre.fptr();
+      bw.saved_state = saved_state.fptr();
+      bw.dt_raw = f.dt_raw;
+      bw.dt_stride = stride;
+      bw.conv_weight = w.data_ptr();
+      bw.dt_bias = f.dt_bias;
+      bw.dt_min = f.dt_min;
+      bw.dt_max = f.dt_max;
+      bw.A = f.A;
+      bw.D = f.D;
+      bw.grad_y = gy.data_ptr<float>();
+      bw.grad_state_out = gs_out.data_ptr<float>();
+      bw.grad_xbc_raw = gxbc.ptr();
+      bw.grad_dt_raw = gdt.ptr();
+      bw.grad_state = gs.fptr();
+      bw.workspace = workspace.fptr();
+      ASSERT_EQ(k::decode_step_backward(bw, nullptr), 0);
+      gxbc.expect_intact("decode_step_backward grad_xbc_raw");
+      gdt.expect_intact("decode_step_backward grad_dt_raw");
+      gs.expect_intact("decode_step_backward grad_state");
+      workspace.expect_intact("decode_step_backward workspace");
+    }
+    {  // the decode products with their norms (out_features not a multiple of a block's rows)
+      const int64_t cols = 40, rows = 37;  // cols a multiple of 8 (16-byte bf16 rows)
+      const torch::Tensor x = rand_f32({B, cols}), nw = rand_act({cols}), w = rand_act({rows, cols}), bias = rand_act({rows});
+      Guarded proj({B, rows}, act_dtype);
+      k::NormInProjParams ip;
+      ip.x_act = k::Act::kFloat32;
+      ip.act = act;
+      ip.batch = B;
+      ip.dim = cols;
+      ip.out_features = rows;
+      ip.x = x.data_ptr();
+      ip.norm_weight = nw.data_ptr();
+      ip.weight = w.data_ptr();
+      ip.bias = bias.data_ptr();
+      ip.out = proj.ptr();
+      ASSERT_EQ(k::norm_in_proj_forward(ip, nullptr), 0);
+      proj.expect_intact("norm_in_proj out");
+      const torch::Tensor y = rand_f32({B, cols}), gate = rand_act({B, cols + 3}), residual = rand_f32({B, rows});
+      Guarded out({B, rows}, torch::kFloat32);
+      k::GatedNormOutProjParams op;
+      op.act = act;
+      op.residual_act = k::Act::kFloat32;
+      op.batch = B;
+      op.channels = cols;
+      op.group_size = cols / 2;
+      op.out_features = rows;
+      op.y = y.data_ptr<float>();
+      op.gate = gate.data_ptr();
+      op.gate_stride = cols + 3;
+      op.norm_weight = nw.data_ptr();
+      op.weight = w.data_ptr();
+      op.residual = residual.data_ptr();
+      op.out = out.ptr();
+      ASSERT_EQ(k::gated_norm_out_proj_forward(op, nullptr), 0);
+      out.expect_intact("gated_norm_out_proj out");
     }
   }
 }

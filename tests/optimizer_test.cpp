@@ -251,5 +251,30 @@ TEST(DeltaLoopLoss, MarginAndCrossEntropyByHand) {
   EXPECT_NEAR(delta_loss({a}, {1}, "ce", 0.0).item<float>(), lse - 4.0, 1e-6);
 }
 
+// The statistics of a Δ by hand: ranks with a tie, the worst margin, a non-finite row, ‖Δ‖₂.
+TEST(DeltaLoopStatistics, RankMarginAndNormByHand) {
+  const torch::Tensor a = torch::tensor({1.0f, 4.0f, 2.5f, -1.0f});
+  const torch::Tensor tie = torch::tensor({3.0f, 3.0f, 0.0f, 1.0f});
+  const torch::Tensor d1 = torch::tensor({3.0f, 0.0f}), d2 = torch::tensor({{4.0f}});  // ‖(3, 0, 4)‖ = 5
+  const torch::Tensor loss = torch::tensor(0.25f);
+  // a, target 2: one logit above it (rank 2), margin 2.5 - 4.0; a, target 1: rank 1, margin 1.5.
+  torch::Tensor s = delta_statistics({a, a}, {2, 1}, {d1, d2}, loss);
+  ASSERT_EQ(s.scalar_type(), torch::kFloat64);
+  EXPECT_EQ(s[0].item<double>(), 0.25);
+  EXPECT_EQ(s[1].item<double>(), 2.0);
+  EXPECT_EQ(s[2].item<double>(), -1.5);
+  EXPECT_DOUBLE_EQ(s[3].item<double>(), 5.0);
+  // Only strictly greater logits count: target 0 of `tie` is rank 1, and the tie shows as margin 0.
+  s = delta_statistics({tie}, {0}, {}, loss);
+  EXPECT_EQ(s[1].item<double>(), 1.0);
+  EXPECT_EQ(s[2].item<double>(), 0.0);
+  EXPECT_EQ(s[3].item<double>(), 0.0);
+  // A NaN anywhere in a row ranks its target V + 1 and its margin is NaN.
+  const torch::Tensor nan_row = torch::tensor({0.0f, std::nanf(""), 5.0f, 1.0f});
+  s = delta_statistics({a, nan_row}, {1, 2}, {}, loss);
+  EXPECT_EQ(s[1].item<double>(), 5.0);
+  EXPECT_TRUE(std::isnan(s[2].item<double>()));
+}
+
 }  // namespace
 }  // namespace mambadiff
