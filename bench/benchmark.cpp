@@ -251,7 +251,10 @@ struct Run {
     std::vector<double> ms;
     for (size_t i = static_cast<size_t>(skip); i < res.step_seconds.size(); ++i) ms.push_back(res.step_seconds[i] * 1e3);
     BenchResult r = row("optimize", fmt::format("{} b1 delta@{}", model_label(ck.config), o.layers[0]), "fp32",
-                        res.cuda_graph ? "cuda-graph" : "eager", "optimize_delta (Adam, margin loss)");
+                        res.cuda_graph ? "cuda-graph" : "eager",
+                        res.cuda_graph ? fmt::format("optimize_delta (Adam, margin loss): one iteration replayed, {} kernels",
+                                                     res.graph_kernels)
+                                       : std::string("optimize_delta (Adam, margin loss)"));
     r.cost = optimizer_step_cost(ck.config, o.layers[0], 4);
     r.timing = summarize(ms);
     if (!res.zero_delta_gate_passed || !res.restore_bit_identical) {

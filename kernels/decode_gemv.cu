@@ -5,8 +5,8 @@
 // At one token a product reads its weight once and each weight is used once: the kernels are
 // bound by the weight read. Every block first computes the normalized vector it multiplies (D or
 // I values into shared memory, from the row's few KB: recomputed by each block rather than
-// written and read back by a kernel of its own), then each warp takes `kRowsPerWarp` output rows,
-// reading each weight row as 16-byte vectors. The norms round where the separate kernels store
+// written and read back by a kernel of its own), then each warp takes one output row, read as
+// 16-byte vectors. The norms round where the separate kernels store
 // their outputs (rms_norm.cu); the products accumulate in fp32 and round once to the activation
 // dtype, as cuBLAS does for the separate GEMM (in another order: equal within fp32 rounding).
 #include <cstdint>
@@ -22,10 +22,13 @@ using device::load;
 using device::round_to;
 using device::store;
 
-constexpr int kThreads = 256;
+// One output row a warp, 4 warps a block: the 130m shape's out_proj (768 rows) still spreads over
+// 192 blocks. A lane holds kChunk 16-byte vectors of its row in flight (4 KB a warp); the row's first
+// chunk is loaded before the block computes its normalized vector (the weight read bounds the
+// kernel and needs nothing computed), so the norm hides under it.
+constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kRowsPerWarp = 4;
-constexpr int kRowsPerBlock = kRowsPerWarp * kWarps;
+constexpr int kChunk = 8;
 
 // Elements of T in one 16-byte load.
 template <typename T>
@@ -46,28 +49,47 @@ __device__ __forceinline__ void unpack(const float4& v, float (&out)[8]) {
   }
 }
 
-// Σ_k weight[row, k] vec[k] for the warp's rows (a fixed-order fp32 sum: deterministic); lane 0
-// calls emit(row, sum). `vec` in shared memory; cols % kVector<T> == 0 and 16-byte aligned rows.
-template <typename T, typename Emit>
-__device__ __forceinline__ void warp_rows_times(const T* weight, int64_t rows, int64_t cols, const float* vec,
-                                                int64_t first_row, Emit emit) {
-  const int lane = threadIdx.x % 32;
-  constexpr int V = kVector<T>;
+// A warp's weight row as 16-byte vectors, `chunk` by `chunk`: lane j holds vectors
+// (chunk·kChunk + u)·32 + j, u < kChunk.
+struct RowChunk {
+  float4 v[kChunk];
+
+  __device__ __forceinline__ void load(const float4* row, int64_t vectors, int64_t chunk, int lane) {
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int64_t row = first_row + r;
-    if (row >= rows) break;  // warp-uniform
-    const float4* w = reinterpret_cast<const float4*>(weight + row * cols);
-    float acc = 0.0f;
-    for (int64_t v = lane; v < cols / V; v += 32) {
-      float e[V];
-      unpack(__ldg(&w[v]), e);
-#pragma unroll
-      for (int i = 0; i < V; ++i) acc += e[i] * vec[v * V + i];
+    for (int u = 0; u < kChunk; ++u) {
+      const int64_t i = (chunk * kChunk + u) * 32 + lane;
+      v[u] = i < vectors ? __ldg(&row[i]) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    acc = device::warp_sum(acc);
-    if (lane == 0) emit(row, acc);
   }
+  // Σ over the chunk of weight · vec (vec in shared memory, as floats).
+  template <typename T>
+  __device__ __forceinline__ float dot(const float* vec, int64_t vectors, int64_t chunk, int lane) const {
+    constexpr int V = kVector<T>;
+    float acc = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) {
+      const int64_t i = (chunk * kChunk + u) * 32 + lane;
+      if (i >= vectors) break;
+      float e[V];
+      unpack(v[u], e);
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc += e[k] * vec[i * V + k];
+    }
+    return acc;
+  }
+};
+
+// Σ_k weight[row, k] vec[k] for the warp's row, its first chunk already in `first` (a fixed-order
+// fp32 sum: deterministic); every lane gets the sum.
+template <typename T>
+__device__ __forceinline__ float row_times(const float4* row, int64_t vectors, RowChunk& chunk_data, const float* vec,
+                                           int lane) {
+  float acc = chunk_data.dot<T>(vec, vectors, 0, lane);
+  for (int64_t chunk = 1; chunk * kChunk * 32 < vectors; ++chunk) {
+    chunk_data.load(row, vectors, chunk, lane);
+    acc += chunk_data.dot<T>(vec, vectors, chunk, lane);
+  }
+  return device::warp_sum(acc);
 }
 
 // proj[b] = in_proj · (w_norm * RMSNorm(round_T(x[b]))): the layer's x.to(dtype) + rms_norm + linear.
@@ -75,7 +97,13 @@ template <typename TX, typename T>
 __global__ void __launch_bounds__(kThreads) norm_in_proj_kernel(NormInProjParams p) {
   extern __shared__ float normed[];  // [D]
   __shared__ float scratch[32];
-  const int64_t b = blockIdx.y, D = p.dim;
+  const int lane = threadIdx.x % 32;
+  const int64_t b = blockIdx.y, D = p.dim, row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const bool live = row < p.out_features;  // warp-uniform
+  const int64_t vectors = D / kVector<T>;
+  const float4* w = reinterpret_cast<const float4*>(static_cast<const T*>(p.weight) + (live ? row : 0) * D);
+  RowChunk chunk;
+  if (live) chunk.load(w, vectors, 0, lane);
   const TX* x = static_cast<const TX*>(p.x) + b * D;
   const T* w_norm = static_cast<const T*>(p.norm_weight);
   float ss = 0.0f;
@@ -88,12 +116,12 @@ __global__ void __launch_bounds__(kThreads) norm_in_proj_kernel(NormInProjParams
     normed[i] = round_to<T>(load(w_norm, i) * round_to<T>(round_to<T>(load(x, i)) * r));
   }
   __syncthreads();
-  T* out = static_cast<T*>(p.out) + b * p.out_features;
-  const T* bias = static_cast<const T*>(p.bias);
-  const int64_t first = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x / 32) * kRowsPerWarp;
-  warp_rows_times(static_cast<const T*>(p.weight), p.out_features, D, normed, first, [&](int64_t row, float acc) {
-    store(out, row, bias ? acc + load(bias, row) : acc);
-  });
+  if (!live) return;
+  const float acc = row_times<T>(w, vectors, chunk, normed, lane);
+  if (lane == 0) {
+    const T* bias = static_cast<const T*>(p.bias);
+    store(static_cast<T*>(p.out) + b * p.out_features, row, bias ? acc + load(bias, row) : acc);
+  }
 }
 
 // x'[b] = residual[b] + out_proj · (w * RMSNorm_group(y[b] * SiLU(gate[b]))).
@@ -101,7 +129,14 @@ template <typename TR, typename T>
 __global__ void __launch_bounds__(kThreads) gated_norm_out_proj_kernel(GatedNormOutProjParams p) {
   extern __shared__ float normed[];  // [I]
   __shared__ float scratch[32];
+  const int lane = threadIdx.x % 32;
   const int64_t b = blockIdx.y, I = p.channels, group_size = p.group_size;
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const bool live = row < p.out_features;  // warp-uniform
+  const int64_t vectors = I / kVector<T>;
+  const float4* wrow = reinterpret_cast<const float4*>(static_cast<const T*>(p.weight) + (live ? row : 0) * I);
+  RowChunk chunk;
+  if (live) chunk.load(wrow, vectors, 0, lane);
   const float* y = p.y + b * I;
   const T* gate = static_cast<const T*>(p.gate) + b * p.gate_stride;
   const T* w = static_cast<const T*>(p.norm_weight);
@@ -118,15 +153,15 @@ __global__ void __launch_bounds__(kThreads) gated_norm_out_proj_kernel(GatedNorm
     }
   }
   __syncthreads();
-  const TR* residual = static_cast<const TR*>(p.residual) + b * p.out_features;
-  TR* out = static_cast<TR*>(p.out) + b * p.out_features;
-  const int64_t first = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x / 32) * kRowsPerWarp;
-  warp_rows_times(static_cast<const T*>(p.weight), p.out_features, I, normed, first, [&](int64_t row, float acc) {
+  if (!live) return;
+  const float acc = row_times<T>(wrow, vectors, chunk, normed, lane);
+  if (lane == 0) {
+    const TR* residual = static_cast<const TR*>(p.residual) + b * p.out_features;
     // A residual in the activation dtype: one GEMM with beta = 1 (one rounding); an fp32 residual
     // stream: the product rounded to the activation dtype, then added in fp32.
     const float sum = sizeof(TR) == sizeof(T) ? acc + load(residual, row) : load(residual, row) + round_to<T>(acc);
-    store(out, row, sum);
-  });
+    store(static_cast<TR*>(p.out) + b * p.out_features, row, sum);
+  }
 }
 
 template <typename T>
@@ -143,7 +178,7 @@ int norm_in_proj_forward(const NormInProjParams& p, void* stream) {
     return cudaErrorInvalidValue;
   }
   if (p.batch == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(device::ceil_div(p.out_features, kRowsPerBlock)), static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>(device::ceil_div(p.out_features, kWarps)), static_cast<unsigned>(p.batch));
   const size_t smem = static_cast<size_t>(p.dim) * sizeof(float);
   const auto st = static_cast<cudaStream_t>(stream);
   if (fp32) {
@@ -166,7 +201,7 @@ int gated_norm_out_proj_forward(const GatedNormOutProjParams& p, void* stream) {
     return cudaErrorInvalidValue;
   }
   if (p.batch == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(device::ceil_div(p.out_features, kRowsPerBlock)), static_cast<unsigned>(p.batch));
+  const dim3 grid(static_cast<unsigned>(device::ceil_div(p.out_features, kWarps)), static_cast<unsigned>(p.batch));
   const size_t smem = static_cast<size_t>(p.channels) * sizeof(float);
   const auto st = static_cast<cudaStream_t>(stream);
   if (fp32) {

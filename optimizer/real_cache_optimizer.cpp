@@ -284,6 +284,7 @@ OptimizeResult optimize_on_cache(const Mamba2Checkpoint& ck, ExecutionPath& loop
     }
     result.steps = step;
     result.cuda_graph = graph != nullptr;
+    result.graph_kernels = graph ? graph->kernel_count() : 0;
     result.step_seconds = step_seconds;
     if (!step_seconds.empty()) {
       // The median over steps: the first steps pay allocator warm-up and the capture.

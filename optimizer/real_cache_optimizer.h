@@ -68,6 +68,7 @@ struct OptimizeResult {
   double seconds_per_step = 0.0;  // the median of step_seconds
   std::vector<double> step_seconds;  // every completed step's wall time, in order (`bench` drops the first)
   bool cuda_graph = false;  // whether the iterations after the first two were graph replays
+  int64_t graph_kernels = 0;  // kernels one replayed iteration launches (the captured graph's kernel nodes)
   std::vector<int64_t> generated_without_delta, generated_with_delta;
 };
 
