@@ -187,14 +187,8 @@ __global__ void __launch_bounds__(kBackwardThreads) decode_step_backward_kernel(
       float contrib = 0.0f;
       if (live) {
         const int64_t k = ((b * H + h) * P + q) * N + n;
-        const float s_old = p.saved_state[k];
-        const float s_new = decay * s_old + dtv * xv * Bn;
-        const float Gk = (p.grad_state_out ? p.grad_state_out[k] : 0.0f) + gyv * Cn;
-        p.grad_state[k] = decay * Gk;
-        gC_acc += gyv * s_new;
-        gB_acc += Gk * dtv * xv;
-        gdt_acc += Gk * (a_h * decay * s_old + xv * Bn);
-        contrib = Gk * dtv * Bn;
+        contrib = device::step_backward_entry(p.saved_state[k], p.grad_state_out ? p.grad_state_out[k] : 0.0f, gyv, xv, Bn,
+                                              Cn, dtv, decay, a_h, &p.grad_state[k], gC_acc, gB_acc, gdt_acc);
       }
       contrib = device::warp_sum(contrib);
       if (lane == 0) gx_partial[warp][q] = (n0 == 0 ? 0.0f : gx_partial[warp][q]) + contrib;

@@ -141,14 +141,8 @@ __global__ void selective_state_update_backward_kernel(ScanShape s, const T* x, 
       float contrib = 0.0f;
       if (live) {
         const int64_t k = ((b * H + h) * P + p) * N + n;
-        const float s_old = state[k];
-        const float s_new = decay * s_old + dtv * xv * Bn;
-        const float G = (gs_out ? gs_out[k] : 0.0f) + gyv * Cn;
-        gs[k] = decay * G;
-        gC_acc += gyv * s_new;
-        gB_acc += G * dtv * xv;
-        gdt_acc += G * (a_h * decay * s_old + xv * Bn);
-        contrib = G * dtv * Bn;
+        contrib = device::step_backward_entry(state[k], gs_out ? gs_out[k] : 0.0f, gyv, xv, Bn, Cn, dtv, decay, a_h, &gs[k],
+                                              gC_acc, gB_acc, gdt_acc);
       }
       contrib = device::warp_sum(contrib);
       if (lane == 0) gx_partial[warp][p] = (n0 == 0 ? 0.0f : gx_partial[warp][p]) + contrib;

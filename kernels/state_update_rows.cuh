@@ -88,6 +88,21 @@ __device__ __forceinline__ void update_state_rows(float4 (&st)[Rows][kStepRounds
   }
 }
 
+// The backward of one state entry of the step, s' = a s + dt x B, y = C · s' + D x, with G = grad_s'
+// + grad_y C the total gradient on s': writes grad_s = a G, adds this entry's terms to grad_C
+// (grad_y s'), grad_B (G dt x) and grad_dt (G (A a s + x B)), and returns its grad_x term (G dt B).
+__device__ __forceinline__ float step_backward_entry(float s_old, float grad_s_new, float grad_y, float x, float B, float C,
+                                                     float dt, float decay, float A, float* grad_s, float& grad_C,
+                                                     float& grad_B, float& grad_dt) {
+  const float s_new = decay * s_old + dt * x * B;
+  const float G = grad_s_new + grad_y * C;
+  *grad_s = decay * G;
+  grad_C += grad_y * s_new;
+  grad_B += G * dt * x;
+  grad_dt += G * (A * decay * s_old + x * B);
+  return G * dt * B;
+}
+
 // Rows a warp owns: 8 where there are enough (batch, head) pairs to fill the card with them (the
 // state update at batch 64 × 80 heads: 84 % of the copy bandwidth with 8, 75 % with 4, H200
 // 2026-12-02), 4 otherwise (batch 1: more blocks in flight).

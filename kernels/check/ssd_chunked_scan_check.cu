@@ -494,8 +494,8 @@ int main(int argc, char** argv) {
       {"no initial state", 2, 1, 4, 64, 2, 128, 256, false, false, false},
       {"N 36 (not 128-aligned)", 1, 1, 2, 33, 1, 36, 256, false, true, false},
       // batch × heads >= 1024: 8 rows a warp (kernels/state_update_rows.cuh), one with a rows tail
-      {"8 rows/warp, b16 h64", 16, 1, 64, 64, 2, 128, 256, false, true, false},
-      {"8 rows/warp, bf16", 16, 1, 64, 64, 1, 128, 256, true, true, false},
+      {"8 rows/warp", 16, 1, 64, 64, 2, 128, 256, false, true, false},
+      {"8 rows/warp", 16, 1, 64, 64, 1, 128, 256, true, true, false},
       {"8 rows/warp, P 72", 8, 1, 128, 72, 4, 64, 256, false, true, false},
   };
   for (const Case& c : decode_cases) {
