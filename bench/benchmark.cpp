@@ -214,20 +214,30 @@ struct Run {
 
     if (!DecodeGraph::supported(*path)) return;
     // The whole-model decode replayed from one CUDA graph on the cache's storage (optimizer/
-    // decode_graph.h): what generate and the optimizer's deployment check run on a GPU.
+    // decode_graph.h): what generate and the optimizer's deployment check run on a GPU. On `cuda`
+    // also with the decode step's ops one by one (MAMBADIFF_DECODE_FUSION=off), in the same run.
     const torch::Tensor token_ids = token.view({1}).to(device);  // on the device: the step copies it device to device
-    std::unique_ptr<DecodeGraph> graph;
-    try {
-      graph = std::make_unique<DecodeGraph>(*path, cache);
-    } catch (const std::exception& e) {
-      report.notes.push_back(fmt::format("decode cuda-graph: capture failed: {}", first_line(e)));
-      return;
+    for (const std::string& fusion : decode_fusion_modes()) {
+      std::optional<ScopedEnv> mode;
+      if (!fusion.empty()) mode.emplace("MAMBADIFF_DECODE_FUSION", fusion.c_str());
+      std::unique_ptr<DecodeGraph> graph;
+      try {
+        graph = std::make_unique<DecodeGraph>(*path, cache);
+      } catch (const std::exception& e) {
+        report.notes.push_back(fmt::format("decode cuda-graph: capture failed: {}", first_line(e)));
+        return;
+      }
+      r.variant = fusion == "off" ? "cuda-graph, ops one by one" : "cuda-graph";
+      r.op = fmt::format("DecodeGraph::step (optimizer/decode_graph.h): the whole model's T = 1 step replayed, {} kernels",
+                         graph->kernel_count());
+      r.timing = time_calls([&] { graph->step(token_ids); }, device, timer(false));  // step() waits for the replay
+      emit(r);
     }
-    r.variant = "cuda-graph";
-    r.op = fmt::format("DecodeGraph::step (optimizer/decode_graph.h): the whole model's T = 1 step replayed, {} kernels",
-                       graph->kernel_count());
-    r.timing = time_calls([&] { graph->step(token_ids); }, device, timer(false));  // step() waits for the replay
-    emit(r);
+  }
+
+  // On `cuda`: the decode step fused (the default) and op by op; elsewhere the path as it is.
+  std::vector<std::string> decode_fusion_modes() const {
+    return options.path == "cuda" ? std::vector<std::string>{"on", "off"} : std::vector<std::string>{""};
   }
 
   void optimize(const Mamba2Checkpoint& ck) {
@@ -243,25 +253,30 @@ struct Run {
     o.steps = skip + options.reps;
     o.path = options.path;
     o.generate_tokens = 0;
-    const OptimizeResult res = optimize_delta(ck, o);
-    if (static_cast<int64_t>(res.step_seconds.size()) <= skip) {
-      throw std::runtime_error(fmt::format("bench optimize: the optimizer stopped after {} of {} steps",
-                                           res.step_seconds.size(), o.steps));
+    for (const std::string& fusion : decode_fusion_modes()) {
+      std::optional<ScopedEnv> mode;
+      if (!fusion.empty()) mode.emplace("MAMBADIFF_DECODE_FUSION", fusion.c_str());
+      const OptimizeResult res = optimize_delta(ck, o);
+      if (static_cast<int64_t>(res.step_seconds.size()) <= skip) {
+        throw std::runtime_error(fmt::format("bench optimize: the optimizer stopped after {} of {} steps",
+                                             res.step_seconds.size(), o.steps));
+      }
+      std::vector<double> ms;
+      for (size_t i = static_cast<size_t>(skip); i < res.step_seconds.size(); ++i) ms.push_back(res.step_seconds[i] * 1e3);
+      const std::string variant = std::string(res.cuda_graph ? "cuda-graph" : "eager") + (fusion == "off" ? ", ops one by one" : "");
+      BenchResult r = row("optimize", fmt::format("{} b1 delta@{}", model_label(ck.config), o.layers[0]), "fp32",
+                          variant.c_str(),
+                          res.cuda_graph ? fmt::format("optimize_delta (Adam, margin loss): one iteration replayed, {} kernels",
+                                                       res.graph_kernels)
+                                         : std::string("optimize_delta (Adam, margin loss)"));
+      r.cost = optimizer_step_cost(ck.config, o.layers[0], 4);
+      r.timing = summarize(ms);
+      if (!res.zero_delta_gate_passed || !res.restore_bit_identical) {
+        report.notes.push_back(fmt::format("optimize: zero-delta gate passed {}, restore bit-identical {}",
+                                           res.zero_delta_gate_passed, res.restore_bit_identical));
+      }
+      emit(r);
     }
-    std::vector<double> ms;
-    for (size_t i = static_cast<size_t>(skip); i < res.step_seconds.size(); ++i) ms.push_back(res.step_seconds[i] * 1e3);
-    BenchResult r = row("optimize", fmt::format("{} b1 delta@{}", model_label(ck.config), o.layers[0]), "fp32",
-                        res.cuda_graph ? "cuda-graph" : "eager",
-                        res.cuda_graph ? fmt::format("optimize_delta (Adam, margin loss): one iteration replayed, {} kernels",
-                                                     res.graph_kernels)
-                                       : std::string("optimize_delta (Adam, margin loss)"));
-    r.cost = optimizer_step_cost(ck.config, o.layers[0], 4);
-    r.timing = summarize(ms);
-    if (!res.zero_delta_gate_passed || !res.restore_bit_identical) {
-      report.notes.push_back(fmt::format("optimize: zero-delta gate passed {}, restore bit-identical {}",
-                                         res.zero_delta_gate_passed, res.restore_bit_identical));
-    }
-    emit(r);
   }
 };
 

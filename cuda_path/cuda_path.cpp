@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda_path/fused_ops.h"
 #include "engine/errors.h"
 
@@ -15,6 +18,15 @@ torch::ScalarType checked_dtype(torch::ScalarType dtype, const torch::Device& de
   }
   if (!device.is_cuda()) throw InputError(fmt::format("cuda: device {} is not a CUDA device", device.str()));
   return dtype;
+}
+
+// MAMBADIFF_DECODE_FUSION=off runs the decode step's ops one by one (the kernels before the fusions:
+// bench times both in one run); on (the default) fuses them. Read on every call.
+bool decode_fusion() {
+  const char* env = std::getenv("MAMBADIFF_DECODE_FUSION");
+  if (env == nullptr || std::string(env) == "on") return true;
+  if (std::string(env) == "off") return false;
+  throw InputError(fmt::format("MAMBADIFF_DECODE_FUSION='{}': expected on or off", env));
 }
 
 }  // namespace
@@ -75,7 +87,7 @@ std::pair<torch::Tensor, torch::Tensor> CudaPath::decode_step(int64_t l, const t
   const fused::DecodeStepWeights weights{w.conv1d_weight, w.conv1d_bias, w.dt_bias, A_fp32_[static_cast<size_t>(l)], w.D,
                                          config_.time_step_min, config_.time_step_max, config_.n_groups};
   // The clamp applies on every branch, decode included (SPEC §2), as in discretize_dt.
-  if (!fused::decode_step_supported(xBC_raw, window, state, weights)) {
+  if (!decode_fusion() || !fused::decode_step_supported(xBC_raw, window, state, weights)) {
     return ChunkedPath::decode_step(l, xBC_raw, dt_raw, window, state);
   }
   return fused::decode_step(xBC_raw, dt_raw, window, state, weights);
@@ -93,7 +105,7 @@ torch::Tensor CudaPath::out_proj_residual(int64_t l, const torch::Tensor& normed
 
 torch::Tensor CudaPath::normed_in_proj(int64_t l, const torch::Tensor& x) {
   const auto& w = weights_.layers[static_cast<size_t>(l)];
-  if (!fused::norm_in_proj_supported(x, w.norm_weight, w.in_proj_weight, w.in_proj_bias)) {
+  if (!decode_fusion() || !fused::norm_in_proj_supported(x, w.norm_weight, w.in_proj_weight, w.in_proj_bias)) {
     return ChunkedPath::normed_in_proj(l, x);
   }
   return fused::norm_in_proj(x, w.norm_weight, config_.layer_norm_epsilon, w.in_proj_weight, w.in_proj_bias);
@@ -102,7 +114,7 @@ torch::Tensor CudaPath::normed_in_proj(int64_t l, const torch::Tensor& x) {
 torch::Tensor CudaPath::gated_out_proj(int64_t l, const torch::Tensor& y, const torch::Tensor& gate,
                                        const torch::Tensor& residual) {
   const auto& w = weights_.layers[static_cast<size_t>(l)];
-  if (w.out_proj_bias.defined() || !fused::gated_norm_out_proj_supported(y, gate, w.gated_norm_weight,
+  if (!decode_fusion() || w.out_proj_bias.defined() || !fused::gated_norm_out_proj_supported(y, gate, w.gated_norm_weight,
                                                                          config_.gated_norm_group_size(),
                                                                          w.out_proj_weight, residual)) {
     return ChunkedPath::gated_out_proj(l, y, gate, residual);

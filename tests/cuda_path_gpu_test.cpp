@@ -363,6 +363,36 @@ TEST_F(FusedOps, DecodeProductsWithTheirNormsMatchTheOps) {
   EXPECT_FALSE(fused::norm_in_proj_supported(randn({1, 2, 64}), randn({64}), w, {})) << "two tokens";
 }
 
+// The whole cuda path with the decode step fused (the default) and op by op
+// (MAMBADIFF_DECODE_FUSION=off): the same cache states bit for bit except the products' summation
+// order (logits and states within fp32 rounding); another value is an InputError naming the variable.
+TEST_F(FusedOps, DecodeFusionOnAndOffAgree) {
+  const Mamba2Checkpoint ck = Mamba2Checkpoint::load(test_support::model_dir("grouped"));
+  CudaPath cuda(ck, torch::kFloat32, torch::Device(torch::kCUDA, 0));
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> logits, states;
+  for (const char* mode : {"on", "off"}) {
+    ScopedEnv fusion("MAMBADIFF_DECODE_FUSION", mode);
+    Mamba2Cache cache = cuda.new_cache(2);
+    cuda.forward(torch::tensor({3, 1, 4, 1, 5, 9, 2, 6}, torch::kInt64).view({2, 4}), cache);
+    torch::Tensor l;
+    for (int64_t t : {7, 3, 8}) l = cuda.forward(torch::full({2, 1}, t, torch::kInt64), cache).logits;
+    logits.push_back(l);
+    states.push_back(cache.ssm_states.back().clone());
+  }
+  EXPECT_LT(rel_err(logits[0], logits[1]), kFp32Tol);
+  EXPECT_LT(rel_err(states[0], states[1]), kFp32Tol);
+  ScopedEnv bogus("MAMBADIFF_DECODE_FUSION", "maybe");
+  Mamba2Cache cache = cuda.new_cache(1);
+  cuda.forward(torch::tensor({3, 1}, torch::kInt64).view({1, 2}), cache);
+  try {
+    cuda.forward(torch::tensor({{4}}, torch::kInt64), cache);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("MAMBADIFF_DECODE_FUSION='maybe'"), std::string::npos) << e.what();
+  }
+}
+
 // The optimizer's statistics in one kernel (fused::delta_statistics) against the ATen version:
 // rank and margin exactly (the same float64 comparisons and max), ‖Δ‖₂ to float64 rounding (another
 // summation order), over rows with ties, infinities and NaN, and the 130m vocabulary.
