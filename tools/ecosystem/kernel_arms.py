@@ -20,6 +20,8 @@ exporter with one kernel behaviour changed or recorded, on the card or under Tri
       measured factor: the kernel's final state / a float64 recompute of it from the same inputs
       (softplus in float64, sequential recurrence). Prints EXPLAINED when every head with a
       nonzero state matches the prediction within 2e-6 and some head's prediction is not 1.
+  kernel_arms.py compare A.safetensors B.safetensors
+      per tensor of B: max |A - B| / max |B| and how many elements differ (bit-identical or not)
   kernel_arms.py prefixes SCENARIO OUTDIR
       OUTDIR/ops<N>.json: the scenario cut after its first N ops (N = 1 .. all), the model by
       absolute path, so that a cache tensor is compared after every op (an export holds the
@@ -151,6 +153,25 @@ def cumsum_verdict(path: str) -> int:
     return 0
 
 
+def compare(a_path: str, b_path: str) -> int:
+    from safetensors.torch import load_file
+
+    a, b = load_file(a_path), load_file(b_path)
+    same = True
+    for k in sorted(b):
+        if k not in a:
+            print(f"  {k}: missing in {a_path}")
+            same = False
+            continue
+        x, y = a[k].double(), b[k].double()
+        ne = int((x != y).sum())
+        same = same and ne == 0
+        scale = y.abs().max().item() or 1.0
+        print(f"  {k:24s} max|a-b|/scale {(x - y).abs().max().item() / scale:.3g}  differing {ne}/{y.numel()}")
+    print(f"compare: {'BIT-IDENTICAL' if same else 'DIFFERENT'} ({a_path} vs {b_path})")
+    return 0
+
+
 def prefixes(scenario: str, outdir: str) -> int:
     s = json.loads(Path(scenario).read_text())
     model = (Path(scenario).resolve().parent / s["model"]).resolve()
@@ -170,6 +191,8 @@ def main() -> int:
     a = sys.argv[1:]
     if a[:1] == ["cumsum-verdict"] and len(a) == 2:
         return cumsum_verdict(a[1])
+    if a[:1] == ["compare"] and len(a) == 3:
+        return compare(a[1], a[2])
     if a[:1] == ["prefixes"] and len(a) == 3:
         return prefixes(a[1], a[2])
     if a[:1] != ["run"] or "--" not in a:
