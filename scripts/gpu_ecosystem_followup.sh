@@ -169,6 +169,9 @@ if [ -n "$CCD_PID" ]; then
     "$MD" check --external "mamba_ssm_cc=$E/mamba_ssm_cc" "${SCEN_FILTER[@]}" --json "$R/check_mamba_ssm_cc.json" \
         --cases-dir "$R/cases_mamba_ssm_cc" > "$R/check_mamba_ssm_cc.txt" 2>&1
     log "iii check --external mamba_ssm_cc: exit $? -- $(tail -1 "$R/check_mamba_ssm_cc.txt")"
+    first=$(find "$E/mamba_ssm_cc" -name '*.safetensors' 2>/dev/null | sort | head -1)
+    "$PY" tools/ecosystem/summarize.py --card "${CARD:-?}" --command "bash scripts/gpu_ecosystem_followup.sh (carry .device .devbin)" \
+        --report "mamba_ssm_cc=$R/check_mamba_ssm_cc.json" --versions "mamba_ssm_cc=$first" > "$R/external_mamba_ssm_cc.md" 2>> "$R/summarize.txt"
     log "iii mamba_ssm_cc errors (tiny expected: channel-last stride): $(find "$E/mamba_ssm_cc" -name '*.error' | sed "s|$E/mamba_ssm_cc/||" | tr '\n' ' ' | cut -c1-400)"
   fi
 else

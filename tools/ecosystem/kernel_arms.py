@@ -4,8 +4,9 @@ exporter with one kernel behaviour changed or recorded, on the card or under Tri
 
   kernel_arms.py run [--capture FILE] [--pad-cumsum] [--conv textbook] -- SCRIPT.py ARGS...
       --capture FILE  record every mamba_ssm scan call (its inputs, final state, and the dA_cumsum
-                      that mamba_ssm's _chunk_cumsum_fwd computes for them, on the same device) into
-                      FILE (torch.save)
+                      and dt that mamba_ssm's _chunk_cumsum_fwd computes for them, on the same
+                      device: the scan order can be worked out from them offline) into FILE
+                      (torch.save)
       --pad-cumsum    the fix arm for the padded-chunk cumsum: after _chunk_cumsum_fwd, every padded
                       position of a partial last chunk (t >= seqlen - c*chunk_size) gets the cumsum
                       of the last real token, so that _chunk_state_fwd's dA_cs_last (read at position
@@ -78,7 +79,7 @@ def patch_backend(capture: str | None, pad_cumsum: bool, conv: str | None) -> li
                                              dt_limit=shape.time_step_limit)
             cpu = lambda t: None if t is None else t.detach().float().cpu()  # noqa: E731
             records.append(dict(x=cpu(x), dt=cpu(dt), B=cpu(B_), C=cpu(C), init=cpu(init_state), A=cpu(w.A),
-                                dt_bias=cpu(w.dt_bias), final=cpu(final), dA_cumsum=cpu(dA_cumsum),
+                                dt_bias=cpu(w.dt_bias), final=cpu(final), dA_cumsum=cpu(dA_cumsum), dt_out=cpu(dt_out),
                                 chunk_size=shape.chunk_size, time_step_limit=list(shape.time_step_limit)))
             torch.save(records, capture)
         return y, final
