@@ -2,7 +2,7 @@
 """Write a long decode on which a low-precision SSM state shows end to end (vLLM's default,
 mamba_ssm_cache_dtype auto: the state kept in the model's dtype, vLLM #43301).
 
-  slow_decay_decode.py --base corpus/models/tiny --out DIR [--steps 256] [--dtype bfloat16]
+  slow_decay_decode.py --base corpus/models/tiny --out DIR [--steps 512] [--dtype bfloat16]
                        [--a-log -4] [--dt-bias -3]
 
 -> DIR/slowdecay/ (the base model with every layer's A_log and dt_bias set to the given values:
@@ -11,7 +11,7 @@ DIR/slowdecay/<dtype>_repeat<STEPS>.json: a prefill of 5 tokens, then STEPS deco
 repeated token (batch 1). With one token repeated, x·B is the same every step, so each head's state
 grows monotonically towards ~1/(Δt·|A|) increments: once an increment falls under half a bf16 ulp
 of the state (2^-9 of it, after a few hundred steps) a bf16 state stops growing where a float32
-one does not. check's decodes (6 steps, random tokens) and the 64-step random-token decodes of
+one does not. (--a-log also takes a comma-separated list, cycled over the heads.) check's decodes (6 steps, random tokens) and the 64-step random-token decodes of
 scripts/gpu_ecosystem.sh never get there (docs/external.md, Results 09:19 UTC).
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--a-log", type=float, default=-4.0)
+    ap.add_argument("--a-log", default="-4", help="A_log of every head, or a comma-separated list cycled over the heads")
     ap.add_argument("--dt-bias", type=float, default=-3.0)
     ap.add_argument("--token", type=int, default=7)
     args = ap.parse_args(argv)
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     w = load_file(str(args.base / "model.safetensors"))
     for k in list(w):
         if k.endswith("mixer.A_log"):
-            w[k] = torch.full_like(w[k], args.a_log)
+            vals = [float(v) for v in str(args.a_log).split(",")]
+            w[k] = torch.tensor([vals[i % len(vals)] for i in range(w[k].numel())], dtype=w[k].dtype)
         elif k.endswith("mixer.dt_bias"):
             w[k] = torch.full_like(w[k], args.dt_bias)
     save_file(w, str(model / "model.safetensors"), metadata={"format": "pt"})
