@@ -35,7 +35,7 @@
 # the causal-conv1d matrix export; the arms themselves are small (a few exports of tiny models).
 # CPU dry run (Triton's interpreter; bf16 through tools/ecosystem/emulate_card.py --bf16-dots):
 #   ECO_DEVICE=cpu MAMBADIFF=/tmp/bu/mambadiff PYTHON=~/.cache/mambadiff/ecosystem-venv/bin/python \
-#   REDUCE_SECONDS=20 CHECK_SCENARIO=prefill_15 OUT=/tmp/fu bash scripts/gpu_ecosystem_followup.sh
+#   REDUCE_SECONDS=20 CHECK_SCENARIO=prefill_15 SLOW_DECAY_STEPS=4 OUT=/tmp/fu bash scripts/gpu_ecosystem_followup.sh
 set -uo pipefail
 PY=${PYTHON:-python3}
 : "${OUT:?set OUT to the folder that comes back}"
@@ -156,27 +156,27 @@ reduce_case A_fee798e7_tf32 "$CA" "$EXPC" &
 reduce_case B_fastdecay_ieee "$CB" "env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=$TRITON_CACHE_DIR-ieee $EXPC" &
 reduce_case C_bf16_margin "$CC" "$EXPC" &
 
-# iii: causal-conv1d's matrix (and case C with it) once the build is done.
-if [ -n "$CCD_PID" ]; then
-  wait "$CCD_PID"
+# iii: causal-conv1d's matrix (and case C with it) once the build is done, in the background.
+arm_cc() {
+  if [ -z "$CCD_PID" ]; then log "iii mamba_ssm_cc: not run (device $DEVICE)"; return; fi
+  while kill -0 "$CCD_PID" 2>/dev/null; do sleep 2; done
   log "$(grep -E '^causal_conv1d:' "$R/causal_conv1d_build.txt" | tail -1 || echo 'causal_conv1d: no result line')"
-  if grep -q "^causal_conv1d: built" "$R/causal_conv1d_build.txt"; then
-    left=$(( BUDGET - ($(date +%s) - T0) - 60 )); [ "$left" -gt 240 ] && left=240
-    (export PYTHONPATH="$CCD${PYTHONPATH:+:$PYTHONPATH}"
-     export_one C_causal_conv1d "$CC/scenario.json" mamba_ssm
-     timeout "$left" "$PY" "${EXP[@]}" --backend mamba_ssm --all "$S" --out-dir "$E/mamba_ssm_cc" > "$R/export_mamba_ssm_cc.txt" 2>&1
-     echo "exit $? after $(( $(date +%s) - T0 )) s" >> "$R/export_mamba_ssm_cc.txt")
-    "$MD" check --external "mamba_ssm_cc=$E/mamba_ssm_cc" "${SCEN_FILTER[@]}" --json "$R/check_mamba_ssm_cc.json" \
-        --cases-dir "$R/cases_mamba_ssm_cc" > "$R/check_mamba_ssm_cc.txt" 2>&1
-    log "iii check --external mamba_ssm_cc: exit $? -- $(tail -1 "$R/check_mamba_ssm_cc.txt")"
-    first=$(find "$E/mamba_ssm_cc" -name '*.safetensors' 2>/dev/null | sort | head -1)
-    "$PY" tools/ecosystem/summarize.py --card "${CARD:-?}" --command "bash scripts/gpu_ecosystem_followup.sh (carry .device .devbin)" \
-        --report "mamba_ssm_cc=$R/check_mamba_ssm_cc.json" --versions "mamba_ssm_cc=$first" > "$R/external_mamba_ssm_cc.md" 2>> "$R/summarize.txt"
-    log "iii mamba_ssm_cc errors (tiny expected: channel-last stride): $(find "$E/mamba_ssm_cc" -name '*.error' | sed "s|$E/mamba_ssm_cc/||" | tr '\n' ' ' | cut -c1-400)"
-  fi
-else
-  log "iii mamba_ssm_cc: not run (device $DEVICE)"
-fi
+  grep -q "^causal_conv1d: built" "$R/causal_conv1d_build.txt" || return
+  local left=$(( BUDGET - ($(date +%s) - T0) - 60 )); [ "$left" -gt 240 ] && left=240
+  (export PYTHONPATH="$CCD${PYTHONPATH:+:$PYTHONPATH}"
+   export_one C_causal_conv1d "$CC/scenario.json" mamba_ssm
+   timeout "$left" "$PY" "${EXP[@]}" --backend mamba_ssm --all "$S" --out-dir "$E/mamba_ssm_cc" > "$R/export_mamba_ssm_cc.txt" 2>&1
+   echo "exit $? after $(( $(date +%s) - T0 )) s" >> "$R/export_mamba_ssm_cc.txt")
+  verdict C_causal_conv1d "$CC/scenario.json" "AGREE if causal-conv1d rounds once"
+  "$MD" check --external "mamba_ssm_cc=$E/mamba_ssm_cc" "${SCEN_FILTER[@]}" --json "$R/check_mamba_ssm_cc.json" \
+      --cases-dir "$R/cases_mamba_ssm_cc" > "$R/check_mamba_ssm_cc.txt" 2>&1
+  log "iii check --external mamba_ssm_cc: exit $? -- $(tail -1 "$R/check_mamba_ssm_cc.txt")"
+  log "iii mamba_ssm_cc errors (tiny expected: channel-last stride): $(find "$E/mamba_ssm_cc" -name '*.error' | sed "s|$E/mamba_ssm_cc/||" | tr '\n' ' ' | cut -c1-400)"
+  local first; first=$(find "$E/mamba_ssm_cc" -name '*.safetensors' 2>/dev/null | sort | head -1)
+  "$PY" tools/ecosystem/summarize.py --card "${CARD:-?}" --command "bash scripts/gpu_ecosystem_followup.sh (carry .device .devbin)" \
+      --report "mamba_ssm_cc=$R/check_mamba_ssm_cc.json" --versions "mamba_ssm_cc=$first" > "$R/external_mamba_ssm_cc.md" 2>> "$R/summarize.txt"
+}
+arm_cc &
 
 wait $PA $PB $PC $PD
 log "arms done"
@@ -204,7 +204,6 @@ done
 verdict C_mamba_ssm "$CC/scenario.json" "DIVERGE op 4 token 3 layer 1 layer_output (~1.4x)"
 verdict C_textbook_conv "$CC/scenario.json" "AGREE (~0.75 of tolerance)"
 verdict C_stand_in "$CC/scenario.json" "AGREE (~0.12 of tolerance)"
-[ -f "$R/C_causal_conv1d.export.txt" ] && verdict C_causal_conv1d "$CC/scenario.json" "AGREE if causal-conv1d rounds once"
 verdict D_vllm_default "$SD" "DIVERGE (bf16 state)"
 verdict D_vllm_state32 "$SD" "AGREE (float32 state)"
 "$MD" run "$SD" --path reference --out "$R/D_reference.safetensors" > /dev/null 2>&1
@@ -212,6 +211,8 @@ for a in D_vllm_default D_vllm_state32; do
   [ -f "$R/$a.safetensors" ] || continue
   log "$a final cache vs reference: $("$PY" "$ARMS" compare "$R/$a.safetensors" "$R/D_reference.safetensors" | grep -E "cache.ssm|op.$STEPS.logits" | awk '{print $1, $3}' | tr '\n' ' ') [predicted: the default state's ~20x the float32 one's]"
 done
+archive() { tar czf "$W/followup.tgz" -C "$W" res A D && mv "$W/followup.tgz" "$OUT/followup.tgz" && log "archive: $(du -h "$OUT/followup.tgz" | cut -f1)"; }
+archive  # once now (a call cut off later still brings the arms back), again at the end
 wait
 log "done"
-tar czf "$OUT/followup.tgz" -C "$W" res A D && log "archive: $(du -h "$OUT/followup.tgz" | cut -f1)"
+archive
