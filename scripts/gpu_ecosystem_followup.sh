@@ -191,6 +191,7 @@ verdict B_ieee_padcumsum "$CB/scenario.json" "AGREE"
 if [ -f "$R/B_capture.pt" ]; then
   "$PY" "$ARMS" cumsum-verdict "$R/B_capture.pt" > "$R/B_cumsum_verdict.txt" 2>&1
   log "B: $(tail -1 "$R/B_cumsum_verdict.txt") [predicted: EXPLAINED]"
+  log "B: $(grep -c 'PTX' "$R/B_cumsum_verdict.txt") scans; the PTX's scan order vs the card's dA_cumsum: $(grep -o '[0-9]*/[0-9]* chunk rows bit-identical' "$R/B_cumsum_verdict.txt" | tr '\n' ' ') [predicted: all rows]"
 fi
 for v in plain pad; do
   if [ -d "$E/B_$v/fastdecay" ]; then

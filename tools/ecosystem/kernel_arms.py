@@ -110,6 +110,26 @@ def float64_final(r):
     return h
 
 
+def ks_fma_cumsum(dt, A):
+    """mamba_ssm's tl.cumsum(dt * A) as Triton 3.6 compiles _chunk_cumsum_fwd_kernel for sm_90 with
+    BLOCK_SIZE_H 1 and a chunk of at most 32 (layout [1, 32] lanes, one element a lane; read off the
+    PTX, docs/external.md "Follow-up"): a Kogge-Stone warp scan, shfl.up by 1, 2, 4, 8, 16, whose
+    first step is contracted into fma(dt_i, A, dt_{i-1} * A). dt: [..., n] float32 numpy; A: [...]."""
+    import numpy as np
+
+    f32, f64 = np.float32, np.float64
+    A = np.asarray(A, f32)[..., None]
+    prod = (dt * A).astype(f32)
+    y = prod.copy()
+    y[..., 1:] = (dt[..., 1:].astype(f64) * A.astype(f64) + prod[..., :-1].astype(f64)).astype(f32)
+    d, n = 2, dt.shape[-1]
+    while d < n:
+        prev = y.copy()
+        y[..., d:] = (prev[..., d:] + prev[..., :-d]).astype(f32)
+        d *= 2
+    return y
+
+
 def cumsum_verdict(path: str) -> int:
     import numpy as np
     import torch
@@ -146,8 +166,13 @@ def cumsum_verdict(path: str) -> int:
                     lines.append(f"    row {b} head {h}: cumsum end - last token {diff[b, h].item():+.3g} "
                                  f"({ulps[b, h].item():+.2f} ulp of |{at_last[b, h].item():.4g}|), predicted factor "
                                  f"{p:.8f}, measured {measured:.8f}")
+        if cz <= 32 and "dt_out" in r:
+            emu = ks_fma_cumsum(r["dt_out"].numpy(), r["A"].numpy()[None, :, None])  # [B, H, nchunks, cz]
+            same = (emu == cs.numpy()).all(axis=-1)
+            lines.append(f"    the PTX's scan order (Kogge-Stone, first step an FMA) from the kernel's own dt: "
+                         f"{int(same.sum())}/{same.size} chunk rows bit-identical to its dA_cumsum")
         print(f"scan {i}: T={T}, chunk {cz}, last chunk {last} real tokens; heads off the prediction or with a "
-              f"factor != 1: {len(lines)}")
+              f"factor != 1: {sum(1 for l in lines if 'row ' in l)}")
         print("\n".join(lines))
     verdict = "EXPLAINED" if explained and any_factor else ("NO FACTOR (nothing to explain here)" if explained else "NOT EXPLAINED")
     print(f"cumsum-verdict: {verdict} (largest |measured - predicted| {worst:.3g})")
