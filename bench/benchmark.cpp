@@ -4,18 +4,23 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
 #include <stdexcept>
 
 #include "bench/scan_ops.h"
+#include "engine/chunked_path.h"
 #include "engine/errors.h"
 #include "harness/history.h"
 #include "harness/scoped_env.h"
 #include "harness/path_registry.h"
 #include "optimizer/decode_graph.h"
 #include "optimizer/real_cache_optimizer.h"
+#if MAMBADIFF_CUDA_PATH
+#include "cuda_path/fused_ops.h"
+#endif
 // The random in-memory model of the property tests and fuzz targets (needs only LibTorch): the
 // default model of decode and optimize, so that `bench` runs without any file.
 #include "tests/random_model.h"
@@ -233,7 +238,51 @@ struct Run {
       r.timing = time_calls([&] { graph->step(token_ids); }, device, timer(false));  // step() waits for the replay
       emit(r);
     }
+#if MAMBADIFF_CUDA_PATH
+    if (options.path == "cuda") decode_kernels(*path, cache);
+#endif
   }
+
+#if MAMBADIFF_CUDA_PATH
+  // Where the fused decode step's time goes: each kernel of one layer's step alone (layer 0's
+  // weights and cache, one token) and the lm_head product, L2 flushed before each call as the
+  // whole-model step finds them (the 130m model's weights are ~10× the L2). Rows "decode-kernel".
+  void decode_kernels(const ExecutionPath& path, Mamba2Cache& cache) {
+    const auto* chunked = dynamic_cast<const ChunkedPath*>(&path);
+    if (chunked == nullptr) return;
+    const auto& c = path.config();
+    const auto& w = chunked->weights().layers[0];
+    const int64_t D = c.hidden_size, I = c.d_inner(), C = c.conv_dim(), H = c.num_heads;
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+    const torch::Tensor x = torch::randn({1, 1, D}, f32), y = torch::randn({1, 1, I}, f32);
+    const torch::Tensor proj = fused::norm_in_proj(x, w.norm_weight, c.layer_norm_epsilon, w.in_proj_weight, w.in_proj_bias);
+    const fused::DecodeStepWeights step{w.conv1d_weight, w.conv1d_bias, w.dt_bias, -w.A_log.to(torch::kFloat32).exp(), w.D,
+                                        c.time_step_min, c.time_step_max, c.n_groups};
+    const torch::Tensor xBC_raw = proj.narrow(2, I, C), dt_raw = proj.narrow(2, I + C, H), gate = proj.narrow(2, 0, I);
+    const auto bytes = [](const torch::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); };
+    const auto kernel_row = [&](const char* op, OpCost cost, const std::function<void()>& call) {
+      BenchResult r = row("decode-kernel", model_label(c) + " b1", "fp32", "", op);
+      r.cost = cost;
+      r.timing = time_calls(call, device, timer(/*flush_l2=*/true));
+      emit(r);
+    };
+    kernel_row("fused::norm_in_proj (rms_norm + in_proj)",
+               {bytes(w.in_proj_weight) + 2 * bytes(x) + bytes(proj), 2 * w.in_proj_weight.numel()},
+               [&] { fused::norm_in_proj(x, w.norm_weight, c.layer_norm_epsilon, w.in_proj_weight, w.in_proj_bias); });
+    torch::Tensor& window = cache.conv_states[0];
+    torch::Tensor& state = cache.ssm_states[0];
+    kernel_row("fused::decode_step (conv + dt + state update, in place)",
+               {2 * bytes(state) + 2 * bytes(window) + bytes(xBC_raw) + bytes(dt_raw), 5 * state.numel()},
+               [&] { fused::decode_step(xBC_raw, dt_raw, window, state, step); });
+    kernel_row("fused::gated_norm_out_proj (gated_rms_norm + out_proj + residual)",
+               {bytes(w.out_proj_weight) + bytes(y) + bytes(gate) + 2 * bytes(x), 2 * w.out_proj_weight.numel()},
+               [&] { fused::gated_norm_out_proj(y, gate, w.gated_norm_weight, c.layer_norm_epsilon, c.gated_norm_group_size(),
+                                                w.out_proj_weight, x); });
+    const torch::Tensor& lm_head = chunked->weights().lm_head;
+    kernel_row("torch::linear (lm_head, cuBLAS)", {bytes(lm_head) + bytes(x) + 4 * lm_head.size(0), 2 * lm_head.numel()},
+               [&] { torch::linear(x, lm_head); });
+  }
+#endif
 
   // On `cuda`: the decode step fused (the default) and op by op; elsewhere the path as it is.
   std::vector<std::string> decode_fusion_modes() const {

@@ -94,7 +94,7 @@ SCEN_FILTER=(); [ -n "${CHECK_SCENARIO:-}" ] && SCEN_FILTER=(--scenario "$CHECK_
 "$MD" check --emit-scenarios "$S" "${SCEN_FILTER[@]}" > "$R/emit.txt" 2>&1
 CA=corpus/regressions/mamba-ssm-gpu-second-step-state-unexplained
 CB=corpus/regressions/mamba-ssm-ieee-fastdecay-state-unexplained
-CC=corpus/regressions/mamba-ssm-bf16-continue-layer1-margin
+CASE_C=corpus/regressions/mamba-ssm-bf16-continue-layer1-margin  # not CC: the card exports CC (the C compiler Triton runs)
 "$PY" "$ARMS" prefixes "$CA/scenario.json" "$W/A" > /dev/null
 STEPS=${SLOW_DECAY_STEPS:-512}
 "$PY" tools/ecosystem/slow_decay_decode.py --base corpus/models/tiny --out "$W/D" --steps "$STEPS" > /dev/null
@@ -126,9 +126,9 @@ arm_B() {
 }
 # C: the bf16 margin with each conv.
 arm_C() {
-  export_one C_mamba_ssm "$CC/scenario.json" mamba_ssm
-  export_one C_textbook_conv "$CC/scenario.json" mamba_ssm --conv textbook
-  timeout 100 "$PY" "${EXP[@]}" --backend stand_in "$CC/scenario.json" --out "$R/C_stand_in.safetensors" > "$R/C_stand_in.export.txt" 2>&1
+  export_one C_mamba_ssm "$CASE_C/scenario.json" mamba_ssm
+  export_one C_textbook_conv "$CASE_C/scenario.json" mamba_ssm --conv textbook
+  timeout 100 "$PY" "${EXP[@]}" --backend stand_in "$CASE_C/scenario.json" --out "$R/C_stand_in.safetensors" > "$R/C_stand_in.export.txt" 2>&1
 }
 # iv: vLLM's state dtype on the slow decay.
 arm_D() {
@@ -154,7 +154,7 @@ EXPC="${RUNPY[*]} tools/ecosystem/export.py --backend mamba_ssm --device $DEVICE
 mkdir -p "$R/reduced"
 reduce_case A_fee798e7_tf32 "$CA" "$EXPC" &
 reduce_case B_fastdecay_ieee "$CB" "env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=$TRITON_CACHE_DIR-ieee $EXPC" &
-reduce_case C_bf16_margin "$CC" "$EXPC" &
+reduce_case C_bf16_margin "$CASE_C" "$EXPC" &
 
 # iii: causal-conv1d's matrix (and case C with it) once the build is done, in the background.
 arm_cc() {
@@ -164,10 +164,10 @@ arm_cc() {
   grep -q "^causal_conv1d: built" "$R/causal_conv1d_build.txt" || return
   local left=$(( BUDGET - ($(date +%s) - T0) - 60 )); [ "$left" -gt 240 ] && left=240
   (export PYTHONPATH="$CCD${PYTHONPATH:+:$PYTHONPATH}"
-   export_one C_causal_conv1d "$CC/scenario.json" mamba_ssm
+   export_one C_causal_conv1d "$CASE_C/scenario.json" mamba_ssm
    timeout "$left" "$PY" "${EXP[@]}" --backend mamba_ssm --all "$S" --out-dir "$E/mamba_ssm_cc" > "$R/export_mamba_ssm_cc.txt" 2>&1
    echo "exit $? after $(( $(date +%s) - T0 )) s" >> "$R/export_mamba_ssm_cc.txt")
-  verdict C_causal_conv1d "$CC/scenario.json" "AGREE if causal-conv1d rounds once"
+  verdict C_causal_conv1d "$CASE_C/scenario.json" "AGREE if causal-conv1d rounds once"
   "$MD" check --external "mamba_ssm_cc=$E/mamba_ssm_cc" "${SCEN_FILTER[@]}" --json "$R/check_mamba_ssm_cc.json" \
       --cases-dir "$R/cases_mamba_ssm_cc" > "$R/check_mamba_ssm_cc.txt" 2>&1
   log "iii check --external mamba_ssm_cc: exit $? -- $(tail -1 "$R/check_mamba_ssm_cc.txt")"
@@ -202,9 +202,9 @@ for v in plain pad; do
     grep -E "^fastdecay|fastdecay/" "$R/B_check_$v.txt" | grep -iv "skipped" | head -12 | tee -a "$OUT/followup.txt"
   fi
 done
-verdict C_mamba_ssm "$CC/scenario.json" "DIVERGE op 4 token 3 layer 1 layer_output (~1.4x)"
-verdict C_textbook_conv "$CC/scenario.json" "AGREE (~0.75 of tolerance)"
-verdict C_stand_in "$CC/scenario.json" "AGREE (~0.12 of tolerance)"
+verdict C_mamba_ssm "$CASE_C/scenario.json" "DIVERGE op 4 token 3 layer 1 layer_output (~1.4x)"
+verdict C_textbook_conv "$CASE_C/scenario.json" "AGREE (~0.75 of tolerance)"
+verdict C_stand_in "$CASE_C/scenario.json" "AGREE (~0.12 of tolerance)"
 verdict D_vllm_default "$SD" "DIVERGE (bf16 state)"
 verdict D_vllm_state32 "$SD" "AGREE (float32 state)"
 "$MD" run "$SD" --path reference --out "$R/D_reference.safetensors" > /dev/null 2>&1

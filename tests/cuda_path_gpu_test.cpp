@@ -382,9 +382,9 @@ TEST_F(FusedOps, DecodeFusionOnAndOffAgree) {
   }
   EXPECT_LT(rel_err(logits[0], logits[1]), kFp32Tol);
   EXPECT_LT(rel_err(states[0], states[1]), kFp32Tol);
-  ScopedEnv bogus("MAMBADIFF_DECODE_FUSION", "maybe");
   Mamba2Cache cache = cuda.new_cache(1);
   cuda.forward(torch::tensor({3, 1}, torch::kInt64).view({1, 2}), cache);
+  ScopedEnv bogus("MAMBADIFF_DECODE_FUSION", "maybe");  // read by every forward: set after the prefill
   try {
     cuda.forward(torch::tensor({{4}}, torch::kInt64), cache);
     ADD_FAILURE() << "no error";
