@@ -169,47 +169,50 @@ bool vector_aligned(const void* p, int64_t cols) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0 && cols % kVector<T> == 0;
 }
 
+// The launch of either kernel: the weight's rows [out_features, cols] checked against the kernel's
+// limits, one block per kWarps output rows and sequence, the normalized vector in dynamic shared memory.
+struct GemvLaunch {
+  dim3 grid;
+  size_t smem = 0;
+};
+int gemv_launch(Act act, const void* weight, int64_t cols, int64_t out_features, int64_t batch, GemvLaunch& launch) {
+  if (cols < 1 || cols > kDecodeGemvMaxCols || out_features < 1) return cudaErrorInvalidValue;
+  const bool aligned = act == Act::kFloat32 ? vector_aligned<float>(weight, cols) : vector_aligned<__nv_bfloat16>(weight, cols);
+  if (!aligned) return cudaErrorInvalidValue;
+  launch.grid = dim3(static_cast<unsigned>(device::ceil_div(out_features, kWarps)), static_cast<unsigned>(batch));
+  launch.smem = static_cast<size_t>(cols) * sizeof(float);
+  return cudaSuccess;
+}
+
 }  // namespace
 
 int norm_in_proj_forward(const NormInProjParams& p, void* stream) {
-  if (p.dim < 1 || p.dim > kDecodeGemvMaxCols || p.out_features < 1) return cudaErrorInvalidValue;
-  const bool fp32 = p.act == Act::kFloat32;
-  if (!(fp32 ? vector_aligned<float>(p.weight, p.dim) : vector_aligned<__nv_bfloat16>(p.weight, p.dim))) {
-    return cudaErrorInvalidValue;
-  }
+  GemvLaunch l;
+  if (const int rc = gemv_launch(p.act, p.weight, p.dim, p.out_features, p.batch, l); rc != cudaSuccess) return rc;
   if (p.batch == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(device::ceil_div(p.out_features, kWarps)), static_cast<unsigned>(p.batch));
-  const size_t smem = static_cast<size_t>(p.dim) * sizeof(float);
   const auto st = static_cast<cudaStream_t>(stream);
-  if (fp32) {
-    norm_in_proj_kernel<float, float><<<grid, kThreads, smem, st>>>(p);
+  if (p.act == Act::kFloat32) {
+    norm_in_proj_kernel<float, float><<<l.grid, kThreads, l.smem, st>>>(p);
   } else if (p.x_act == Act::kFloat32) {
-    norm_in_proj_kernel<float, __nv_bfloat16><<<grid, kThreads, smem, st>>>(p);
+    norm_in_proj_kernel<float, __nv_bfloat16><<<l.grid, kThreads, l.smem, st>>>(p);
   } else {
-    norm_in_proj_kernel<__nv_bfloat16, __nv_bfloat16><<<grid, kThreads, smem, st>>>(p);
+    norm_in_proj_kernel<__nv_bfloat16, __nv_bfloat16><<<l.grid, kThreads, l.smem, st>>>(p);
   }
   return cudaGetLastError();
 }
 
 int gated_norm_out_proj_forward(const GatedNormOutProjParams& p, void* stream) {
-  if (p.channels < 1 || p.channels > kDecodeGemvMaxCols || p.group_size < 1 || p.channels % p.group_size != 0 ||
-      p.out_features < 1) {
-    return cudaErrorInvalidValue;
-  }
-  const bool fp32 = p.act == Act::kFloat32;
-  if (!(fp32 ? vector_aligned<float>(p.weight, p.channels) : vector_aligned<__nv_bfloat16>(p.weight, p.channels))) {
-    return cudaErrorInvalidValue;
-  }
+  if (p.group_size < 1 || p.channels % p.group_size != 0) return cudaErrorInvalidValue;
+  GemvLaunch l;
+  if (const int rc = gemv_launch(p.act, p.weight, p.channels, p.out_features, p.batch, l); rc != cudaSuccess) return rc;
   if (p.batch == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(device::ceil_div(p.out_features, kWarps)), static_cast<unsigned>(p.batch));
-  const size_t smem = static_cast<size_t>(p.channels) * sizeof(float);
   const auto st = static_cast<cudaStream_t>(stream);
-  if (fp32) {
-    gated_norm_out_proj_kernel<float, float><<<grid, kThreads, smem, st>>>(p);
+  if (p.act == Act::kFloat32) {
+    gated_norm_out_proj_kernel<float, float><<<l.grid, kThreads, l.smem, st>>>(p);
   } else if (p.residual_act == Act::kFloat32) {
-    gated_norm_out_proj_kernel<float, __nv_bfloat16><<<grid, kThreads, smem, st>>>(p);
+    gated_norm_out_proj_kernel<float, __nv_bfloat16><<<l.grid, kThreads, l.smem, st>>>(p);
   } else {
-    gated_norm_out_proj_kernel<__nv_bfloat16, __nv_bfloat16><<<grid, kThreads, smem, st>>>(p);
+    gated_norm_out_proj_kernel<__nv_bfloat16, __nv_bfloat16><<<l.grid, kThreads, l.smem, st>>>(p);
   }
   return cudaGetLastError();
 }
