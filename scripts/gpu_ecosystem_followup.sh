@@ -92,8 +92,8 @@ fi
 S=$W/scenarios; E=$W/exports
 SCEN_FILTER=(); [ -n "${CHECK_SCENARIO:-}" ] && SCEN_FILTER=(--scenario "$CHECK_SCENARIO")
 "$MD" check --emit-scenarios "$S" "${SCEN_FILTER[@]}" > "$R/emit.txt" 2>&1
-CA=corpus/regressions/mamba-ssm-gpu-second-step-state-unexplained
-CB=corpus/regressions/mamba-ssm-ieee-fastdecay-state-unexplained
+CA=corpus/regressions/mamba-ssm-tf32-prefill-state-in-decode
+CB=corpus/regressions/mamba-ssm-padded-chunk-decay-cumsum
 CASE_C=corpus/regressions/mamba-ssm-bf16-continue-layer1-margin  # not CC: the card exports CC (the C compiler Triton runs)
 "$PY" "$ARMS" prefixes "$CA/scenario.json" "$W/A" > /dev/null
 STEPS=${SLOW_DECAY_STEPS:-512}
