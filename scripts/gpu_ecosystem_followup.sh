@@ -2,13 +2,13 @@
 # One call on the lent GPU machine: the follow-up of issue 12 (docs/external.md, "Follow-up: the three
 # unexplained cases"). The CPU analysis there made each case a prediction; this call tests them on the
 # card's real kernels, and does what the 09:19 UTC call left:
-#  A  mamba-ssm-gpu-second-step-state-unexplained (fuzz input fee798e7): predicted TF32 (truncated
+#  A  mamba-ssm-gpu-second-step-state-unexplained, now mamba-ssm-tf32-prefill-state-in-decode (fuzz input fee798e7): predicted TF32 (truncated
 #     operands) in the PREFILL's chunked scan, carried into the decode state (the export holds the
 #     cache only after the last op, so it first shows at op 2). Arms: the scenario cut after op 1, 2, 3,
 #     each exported with Triton's default fp32 dots and with TRITON_F32_DEFAULT=ieee, each diffed
 #     against the float64 reference (predicted: default diverges on cache.ssm_states from op 0 on,
 #     5.6e-4 / 5.2e-4 / 3.39e-4; ieee agrees), and the default 3-op export against the stored one.
-#  B  mamba-ssm-ieee-fastdecay-state-unexplained: predicted mamba_ssm's _chunk_state_fwd reading the
+#  B  mamba-ssm-ieee-fastdecay-state-unexplained, now mamba-ssm-padded-chunk-decay-cumsum: predicted mamba_ssm's _chunk_state_fwd reading the
 #     chunk's cumsum of dt*A at position chunk_size-1 (a padded position when the last chunk is
 #     partial), which the card's parallel tl.cumsum associates differently from the last real
 #     token's: exp(-1 ulp of |sum dt*A|) on a head's whole final state. Arms: capture the scan's
@@ -26,6 +26,7 @@
 #     backend's conv-layout fix: `tiny` should now error as hf_fast_cc did), check --external.
 #  iv vLLM's bf16 state end to end: a 512-step repeated-token decode on a slow-decaying copy of `tiny`
 #     (tools/ecosystem/slow_decay_decode.py), vLLM with its default state and with a float32 one.
+# Run on an H200 2026-12-02 12:09 UTC: every prediction confirmed (docs/external.md, Follow-up).
 # Writes $OUT/followup.txt (the log: every verdict line) and $OUT/followup.tgz (everything).
 #
 # Needs in the tree: .device/ecosystem (as scripts/gpu_ecosystem.sh) and .devbin/mambadiff (a build
