@@ -17,7 +17,6 @@ namespace mambadiff::kernels {
 
 namespace {
 
-using device::block_sum;
 using device::load;
 using device::round_to;
 using device::store;
@@ -106,15 +105,9 @@ __global__ void __launch_bounds__(kThreads) norm_in_proj_kernel(NormInProjParams
   if (live) chunk.load(w, vectors, 0, lane);
   const TX* x = static_cast<const TX*>(p.x) + b * D;
   const T* w_norm = static_cast<const T*>(p.norm_weight);
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    const float v = round_to<T>(load(x, i));
-    ss += v * v;
-  }
-  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(D) + p.eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    normed[i] = round_to<T>(load(w_norm, i) * round_to<T>(round_to<T>(load(x, i)) * r));
-  }
+  const auto x_in_t = [&](int64_t i) { return round_to<T>(load(x, i)); };  // the layer's x.to(dtype)
+  const float r = device::block_rms_scale(x_in_t, D, p.eps, scratch);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) normed[i] = round_to<T>(device::rms_normed<T>(load(w_norm, i), x_in_t(i), r));
   __syncthreads();
   if (!live) return;
   const float acc = row_times<T>(w, vectors, chunk, normed, lane);
@@ -141,15 +134,11 @@ __global__ void __launch_bounds__(kThreads) gated_norm_out_proj_kernel(GatedNorm
   const T* gate = static_cast<const T*>(p.gate) + b * p.gate_stride;
   const T* w = static_cast<const T*>(p.norm_weight);
   for (int64_t c0 = 0; c0 < I; c0 += group_size) {
-    float ss = 0.0f;
+    // h kept in shared memory for the second pass (the slot this thread reads back is its own).
+    const auto h = [&](int64_t i) { return normed[c0 + i] = y[c0 + i] * device::silu(load(gate, c0 + i)); };
+    const float r = device::block_rms_scale(h, group_size, p.eps, scratch);
     for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
-      const float h = y[c0 + i] * device::silu(load(gate, c0 + i));
-      normed[c0 + i] = h;
-      ss += h * h;
-    }
-    const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(group_size) + p.eps);
-    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
-      normed[c0 + i] = round_to<T>(load(w, c0 + i) * round_to<T>(normed[c0 + i] * r));  // this thread wrote it
+      normed[c0 + i] = round_to<T>(device::rms_normed<T>(load(w, c0 + i), normed[c0 + i], r));
     }
   }
   __syncthreads();

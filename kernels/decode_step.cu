@@ -31,9 +31,9 @@ using device::round_to;
 using device::store;
 
 constexpr int kMaxKernel = 8;       // the conv's register window (Mamba2 checkpoints use K = 4)
-constexpr int kMaxStateSize = 256;  // device::kStepRounds × 128
-constexpr int kBackwardThreads = 128;
-constexpr int kMaxHeadDim = 256;
+constexpr int kMaxStateSize = device::kStepMaxStateSize;
+constexpr int kBackwardThreads = device::kStepBackwardThreads;
+constexpr int kMaxHeadDim = device::kStepMaxHeadDim;
 
 // Blocks of each (batch, group) done reading its B/C conv windows (forward) or done writing their
 // heads' B/C gradients (backward). Zero at module load; the last block of a launch sets its entry
@@ -226,12 +226,6 @@ __global__ void __launch_bounds__(kBackwardThreads) decode_step_backward_kernel(
   }
 }
 
-template <int Rows>
-dim3 forward_grid(const ScanShape& s) {
-  return dim3(static_cast<unsigned>(s.batch * s.heads),
-              static_cast<unsigned>(device::ceil_div(s.head_dim, Rows * device::kStepWarps)));
-}
-
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 }  // namespace
@@ -250,9 +244,9 @@ int decode_step_forward(const DecodeStepParams& p, void* stream) {
   if (p.shape.batch * p.shape.heads * p.shape.head_dim == 0) return cudaSuccess;
   const auto st = static_cast<cudaStream_t>(stream);
   if (device::step_many_rows(p.shape.batch, p.shape.heads)) {
-    MAMBADIFF_DISPATCH_ACT(p.act, (decode_step_forward_kernel<T, 8><<<forward_grid<8>(p.shape), 32 * device::kStepWarps, 0, st>>>(p)));
+    MAMBADIFF_DISPATCH_ACT(p.act, (decode_step_forward_kernel<T, 8><<<device::step_grid<8>(p.shape), 32 * device::kStepWarps, 0, st>>>(p)));
   } else {
-    MAMBADIFF_DISPATCH_ACT(p.act, (decode_step_forward_kernel<T, 4><<<forward_grid<4>(p.shape), 32 * device::kStepWarps, 0, st>>>(p)));
+    MAMBADIFF_DISPATCH_ACT(p.act, (decode_step_forward_kernel<T, 4><<<device::step_grid<4>(p.shape), 32 * device::kStepWarps, 0, st>>>(p)));
   }
   return cudaGetLastError();
 }

@@ -51,6 +51,26 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// The RMSNorm scale rsqrt(mean_i value(i)² + eps) over i < n: each thread sums i = threadIdx.x,
+// + blockDim.x, ..., then block_sum adds the threads in its fixed order; every thread gets it. The
+// one definition of every norm kernel's scale (rms_norm.cu, decode_gemv.cu).
+template <typename Value>
+__device__ __forceinline__ float block_rms_scale(Value value, int64_t n, float eps, float* scratch) {
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = value(i);
+    ss += v * v;
+  }
+  return rsqrtf(block_sum(ss, scratch) / static_cast<float>(n) + eps);
+}
+
+// One normalized value as ATen computes weight * (v * scale) in the weight's dtype T: v * scale
+// rounded to T, then times the weight (the caller stores the product in T).
+template <typename T>
+__device__ __forceinline__ float rms_normed(float weight, float v, float scale) {
+  return weight * round_to<T>(v * scale);
+}
+
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace mambadiff::kernels::device

@@ -20,15 +20,9 @@ __global__ void rms_norm_forward_kernel(const TX* x, const T* w, T* out, float* 
   const int64_t row = blockIdx.x;
   const TX* xr = x + row * dim;
   MAMBADIFF_COVER(kNormThreadTail, threadIdx.x == 0 && dim % blockDim.x != 0);
-  float ss = 0.0f;
+  const float r = device::block_rms_scale([&](int64_t i) { return load(xr, i); }, dim, eps, scratch);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = load(xr, i);
-    ss += v * v;
-  }
-  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(dim) + eps);
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    // ATen: (x * r) rounded to the weight's dtype, then times the weight in that dtype.
-    store(out, row * dim + i, load(w, i) * round_to<T>(load(xr, i) * r));
+    store(out, row * dim + i, device::rms_normed<T>(load(w, i), load(xr, i), r));
   }
   if (threadIdx.x == 0) rstd[row] = r;
 }
@@ -59,17 +53,14 @@ __global__ void gated_rms_norm_forward_kernel(const float* y, const T* gate, int
   const int64_t row = blockIdx.x, group = blockIdx.y, c0 = group * group_size;
   MAMBADIFF_COVER(kGatedNormGrouped, threadIdx.x == 0 && gridDim.y > 1);
   MAMBADIFF_COVER(kNormThreadTail, threadIdx.x == 0 && group_size % blockDim.x != 0);
-  float ss = 0.0f;
+  const auto h = [&](int64_t i) {
+    const int64_t c = c0 + i;
+    return y[row * channels + c] * device::silu(load(gate, row * gate_stride + c));
+  };
+  const float r = device::block_rms_scale(h, group_size, eps, scratch);
   for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
     const int64_t c = c0 + i;
-    const float h = y[row * channels + c] * device::silu(load(gate, row * gate_stride + c));
-    ss += h * h;
-  }
-  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(group_size) + eps);
-  for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
-    const int64_t c = c0 + i;
-    const float h = y[row * channels + c] * device::silu(load(gate, row * gate_stride + c));
-    store(out, row * channels + c, load(w, c) * round_to<T>(h * r));
+    store(out, row * channels + c, device::rms_normed<T>(load(w, c), h(i), r));
   }
   if (threadIdx.x == 0) rstd[row * gridDim.y + group] = r;
 }

@@ -104,18 +104,12 @@ __global__ void __launch_bounds__(32 * device::kStepWarps) decode_step_kernel(Sc
                                   rows_base, y + (b * H + h) * P, p0, P, N, lane);
 }
 
-template <int Rows>
-dim3 decode_step_grid(const ScanShape& s) {
-  return dim3(static_cast<unsigned>(s.batch * s.heads),
-              static_cast<unsigned>(device::ceil_div(s.head_dim, Rows * device::kStepWarps)));
-}
-
 // One block per (batch, head); thread j owns state entries n = j, j + blockDim, ... and walks p.
 //   s' = a s + dt x B;  y = C.s' + D x;  G = grad_s' + grad_y C (the total gradient on s')
 //   grad_s = a G;  grad_C = Σ_p grad_y s';  grad_B = Σ_p G dt x;  grad_x = Σ_n G dt B + grad_y D
 //   grad_dt = Σ_{p,n} G (A a s + x B)
-constexpr int kBackwardThreads = 128;
-constexpr int kMaxHeadDim = 256;
+constexpr int kBackwardThreads = device::kStepBackwardThreads;
+constexpr int kMaxHeadDim = device::kStepMaxHeadDim;
 
 template <typename T>
 __global__ void selective_state_update_backward_kernel(ScanShape s, const T* x, const T* Bm, const T* Cm, int64_t stride, const float* dt,
@@ -173,11 +167,11 @@ int ssd_chunk_scan_forward(Act act, const ScanShape& s, const void* x, const voi
   if (s.tokens == 1 && s.state_size % 4 == 0 && aligned16) {  // the decode step: 16-byte state rows (decode_step_kernel)
     const auto st = static_cast<cudaStream_t>(stream);
     if (device::step_many_rows(s.batch, s.heads)) {
-      MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T, 8><<<decode_step_grid<8>(s), 32 * device::kStepWarps, 0, st>>>(
+      MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T, 8><<<device::step_grid<8>(s), 32 * device::kStepWarps, 0, st>>>(
                                       s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
                                       xbc_token_stride, dt, A, D, initial, y, final_state)));
     } else {
-      MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T, 4><<<decode_step_grid<4>(s), 32 * device::kStepWarps, 0, st>>>(
+      MAMBADIFF_DISPATCH_ACT(act, (decode_step_kernel<T, 4><<<device::step_grid<4>(s), 32 * device::kStepWarps, 0, st>>>(
                                       s, static_cast<const T*>(x), static_cast<const T*>(Bm), static_cast<const T*>(Cm),
                                       xbc_token_stride, dt, A, D, initial, y, final_state)));
     }

@@ -16,6 +16,7 @@
 namespace mambadiff::kernels::device {
 
 constexpr int kStepRounds = 2;  // N <= 2 rounds × 128 = 256 (Mamba2 checkpoints use 64 or 128)
+constexpr int kStepMaxStateSize = kStepRounds * 128;
 
 // st[r][j] = state row p0 + r, entries 128 j + 4 lane ..; zeros past P or N, or when `state` is null.
 // `rows_base` indexes row p = 0 of this (batch, head): ((b H + h) P) N.
@@ -109,5 +110,16 @@ __device__ __forceinline__ float step_backward_entry(float s_old, float grad_s_n
 constexpr int kStepWarps = 8;
 constexpr int64_t kManyRowsThreshold = 1024;  // batch × heads
 inline bool step_many_rows(int64_t batch, int64_t heads) { return batch * heads >= kManyRowsThreshold; }
+
+// The grid of a step kernel whose warps own `Rows` rows: one block per (batch, head) and 8·Rows rows of P.
+template <int Rows>
+dim3 step_grid(const ScanShape& s) {
+  return dim3(static_cast<unsigned>(s.batch * s.heads), static_cast<unsigned>(ceil_div(s.head_dim, Rows * kStepWarps)));
+}
+
+// The step's backward kernels (selective_state_update_backward, the fused decode step's): one block
+// of kStepBackwardThreads per (batch, head); each warp's grad_x partial sums over P in shared memory.
+constexpr int kStepBackwardThreads = 128;
+constexpr int kStepMaxHeadDim = 256;
 
 }  // namespace mambadiff::kernels::device
